@@ -1,0 +1,45 @@
+//! What can go wrong in the catalog, classified so the service edge can pick the
+//! right gRPC status without looking inside.
+
+use imagestore_image::FingerprintError;
+
+/// A catalog failure. Every variant's message is meant for a person.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The caller named something that is not there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller tried to create something that is there already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller's input is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The input is well-formed but the state forbids it (ambiguous prefix, stale
+    /// etag, wrong offset).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Someone else holds what the caller wants (an upload being written).
+    #[error("{0}")]
+    Aborted(String),
+    /// A name or prefix that is not a fingerprint.
+    #[error(transparent)]
+    Fingerprint(#[from] FingerprintError),
+    /// SQLite failed; the message is not for the caller.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// Stored data could not be decoded: the database was changed behind our back.
+    #[error("corrupt catalog record: {0}")]
+    Corrupt(String),
+    /// The blocking task that ran the query died (panic or shutdown).
+    #[error("catalog task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+impl From<serde_json::Error> for CatalogError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Corrupt(e.to_string())
+    }
+}

@@ -1,0 +1,543 @@
+//! Image records: resolve, read, list, register, edit, delete.
+
+use std::collections::{BTreeMap, HashMap};
+
+use imagestore_image::{FingerprintQuery, canonical_architecture};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::aliases::{insert_alias, validate_alias_name};
+use crate::error::{CatalogError, Result};
+use crate::filter::ImageFilter;
+use crate::model::*;
+use crate::page::{Page, PageRequest};
+use crate::Catalog;
+
+/// How a caller names an image.
+#[derive(Debug, Clone)]
+pub enum ImageRef {
+    /// A full fingerprint or a unique prefix.
+    Fingerprint(FingerprintQuery),
+    /// An alias, optionally asking for a given image type (LXD's --vm).
+    Alias {
+        name: String,
+        image_type: Option<ImageType>,
+    },
+}
+
+impl ImageRef {
+    /// The form people recognise in messages.
+    fn describe(&self) -> String {
+        match self {
+            Self::Fingerprint(FingerprintQuery::Full(fp)) => fp.to_string(),
+            Self::Fingerprint(FingerprintQuery::Prefix(p)) => p.clone(),
+            Self::Alias { name, .. } => format!("alias {name}"),
+        }
+    }
+}
+
+fn not_found(what: &ImageRef) -> CatalogError {
+    // The same words whether the image is missing or private to this caller, so
+    // that the answer leaks nothing.
+    CatalogError::NotFound(format!("image {:?} not found", what.describe()))
+}
+
+const IMAGE_COLUMNS: &str = "fingerprint, image_type, architecture, size, filename, layout, \
+     properties, public, auto_update, cached, created_at, uploaded_at, last_used_at, expires_at, \
+     update_source";
+
+/// Resolves a reference to a full fingerprint; `public_only` hides private images.
+pub(crate) fn resolve(conn: &Connection, what: &ImageRef, public_only: bool) -> Result<String> {
+    let visible = if public_only { " AND public = 1" } else { "" };
+    match what {
+        ImageRef::Fingerprint(FingerprintQuery::Full(fp)) => conn
+            .prepare_cached(&format!(
+                "SELECT fingerprint FROM images WHERE fingerprint = ?1{visible}"
+            ))?
+            .query_row([fp.as_str()], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| not_found(what)),
+        ImageRef::Fingerprint(FingerprintQuery::Prefix(prefix)) => {
+            // Hex digits sort below 'g', so [prefix, prefix+'g') is exactly the
+            // fingerprints that start with prefix, and the primary key serves it.
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT fingerprint FROM images WHERE fingerprint >= ?1 AND fingerprint < ?2{visible} \
+                 ORDER BY fingerprint LIMIT 2"
+            ))?;
+            let found: Vec<String> = stmt
+                .query_map(params![prefix, format!("{prefix}g")], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            match found.as_slice() {
+                [] => Err(not_found(what)),
+                [one] => Ok(one.clone()),
+                _ => Err(CatalogError::FailedPrecondition(format!(
+                    "more than one image matches fingerprint prefix {prefix:?} (e.g. {} and {}): \
+                     give more characters",
+                    found[0], found[1]
+                ))),
+            }
+        }
+        ImageRef::Alias { name, image_type } => {
+            let row: Option<(String, String)> = conn
+                .prepare_cached(&format!(
+                    "SELECT a.fingerprint, i.image_type FROM aliases a \
+                     JOIN images i ON i.fingerprint = a.fingerprint WHERE a.name = ?1{visible}"
+                ))?
+                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (fp, found_type) = row.ok_or_else(|| not_found(what))?;
+            match image_type {
+                Some(want) if want.as_str() != found_type => Err(CatalogError::NotFound(format!(
+                    "alias {name:?} exists for type {found_type:?} but not for type {:?}",
+                    want.as_str()
+                ))),
+                _ => Ok(fp),
+            }
+        }
+    }
+}
+
+fn image_from_row(r: &Row<'_>) -> rusqlite::Result<Image> {
+    let text_enum_err = |i: usize, v: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown value {v:?}").into(),
+        )
+    };
+    let json_err = |i: usize, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    let image_type: String = r.get(1)?;
+    let layout: String = r.get(5)?;
+    let properties: String = r.get(6)?;
+    let update_source: Option<String> = r.get(14)?;
+    Ok(Image {
+        fingerprint: r.get(0)?,
+        image_type: ImageType::parse(&image_type).ok_or_else(|| text_enum_err(1, &image_type))?,
+        architecture: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        filename: r.get(4)?,
+        layout: Layout::parse(&layout).ok_or_else(|| text_enum_err(5, &layout))?,
+        parts: Vec::new(),
+        properties: serde_json::from_str(&properties).map_err(|e| json_err(6, e))?,
+        public: r.get(7)?,
+        auto_update: r.get(8)?,
+        cached: r.get(9)?,
+        created_at: r.get(10)?,
+        uploaded_at: r.get(11)?,
+        last_used_at: r.get(12)?,
+        expires_at: r.get(13)?,
+        update_source: update_source
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| json_err(14, e))?,
+        aliases: Vec::new(),
+    })
+}
+
+fn load_parts(conn: &Connection, fp: &str) -> Result<Vec<Part>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT role, sha256, size, storage_key, extension FROM image_parts \
+         WHERE fingerprint = ?1 ORDER BY position",
+    )?;
+    let rows = stmt.query_map([fp], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (role, sha256, size, storage_key, extension) = row?;
+        Ok(Part {
+            role: PartRole::parse(&role)
+                .ok_or_else(|| CatalogError::Corrupt(format!("part role {role:?}")))?,
+            sha256,
+            size: size as u64,
+            storage_key,
+            extension,
+        })
+    })
+    .collect()
+}
+
+fn load_aliases(conn: &Connection, fp: &str) -> Result<Vec<AliasRef>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, description FROM aliases WHERE fingerprint = ?1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map([fp], |r| {
+        Ok(AliasRef {
+            name: r.get(0)?,
+            description: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Loads a full record by exact fingerprint.
+pub(crate) fn load(conn: &Connection, fp: &str) -> Result<Option<Image>> {
+    let image = conn
+        .prepare_cached(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE fingerprint = ?1"
+        ))?
+        .query_row([fp], image_from_row)
+        .optional()?;
+    let Some(mut image) = image else {
+        return Ok(None);
+    };
+    image.parts = load_parts(conn, fp)?;
+    image.aliases = load_aliases(conn, fp)?;
+    Ok(Some(image))
+}
+
+fn must_load(conn: &Connection, fp: &str) -> Result<Image> {
+    load(conn, fp)?.ok_or_else(|| CatalogError::NotFound(format!("image {fp:?} not found")))
+}
+
+/// Checks a registration and puts it in canonical form.
+fn validate_new(mut new: NewImage) -> Result<NewImage> {
+    let bad = |m: String| Err(CatalogError::InvalidArgument(m));
+    imagestore_image::Fingerprint::parse(&new.fingerprint)?;
+    new.architecture = match canonical_architecture(&new.architecture) {
+        Some(a) => a.to_owned(),
+        None => return bad(format!("architecture isn't supported: {:?}", new.architecture)),
+    };
+    let roles: Vec<PartRole> = new.parts.iter().map(|p| p.role).collect();
+    let expected: &[PartRole] = match new.layout {
+        Layout::Unified => &[PartRole::Unified],
+        Layout::Split => &[PartRole::Metadata, PartRole::Rootfs],
+    };
+    if roles != expected {
+        return bad(format!(
+            "a {} image has parts {:?}, not {:?}",
+            new.layout.as_str(),
+            expected.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            roles.iter().map(|r| r.as_str()).collect::<Vec<_>>()
+        ));
+    }
+    for part in &new.parts {
+        if imagestore_image::Fingerprint::parse(&part.sha256).is_err() {
+            return bad(format!(
+                "part {} has sha256 {:?}; expected 64 lowercase hex characters",
+                part.role.as_str(),
+                part.sha256
+            ));
+        }
+        if part.storage_key.is_empty() {
+            return bad(format!("part {} has no storage key", part.role.as_str()));
+        }
+        if part.size > i64::MAX as u64 {
+            return bad(format!("part {} size {} is too large", part.role.as_str(), part.size));
+        }
+    }
+    if new.layout == Layout::Unified && new.parts[0].sha256 != new.fingerprint {
+        return bad(format!(
+            "a unified image's fingerprint is the SHA-256 of its file, but the file hashes to {} \
+             and the fingerprint given is {}",
+            new.parts[0].sha256, new.fingerprint
+        ));
+    }
+    for alias in &new.aliases {
+        validate_alias_name(&alias.name)?;
+    }
+    validate_properties(&new.properties)?;
+    new.properties.retain(|_, v| !v.is_empty());
+    Ok(new)
+}
+
+fn validate_properties(props: &BTreeMap<String, String>) -> Result<()> {
+    const MAX_PROPERTIES: usize = 256;
+    const MAX_KEY: usize = 256;
+    const MAX_VALUE: usize = 16 * 1024;
+    if props.len() > MAX_PROPERTIES {
+        return Err(CatalogError::InvalidArgument(format!(
+            "an image may have at most {MAX_PROPERTIES} properties, not {}",
+            props.len()
+        )));
+    }
+    for (k, v) in props {
+        if k.is_empty() || k.len() > MAX_KEY || k.chars().any(|c| c.is_whitespace() || c == '=') {
+            return Err(CatalogError::InvalidArgument(format!(
+                "property key {k:?} is not valid: 1 to {MAX_KEY} characters, no white space or '='"
+            )));
+        }
+        if v.len() > MAX_VALUE {
+            return Err(CatalogError::InvalidArgument(format!(
+                "property {k:?} is {} bytes long; the most is {MAX_VALUE}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered> {
+    if let Some(existing) = load(tx, &new.fingerprint)? {
+        return Ok(Registered {
+            image: existing,
+            created: false,
+            skipped_aliases: Vec::new(),
+        });
+    }
+    let size: u64 = new.parts.iter().map(|p| p.size).sum();
+    let now = now();
+    tx.prepare_cached(&format!(
+        "INSERT INTO images ({IMAGE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13, ?14)"
+    ))?
+    .execute(params![
+        new.fingerprint,
+        new.image_type.as_str(),
+        new.architecture,
+        size as i64,
+        new.filename,
+        new.layout.as_str(),
+        serde_json::to_string(&new.properties)?,
+        new.public,
+        new.auto_update,
+        new.cached,
+        new.created_at,
+        now,
+        new.expires_at,
+        new.update_source
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?,
+    ])?;
+    for (position, part) in new.parts.iter().enumerate() {
+        tx.prepare_cached(
+            "INSERT INTO image_parts (fingerprint, position, role, sha256, size, storage_key, extension) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            new.fingerprint,
+            position as i64,
+            part.role.as_str(),
+            part.sha256,
+            part.size as i64,
+            part.storage_key,
+            part.extension,
+        ])?;
+        // Referenced again before the bytes were collected: keep them.
+        tx.prepare_cached("DELETE FROM released_content WHERE storage_key = ?1")?
+            .execute([&part.storage_key])?;
+    }
+    let mut skipped_aliases = Vec::new();
+    for alias in &new.aliases {
+        if !insert_alias(tx, &alias.name, &new.fingerprint, &alias.description, now)? {
+            skipped_aliases.push(alias.name.clone());
+        }
+    }
+    Ok(Registered {
+        image: must_load(tx, &new.fingerprint)?,
+        created: true,
+        skipped_aliases,
+    })
+}
+
+fn apply_edit(image: &mut Image, edit: ImageEdit) -> Result<()> {
+    if let Some(want) = &edit.if_etag {
+        let have = image.etag();
+        if *want != have {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {} changed since it was read (etag {want} is stale, now {have}): \
+                 read it again and repeat the change",
+                image.fingerprint
+            )));
+        }
+    }
+    if let Some(p) = edit.public {
+        image.public = p;
+    }
+    if let Some(a) = edit.auto_update {
+        image.auto_update = a;
+    }
+    if let Some(props) = edit.properties {
+        image.properties = props;
+    }
+    for (k, v) in edit.property_changes {
+        match v {
+            Some(v) => image.properties.insert(k, v),
+            None => image.properties.remove(&k),
+        };
+    }
+    validate_properties(&image.properties)?;
+    image.properties.retain(|_, v| !v.is_empty());
+    // LXD never clears expires_at through an edit; only a new value replaces it.
+    if let Some(e) = edit.expires_at {
+        image.expires_at = Some(e);
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// Resolves `what` and loads the whole record; `public_only` hides private
+    /// images (they read as not found).
+    pub async fn get_image(&self, what: ImageRef, public_only: bool) -> Result<Image> {
+        self.read(move |conn| {
+            let fp = resolve(conn, &what, public_only)?;
+            must_load(conn, &fp)
+        })
+        .await
+    }
+
+    /// Registers verified content; idempotent by fingerprint. Aliases whose names
+    /// are taken are skipped, not moved.
+    pub async fn register_image(&self, new: NewImage) -> Result<Registered> {
+        let new = validate_new(new)?;
+        self.write(move |tx| register(tx, new)).await
+    }
+
+    /// Changes editable fields and returns the new record.
+    pub async fn update_image(&self, what: ImageRef, edit: ImageEdit) -> Result<Image> {
+        self.write(move |tx| {
+            let fp = resolve(tx, &what, false)?;
+            let mut image = must_load(tx, &fp)?;
+            apply_edit(&mut image, edit)?;
+            tx.prepare_cached(
+                "UPDATE images SET public = ?2, auto_update = ?3, properties = ?4, expires_at = ?5 \
+                 WHERE fingerprint = ?1",
+            )?
+            .execute(params![
+                fp,
+                image.public,
+                image.auto_update,
+                serde_json::to_string(&image.properties)?,
+                image.expires_at,
+            ])?;
+            Ok(image)
+        })
+        .await
+    }
+
+    /// Deletes an image and its aliases. Returns the record as it was and the
+    /// storage keys no other image refers to any more (their bytes may go).
+    pub async fn delete_image(&self, what: ImageRef) -> Result<(Image, Vec<String>)> {
+        self.write(move |tx| {
+            let fp = resolve(tx, &what, false)?;
+            let image = must_load(tx, &fp)?;
+            tx.prepare_cached("DELETE FROM images WHERE fingerprint = ?1")?
+                .execute([&fp])?;
+            let mut released = Vec::new();
+            for part in &image.parts {
+                let still_used: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS(SELECT 1 FROM image_parts WHERE storage_key = ?1)",
+                    )?
+                    .query_row([&part.storage_key], |r| r.get(0))?;
+                if !still_used && !released.contains(&part.storage_key) {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO released_content (storage_key, released_at) \
+                         VALUES (?1, ?2)",
+                    )?
+                    .execute(params![part.storage_key, now()])?;
+                    released.push(part.storage_key.clone());
+                }
+            }
+            Ok((image, released))
+        })
+        .await
+    }
+
+    /// One page of images in fingerprint order that match `filter`.
+    pub async fn list_images(
+        &self,
+        filter: ImageFilter,
+        page: PageRequest,
+        public_only: bool,
+    ) -> Result<Page<Image>> {
+        self.read(move |conn| list(conn, &filter, &page, public_only))
+            .await
+    }
+
+    /// Storage keys released by deletes and not yet collected.
+    pub async fn released_content(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT storage_key FROM released_content ORDER BY released_at")?;
+            let keys = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+}
+
+fn list(
+    conn: &Connection,
+    filter: &ImageFilter,
+    page: &PageRequest,
+    public_only: bool,
+) -> Result<Page<Image>> {
+    // Scan in fingerprint order in batches, filter in Rust (the filter language is
+    // regular expressions over properties), stop once the page is full.
+    const BATCH: usize = 512;
+    let visible = if public_only { " AND public = 1" } else { "" };
+    let mut after = page.after.clone().unwrap_or_default();
+    let mut items = Vec::new();
+    let mut more = false;
+    'scan: loop {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE fingerprint > ?1{visible} \
+             ORDER BY fingerprint LIMIT ?2"
+        ))?;
+        let batch: Vec<Image> = stmt
+            .query_map(params![after, BATCH as i64], image_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = batch.last() else { break };
+        after = last.fingerprint.clone();
+        let exhausted = batch.len() < BATCH;
+        let mut aliases = aliases_between(conn, &batch[0].fingerprint, &after)?;
+        for mut image in batch {
+            image.aliases = aliases.remove(&image.fingerprint).unwrap_or_default();
+            if !filter.matches(&image) {
+                continue;
+            }
+            if items.len() == page.size {
+                more = true;
+                break 'scan;
+            }
+            items.push(image);
+        }
+        if exhausted {
+            break;
+        }
+    }
+    for image in &mut items {
+        image.parts = load_parts(conn, &image.fingerprint)?;
+    }
+    let next_token = match (more, items.last()) {
+        (true, Some(last)) => page.next_token(&last.fingerprint),
+        _ => String::new(),
+    };
+    Ok(Page { items, next_token })
+}
+
+fn aliases_between(
+    conn: &Connection,
+    first: &str,
+    last: &str,
+) -> Result<HashMap<String, Vec<AliasRef>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT fingerprint, name, description FROM aliases \
+         WHERE fingerprint >= ?1 AND fingerprint <= ?2 ORDER BY name",
+    )?;
+    let mut out: HashMap<String, Vec<AliasRef>> = HashMap::new();
+    let rows = stmt.query_map([first, last], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            AliasRef {
+                name: r.get(1)?,
+                description: r.get(2)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (fp, alias) = row?;
+        out.entry(fp).or_default().push(alias);
+    }
+    Ok(out)
+}

@@ -1,0 +1,240 @@
+//! Operations: long-running work with state and progress.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::Catalog;
+use crate::error::{CatalogError, Result};
+use crate::model::*;
+use crate::page::{Page, PageRequest};
+
+const OP_COLUMNS: &str = "id, description, state, stage, bytes_done, bytes_total, bytes_per_second, \
+     error_code, error_message, image, metadata, may_cancel, created_at, updated_at";
+
+type OpRow = (Operation, String, String);
+
+fn op_from_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
+    let code: Option<i32> = r.get(7)?;
+    let message: Option<String> = r.get(8)?;
+    Ok((
+        Operation {
+            id: r.get(0)?,
+            description: r.get(1)?,
+            state: OperationState::Queued,
+            stage: r.get(3)?,
+            bytes_done: r.get::<_, i64>(4)? as u64,
+            bytes_total: r.get::<_, i64>(5)? as u64,
+            bytes_per_second: r.get::<_, i64>(6)? as u64,
+            error: code.map(|c| (c, message.unwrap_or_default())),
+            image: r.get(9)?,
+            metadata: BTreeMap::new(),
+            may_cancel: r.get(11)?,
+            created_at: r.get(12)?,
+            updated_at: r.get(13)?,
+        },
+        r.get(2)?,
+        r.get(10)?,
+    ))
+}
+
+fn finish_row((mut op, state, metadata): OpRow) -> Result<Operation> {
+    op.state = OperationState::parse(&state)
+        .ok_or_else(|| CatalogError::Corrupt(format!("operation state {state:?}")))?;
+    op.metadata = serde_json::from_str(&metadata)?;
+    Ok(op)
+}
+
+fn load(conn: &Connection, id: &str) -> Result<Operation> {
+    conn.prepare_cached(&format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"))?
+        .query_row([id], op_from_row)
+        .optional()?
+        .map(finish_row)
+        .transpose()?
+        .ok_or_else(|| CatalogError::NotFound(format!("operation {id:?} not found")))
+}
+
+fn store(conn: &Connection, op: &Operation) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO operations ({OP_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    ))?
+    .execute(params![
+        op.id,
+        op.description,
+        op.state.as_str(),
+        op.stage,
+        op.bytes_done as i64,
+        op.bytes_total as i64,
+        op.bytes_per_second as i64,
+        op.error.as_ref().map(|e| e.0),
+        op.error.as_ref().map(|e| e.1.clone()),
+        op.image,
+        serde_json::to_string(&op.metadata)?,
+        op.may_cancel,
+        op.created_at,
+        op.updated_at,
+    ])?;
+    Ok(())
+}
+
+/// What a worker reports about an operation it runs.
+#[derive(Debug, Clone, Default)]
+pub struct OperationUpdate {
+    pub state: Option<OperationState>,
+    pub stage: Option<String>,
+    pub bytes_done: Option<u64>,
+    pub bytes_total: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    pub error: Option<(i32, String)>,
+    pub image: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Catalog {
+    /// Records a new QUEUED operation.
+    pub async fn create_operation(&self, description: String, may_cancel: bool) -> Result<Operation> {
+        let now = now();
+        let op = Operation {
+            id: uuid::Uuid::new_v4().to_string(),
+            description,
+            state: OperationState::Queued,
+            stage: String::new(),
+            bytes_done: 0,
+            bytes_total: 0,
+            bytes_per_second: 0,
+            error: None,
+            image: String::new(),
+            metadata: BTreeMap::new(),
+            may_cancel,
+            created_at: now,
+            updated_at: now,
+        };
+        let stored = op.clone();
+        self.write(move |tx| store(tx, &stored)).await?;
+        self.operations_changed();
+        Ok(op)
+    }
+
+    /// Returns one operation.
+    pub async fn get_operation(&self, id: String) -> Result<Operation> {
+        self.read(move |conn| load(conn, &id)).await
+    }
+
+    /// Applies a worker's report. A finished operation does not change any more
+    /// (FailedPrecondition), so a late report cannot revive a cancelled one.
+    pub async fn update_operation(&self, id: String, update: OperationUpdate) -> Result<Operation> {
+        let op = self
+            .write(move |tx| {
+                let mut op = load(tx, &id)?;
+                if op.state.is_done() {
+                    return Err(CatalogError::FailedPrecondition(format!(
+                        "operation {id} is already {}",
+                        op.state.as_str()
+                    )));
+                }
+                if let Some(s) = update.state {
+                    op.state = s;
+                }
+                if let Some(s) = update.stage {
+                    op.stage = s;
+                }
+                op.bytes_done = update.bytes_done.unwrap_or(op.bytes_done);
+                op.bytes_total = update.bytes_total.unwrap_or(op.bytes_total);
+                op.bytes_per_second = update.bytes_per_second.unwrap_or(op.bytes_per_second);
+                if update.error.is_some() {
+                    op.error = update.error;
+                }
+                if let Some(i) = update.image {
+                    op.image = i;
+                }
+                op.metadata.extend(update.metadata);
+                op.updated_at = now();
+                store(tx, &op)?;
+                Ok(op)
+            })
+            .await?;
+        self.operations_changed();
+        Ok(op)
+    }
+
+    /// Marks an operation CANCELLED. FailedPrecondition when it is done already or
+    /// cannot be cancelled.
+    pub async fn cancel_operation(&self, id: String) -> Result<Operation> {
+        let op = self
+            .write(move |tx| {
+                let mut op = load(tx, &id)?;
+                if op.state.is_done() {
+                    return Err(CatalogError::FailedPrecondition(format!(
+                        "operation {id} is already {} and cannot be cancelled",
+                        op.state.as_str()
+                    )));
+                }
+                if !op.may_cancel {
+                    return Err(CatalogError::FailedPrecondition(format!(
+                        "operation {id} ({}) cannot be cancelled",
+                        op.description
+                    )));
+                }
+                op.state = OperationState::Cancelled;
+                op.error = Some((1, "cancelled on request".into()));
+                op.updated_at = now();
+                store(tx, &op)?;
+                Ok(op)
+            })
+            .await?;
+        self.operations_changed();
+        Ok(op)
+    }
+
+    /// One page of operations, newest first; `done` filters on completion.
+    pub async fn list_operations(
+        &self,
+        state: Option<OperationState>,
+        done: Option<bool>,
+        page: PageRequest,
+    ) -> Result<Page<Operation>> {
+        self.read(move |conn| {
+            // Position is (created_at, id) descending, encoded as "created_at/id".
+            let (before_time, before_id) = match &page.after {
+                Some(a) => {
+                    let (t, id) = a.split_once('/').ok_or_else(|| {
+                        CatalogError::InvalidArgument("page_token is not valid".into())
+                    })?;
+                    let t: i64 = t.parse().map_err(|_| {
+                        CatalogError::InvalidArgument("page_token is not valid".into())
+                    })?;
+                    (t, id.to_owned())
+                }
+                None => (i64::MAX, String::new()),
+            };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {OP_COLUMNS} FROM operations \
+                 WHERE created_at < ?1 OR (created_at = ?1 AND id < ?2) \
+                 ORDER BY created_at DESC, id DESC"
+            ))?;
+            let mut rows = stmt.query(params![before_time, before_id])?;
+            let mut items = Vec::new();
+            let mut more = false;
+            while let Some(row) = rows.next()? {
+                let op = finish_row(op_from_row(row)?)?;
+                if state.is_some_and(|s| s != op.state)
+                    || done.is_some_and(|d| d != op.state.is_done())
+                {
+                    continue;
+                }
+                if items.len() == page.size {
+                    more = true;
+                    break;
+                }
+                items.push(op);
+            }
+            let next_token = match (more, items.last()) {
+                (true, Some(last)) => page.next_token(&format!("{}/{}", last.created_at, last.id)),
+                _ => String::new(),
+            };
+            Ok(Page { items, next_token })
+        })
+        .await
+    }
+}

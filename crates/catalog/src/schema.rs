@@ -1,0 +1,137 @@
+//! Versioned migrations, tracked in SQLite's `user_version`. A migration, once
+//! released, never changes: add a new one instead.
+
+use rusqlite::Connection;
+
+use crate::error::{CatalogError, Result};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE images (
+        fingerprint   TEXT PRIMARY KEY,
+        image_type    TEXT NOT NULL,
+        architecture  TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        filename      TEXT NOT NULL,
+        layout        TEXT NOT NULL,
+        properties    TEXT NOT NULL,   -- JSON object of strings
+        public        INTEGER NOT NULL,
+        auto_update   INTEGER NOT NULL,
+        cached        INTEGER NOT NULL,
+        created_at    INTEGER,         -- unix nanoseconds
+        uploaded_at   INTEGER NOT NULL,
+        last_used_at  INTEGER,
+        expires_at    INTEGER,
+        update_source TEXT             -- JSON, NULL for none
+    ) WITHOUT ROWID;
+    CREATE INDEX images_public ON images(public, fingerprint);
+
+    CREATE TABLE image_parts (
+        fingerprint TEXT NOT NULL REFERENCES images(fingerprint) ON DELETE CASCADE,
+        position    INTEGER NOT NULL,
+        role        TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        storage_key TEXT NOT NULL,
+        extension   TEXT NOT NULL,
+        PRIMARY KEY (fingerprint, position)
+    ) WITHOUT ROWID;
+    CREATE INDEX image_parts_storage_key ON image_parts(storage_key);
+
+    CREATE TABLE aliases (
+        name        TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL REFERENCES images(fingerprint) ON DELETE CASCADE,
+        description TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX aliases_fingerprint ON aliases(fingerprint);
+
+    -- Storage keys no image refers to any more; blob nodes delete the bytes.
+    CREATE TABLE released_content (
+        storage_key TEXT PRIMARY KEY,
+        released_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE nodes (
+        node_id           TEXT PRIMARY KEY,
+        address           TEXT NOT NULL,
+        capacity_bytes    INTEGER NOT NULL,
+        available_bytes   INTEGER NOT NULL,
+        active_transfers  INTEGER NOT NULL,
+        healthy           INTEGER NOT NULL,
+        version           TEXT NOT NULL,
+        registered_at     INTEGER NOT NULL,
+        last_heartbeat_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE operations (
+        id               TEXT PRIMARY KEY,
+        description      TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        stage            TEXT NOT NULL,
+        bytes_done       INTEGER NOT NULL,
+        bytes_total      INTEGER NOT NULL,
+        bytes_per_second INTEGER NOT NULL,
+        error_code       INTEGER,
+        error_message    TEXT,
+        image            TEXT NOT NULL,
+        metadata         TEXT NOT NULL, -- JSON object of strings
+        may_cancel       INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX operations_created ON operations(created_at DESC, id);
+
+    CREATE TABLE uploads (
+        id              TEXT PRIMARY KEY,
+        spec            TEXT NOT NULL,  -- JSON
+        state           TEXT NOT NULL,
+        committed_size  INTEGER NOT NULL,
+        metadata_size   INTEGER NOT NULL,
+        hash_image      BLOB,
+        hash_part       BLOB,
+        lease           TEXT,
+        lease_node      TEXT,
+        fingerprint     TEXT,
+        error_message   TEXT,
+        created_at      INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE upload_segments (
+        upload_id   TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
+        start       INTEGER NOT NULL,
+        length      INTEGER NOT NULL,
+        storage_key TEXT NOT NULL,
+        PRIMARY KEY (upload_id, start)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// Brings the database up to the newest schema, one transaction per migration.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
+    if current > MIGRATIONS.len() {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "the catalog database has schema version {current}, newer than this build knows ({}); \
+             run a newer imagestore or restore a backup",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "catalog schema migrated");
+    }
+    Ok(())
+}
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> usize {
+    MIGRATIONS.len()
+}

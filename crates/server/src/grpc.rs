@@ -1,0 +1,123 @@
+//! One gRPC server per process: our services plus health and reflection (v1 and
+//! v1alpha, since grpcurl 1.8 speaks only v1alpha), one tracing span per RPC, and a
+//! graceful stop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `addr` (port 0 picks a free port) and logs the bound address.
+pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(address = %local, "listening");
+    }
+    Ok(listener)
+}
+
+/// Collects a process's services, then serves them.
+pub struct GrpcServer {
+    routes: Routes,
+    names: Vec<&'static str>,
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcServer {
+    pub fn new() -> Self {
+        Self {
+            routes: Routes::default(),
+            names: Vec::new(),
+        }
+    }
+
+    /// Adds a service; health reports it SERVING while the server runs.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight RPCs finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            reporter
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(imagestore_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let routes = self
+            .routes
+            .add_service(health)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
+
+        let trace = TraceLayer::new_for_grpc()
+            .make_span_with(|req: &http::Request<_>| {
+                tracing::info_span!("rpc", method = %req.uri().path())
+            })
+            .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+            .on_failure(DefaultOnFailure::new().level(Level::WARN));
+
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(1024))
+            .layer(trace)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! What every imagestore server process does alike.
+
+pub mod args;
+pub mod config;
+mod grpc;
+pub mod shutdown;
+
+pub use args::CommonArgs;
+pub use config::{ConfigError, load_config};
+pub use grpc::{GrpcServer, ServeError, bind};
