@@ -43,3 +43,17 @@ impl From<serde_json::Error> for CatalogError {
         Self::Corrupt(e.to_string())
     }
 }
+
+impl CatalogError {
+    /// SQLite could not get its lock in time (another process holds it): worth
+    /// retrying, not a fault.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(e) if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        )
+    }
+}

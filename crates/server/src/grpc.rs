@@ -89,10 +89,25 @@ impl GrpcServer {
                 .set_service_status(*name, tonic_health::ServingStatus::Serving)
                 .await;
         }
+        // List only what this process serves: the descriptor set also holds the
+        // services of the other tier (a control plane serves no Blobs).
+        let listed: Vec<&str> = self
+            .names
+            .iter()
+            .copied()
+            .chain([
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ])
+            .collect();
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(imagestore_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            listed.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(imagestore_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |b, name| b.with_service_name(*name),
+            )
         };
         let routes = self
             .routes

@@ -74,7 +74,11 @@ pub fn init(service: &'static str, config: &LogConfig) -> TelemetryGuard {
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     let (text, json) = match config.format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            ),
             None,
         ),
         LogFormat::Json => (

@@ -1,1 +1,91 @@
+//! The control plane: owns all metadata (images, aliases, upload sessions,
+//! operations, blob nodes) and serves it over gRPC. Image bytes never come here.
 
+mod aliases;
+pub mod config;
+mod convert;
+mod error;
+mod images;
+mod names;
+mod nodes;
+mod operations;
+mod pending;
+mod registry;
+
+use std::future::Future;
+
+use imagestore_catalog::{Catalog, CatalogError};
+use imagestore_proto::internal::v1::registry_server::RegistryServer;
+use imagestore_proto::v1::aliases_server::AliasesServer;
+use imagestore_proto::v1::images_server::ImagesServer;
+use imagestore_proto::v1::imports_server::ImportsServer;
+use imagestore_proto::v1::operations_server::OperationsServer;
+use imagestore_proto::v1::trust_server::TrustServer;
+use imagestore_proto::v1::uploads_server::UploadsServer;
+use imagestore_server::{GrpcServer, ServeError};
+use tokio::net::TcpListener;
+
+pub use config::ControlPlaneConfig;
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// The database file inside the data directory.
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+
+/// Opens the catalog in `config.data_dir` and serves on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    config: ControlPlaneConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let catalog = Catalog::open(config.data_dir.join(CATALOG_FILE)).await?;
+    tracing::info!(data_dir = %config.data_dir.display(), "catalog open");
+    let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
+    let limit = config.max_request_bytes;
+    GrpcServer::new()
+        .add_service(
+            ImagesServer::new(images::ImagesService::new(catalog.clone(), nodes.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AliasesServer::new(aliases::AliasesService::new(catalog.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            OperationsServer::new(operations::OperationsService::new(catalog.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(UploadsServer::new(pending::PendingUploads).max_decoding_message_size(limit))
+        .add_service(ImportsServer::new(pending::PendingImports).max_decoding_message_size(limit))
+        .add_service(TrustServer::new(pending::PendingTrust).max_decoding_message_size(limit))
+        .add_service(
+            RegistryServer::new(registry::RegistryService::new(catalog, nodes))
+                .max_decoding_message_size(limit),
+        )
+        .serve(listener, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `config.listen` and serves until SIGTERM or SIGINT.
+pub async fn run(config: ControlPlaneConfig) -> Result<(), StartError> {
+    let listener = imagestore_server::bind(&config.listen).await?;
+    serve(config, listener, imagestore_server::shutdown::signal()).await
+}

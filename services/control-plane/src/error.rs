@@ -1,0 +1,57 @@
+//! The one place where errors become gRPC statuses.
+
+use imagestore_catalog::CatalogError;
+use imagestore_image::FingerprintError;
+use tonic::Status;
+
+/// Anything an RPC handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Fingerprint(#[from] FingerprintError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unimplemented(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+pub fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(msg.into())
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument(_) | ApiError::Fingerprint(_) => Status::invalid_argument(msg),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Unimplemented(_) => Status::unimplemented(msg),
+            ApiError::Catalog(c) => match c {
+                CatalogError::NotFound(_) => Status::not_found(msg),
+                CatalogError::AlreadyExists(_) => Status::already_exists(msg),
+                CatalogError::InvalidArgument(_) | CatalogError::Fingerprint(_) => {
+                    Status::invalid_argument(msg)
+                }
+                CatalogError::FailedPrecondition(_) => Status::failed_precondition(msg),
+                CatalogError::Aborted(_) => Status::aborted(msg),
+                ref busy if busy.is_busy() => Status::unavailable(
+                    "the catalog database is busy (locked by another process); retry shortly",
+                ),
+                CatalogError::Database(_) | CatalogError::Corrupt(_) | CatalogError::Task(_) => {
+                    // The detail is for the operator, not the caller.
+                    tracing::error!(error = %msg, "internal error");
+                    Status::internal("internal error in the control plane; its log has the details")
+                }
+            },
+        }
+    }
+}

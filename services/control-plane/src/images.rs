@@ -1,0 +1,208 @@
+//! imagestore.v1.Images.
+
+use imagestore_catalog::{self as cat, Catalog, ImageEdit, ImageFilter, PageRequest};
+use imagestore_proto::v1 as pb;
+use pb::images_server::Images;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{ApiError, ApiResult, invalid};
+use crate::names;
+use crate::nodes::NodePicker;
+
+pub struct ImagesService {
+    catalog: Catalog,
+    nodes: NodePicker,
+}
+
+impl ImagesService {
+    pub fn new(catalog: Catalog, nodes: NodePicker) -> Self {
+        Self { catalog, nodes }
+    }
+}
+
+/// Whether the caller sees only public images. Every caller is trusted until the
+/// trust layer decides otherwise; this is the one place that will ask it.
+pub(crate) fn public_only<T>(_req: &Request<T>) -> bool {
+    false
+}
+
+/// The fields UpdateImage may change, as LXD's `ImagePut` (profiles aside: this
+/// server has no instances).
+const EDITABLE: &str = "public, auto_update, expire_time, properties, properties.{key}";
+
+fn edit_from(image: &pb::Image, paths: &[String]) -> ApiResult<ImageEdit> {
+    if paths.is_empty() {
+        return Err(invalid(format!(
+            "update_mask is empty: name the fields to change ({EDITABLE})"
+        )));
+    }
+    let mut edit = ImageEdit {
+        if_etag: (!image.etag.is_empty()).then(|| image.etag.clone()),
+        ..ImageEdit::default()
+    };
+    for path in paths {
+        match path.as_str() {
+            "public" => edit.public = Some(image.public),
+            "auto_update" => edit.auto_update = Some(image.auto_update),
+            "properties" => {
+                edit.properties = Some(image.properties.clone().into_iter().collect());
+            }
+            "expire_time" => {
+                edit.expires_at = image
+                    .expire_time
+                    .as_ref()
+                    .map(|t| convert::unix_nanos("image.expire_time", t))
+                    .transpose()?;
+            }
+            p if p.starts_with("properties.") => {
+                let key = &p["properties.".len()..];
+                if key.is_empty() {
+                    return Err(invalid("update_mask path \"properties.\" names no key"));
+                }
+                let value = image.properties.get(key).filter(|v| !v.is_empty()).cloned();
+                edit.property_changes.push((key.to_owned(), value));
+            }
+            "name" | "fingerprint" | "type" | "architecture" | "size" | "filename" | "layout"
+            | "parts" | "cached" | "create_time" | "upload_time" | "last_use_time"
+            | "update_source" | "aliases" | "etag" => {
+                return Err(invalid(format!(
+                    "field {path:?} cannot be changed; editable fields are {EDITABLE} \
+                     (aliases change through the Aliases service)"
+                )));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "update_mask names unknown field {path:?}; editable fields are {EDITABLE}"
+                )));
+            }
+        }
+    }
+    Ok(edit)
+}
+
+/// LXD's export names: "{fp}{ext}" for a unified file or a split rootfs,
+/// "meta-{fp}{ext}" for a split metadata file.
+fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
+    let file_name = match part.role {
+        cat::PartRole::Metadata => format!("meta-{fingerprint}{}", part.extension),
+        cat::PartRole::Unified | cat::PartRole::Rootfs => {
+            format!("{fingerprint}{}", part.extension)
+        }
+    };
+    pb::ExportFile {
+        role: convert::part_role(part.role) as i32,
+        file_name,
+        size: part.size,
+        sha256: part.sha256.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl Images for ImagesService {
+    async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Result<Response<pb::Image>, Status> {
+        let public_only = public_only(&req);
+        let r = req.into_inner();
+        let what = names::image_ref("name", &r.name, convert::want_type(r.r#type)?)?;
+        let image = self.catalog.get_image(what, public_only).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::image(image)))
+    }
+
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let public_only = public_only(&req);
+        let r = req.into_inner();
+        let filter = ImageFilter::parse(&r.filter).map_err(ApiError::from)?;
+        let scope = format!("images|{public_only}|{}", r.filter);
+        let page = PageRequest::new(r.page_size, &r.page_token, &scope).map_err(ApiError::from)?;
+        let page = self
+            .catalog
+            .list_images(filter, page, public_only)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: page.items.into_iter().map(convert::image).collect(),
+            next_page_token: page.next_token,
+        }))
+    }
+
+    async fn update_image(
+        &self,
+        req: Request<pb::UpdateImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let r = req.into_inner();
+        let image = r.image.ok_or_else(|| invalid("image is required"))?;
+        let what = names::image_ref("image.name", &image.name, None)?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let edit = edit_from(&image, &paths)?;
+        let updated = self.catalog.update_image(what, edit).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::image(updated)))
+    }
+
+    async fn delete_image(
+        &self,
+        req: Request<pb::DeleteImageRequest>,
+    ) -> Result<Response<pb::DeleteImageResponse>, Status> {
+        let r = req.into_inner();
+        let what = names::image_ref("name", &r.name, None)?;
+        let (image, released) = self.catalog.delete_image(what).await.map_err(ApiError::from)?;
+        tracing::info!(fingerprint = %image.fingerprint, released = released.len(), "image deleted");
+        Ok(Response::new(pb::DeleteImageResponse {
+            fingerprint: image.fingerprint,
+            released_storage_keys: released,
+        }))
+    }
+
+    async fn export_image(
+        &self,
+        req: Request<pb::ExportImageRequest>,
+    ) -> Result<Response<pb::ExportImageResponse>, Status> {
+        let public_only = public_only(&req);
+        let r = req.into_inner();
+        let what = names::image_ref("name", &r.name, convert::want_type(r.r#type)?)?;
+        let image = self.catalog.get_image(what, public_only).await.map_err(ApiError::from)?;
+        let node = self.nodes.pick().await?;
+        let files = image
+            .parts
+            .iter()
+            .map(|p| export_file(&image.fingerprint, p))
+            .collect();
+        Ok(Response::new(pb::ExportImageResponse {
+            image: Some(convert::image(image)),
+            files,
+            blob_node: node.address,
+            ticket: String::new(),
+            ticket_expire_time: None,
+        }))
+    }
+
+    async fn create_image_secret(
+        &self,
+        _req: Request<pb::CreateImageSecretRequest>,
+    ) -> Result<Response<pb::ImageSecret>, Status> {
+        Err(ApiError::Unimplemented(
+            "image secrets are not available on this server yet".into(),
+        )
+        .into())
+    }
+
+    async fn refresh_image(
+        &self,
+        req: Request<pb::RefreshImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let r = req.into_inner();
+        let what = names::image_ref("name", &r.name, None)?;
+        let image = self.catalog.get_image(what, false).await.map_err(ApiError::from)?;
+        if image.update_source.is_none() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "image {} has no update source (it was uploaded, or copied by fingerprint): \
+                 there is nothing to refresh it from",
+                image.fingerprint
+            ))
+            .into());
+        }
+        Err(ApiError::Unimplemented("refreshing from remote sources is not available on this server yet".into()).into())
+    }
+}

@@ -1,0 +1,53 @@
+//! Which blob node a client is sent to.
+
+use std::time::Duration;
+
+use imagestore_catalog::{Catalog, Node, now};
+
+use crate::error::{ApiError, ApiResult};
+
+/// A node is healthy when it says so and its last heartbeat is at most this many
+/// intervals old.
+const MISSED_HEARTBEATS: u32 = 3;
+
+#[derive(Clone)]
+pub struct NodePicker {
+    catalog: Catalog,
+    heartbeat_interval: Duration,
+}
+
+impl NodePicker {
+    pub fn new(catalog: Catalog, heartbeat_interval: Duration) -> Self {
+        Self {
+            catalog,
+            heartbeat_interval,
+        }
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// Whether `node` may be handed to clients now.
+    pub fn is_healthy(&self, node: &Node) -> bool {
+        let max_age = (self.heartbeat_interval * MISSED_HEARTBEATS).as_nanos() as i64;
+        node.reports_healthy && now().saturating_sub(node.last_heartbeat_at) <= max_age
+    }
+
+    /// The healthy node with the fewest transfers in progress.
+    pub async fn pick(&self) -> ApiResult<Node> {
+        self.catalog
+            .list_nodes()
+            .await?
+            .into_iter()
+            .filter(|n| self.is_healthy(n))
+            .min_by_key(|n| n.active_transfers)
+            .ok_or_else(|| {
+                ApiError::Unavailable(
+                    "no healthy blob node is registered with this control plane: start \
+                     imagestore-blob with --control-plane pointing here"
+                        .into(),
+                )
+            })
+    }
+}

@@ -1,0 +1,54 @@
+//! Services whose contract is fixed but whose server side is not built yet. They
+//! are served so that clients and grpcurl see the whole API, and answer
+//! UNIMPLEMENTED with a sentence rather than a bare "unknown service".
+
+use imagestore_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} are not available on this server yet"))
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+pub struct PendingUploads;
+
+#[tonic::async_trait]
+impl pb::uploads_server::Uploads for PendingUploads {
+    async fn create_upload(&self, _: Request<pb::CreateUploadRequest>) -> Reply<pb::UploadSession> {
+        Err(not_yet("upload sessions"))
+    }
+    async fn get_upload(&self, _: Request<pb::GetUploadRequest>) -> Reply<pb::UploadSession> {
+        Err(not_yet("upload sessions"))
+    }
+    async fn cancel_upload(&self, _: Request<pb::CancelUploadRequest>) -> Reply<pb::UploadSession> {
+        Err(not_yet("upload sessions"))
+    }
+}
+
+pub struct PendingImports;
+
+#[tonic::async_trait]
+impl pb::imports_server::Imports for PendingImports {
+    async fn import_image(&self, _: Request<pb::ImportImageRequest>) -> Reply<pb::Operation> {
+        Err(not_yet("server-side imports"))
+    }
+}
+
+pub struct PendingTrust;
+
+#[tonic::async_trait]
+impl pb::trust_server::Trust for PendingTrust {
+    async fn add_certificate(&self, _: Request<pb::AddCertificateRequest>) -> Reply<pb::TrustEntry> {
+        Err(not_yet("trust management calls"))
+    }
+    async fn create_token(&self, _: Request<pb::CreateTokenRequest>) -> Reply<pb::CreateTokenResponse> {
+        Err(not_yet("trust management calls"))
+    }
+    async fn list_trust(&self, _: Request<pb::ListTrustRequest>) -> Reply<pb::ListTrustResponse> {
+        Err(not_yet("trust management calls"))
+    }
+    async fn remove_trust(&self, _: Request<pb::RemoveTrustRequest>) -> Reply<pb::RemoveTrustResponse> {
+        Err(not_yet("trust management calls"))
+    }
+}

@@ -1,0 +1,262 @@
+//! imagestore.internal.v1.Registry: blob nodes register, heartbeat and register
+//! verified content here.
+
+use imagestore_catalog::{self as cat, Catalog, NewImage, NodeAnnouncement};
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use ipb::registry_server::Registry;
+use tonic::codegen::http::Uri;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{ApiError, ApiResult, invalid};
+use crate::nodes::NodePicker;
+
+pub struct RegistryService {
+    catalog: Catalog,
+    nodes: NodePicker,
+}
+
+impl RegistryService {
+    pub fn new(catalog: Catalog, nodes: NodePicker) -> Self {
+        Self { catalog, nodes }
+    }
+
+    fn node(&self, n: cat::Node) -> ipb::Node {
+        ipb::Node {
+            name: format!("nodes/{}", n.node_id),
+            healthy: self.nodes.is_healthy(&n),
+            node_id: n.node_id,
+            address: n.address,
+            capacity_bytes: n.capacity_bytes,
+            available_bytes: n.available_bytes,
+            active_transfers: n.active_transfers,
+            version: n.version,
+            register_time: Some(convert::timestamp(n.registered_at)),
+            last_heartbeat_time: Some(convert::timestamp(n.last_heartbeat_at)),
+        }
+    }
+
+    fn interval_seconds(&self) -> u32 {
+        self.nodes.heartbeat_interval().as_secs().max(1) as u32
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn validate_node_id(id: &str) -> ApiResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "node_id {:?} is not valid: 1 to 128 letters, digits, '.', '_' or '-'",
+            id.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
+fn validate_address(address: &str) -> ApiResult<()> {
+    let bad = || {
+        invalid(format!(
+            "address {:?} is not a URL clients can reach: expected http(s)://HOST:PORT",
+            address.chars().take(200).collect::<String>()
+        ))
+    };
+    let uri: Uri = address.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn part(p: pb::ImagePart) -> ApiResult<cat::Part> {
+    let role = match pb::PartRole::try_from(p.role) {
+        Ok(pb::PartRole::Unified) => cat::PartRole::Unified,
+        Ok(pb::PartRole::Metadata) => cat::PartRole::Metadata,
+        Ok(pb::PartRole::Rootfs) => cat::PartRole::Rootfs,
+        _ => return Err(invalid(format!("part role {} is not valid", p.role))),
+    };
+    if p.extension.len() > 32 {
+        return Err(invalid("part extension is longer than 32 bytes"));
+    }
+    Ok(cat::Part {
+        role,
+        sha256: p.sha256,
+        size: p.size,
+        storage_key: p.storage_key,
+        extension: p.extension,
+    })
+}
+
+fn new_image(r: ipb::RegisterContentRequest) -> ApiResult<NewImage> {
+    let image_type = convert::want_type(r.r#type)?
+        .ok_or_else(|| invalid("type is required: container or virtual-machine"))?;
+    let layout = match pb::ImageLayout::try_from(r.layout) {
+        Ok(pb::ImageLayout::Unified) => cat::Layout::Unified,
+        Ok(pb::ImageLayout::Split) => cat::Layout::Split,
+        _ => return Err(invalid("layout is required: unified or split")),
+    };
+    if r.filename.len() > 1024 {
+        return Err(invalid("filename is longer than 1024 bytes"));
+    }
+    let update_source = r
+        .update_source
+        .map(|s| -> ApiResult<cat::UpdateSource> {
+            Ok(cat::UpdateSource {
+                server: s.server,
+                protocol: s.protocol,
+                alias: s.alias,
+                certificate: s.certificate,
+                image_type: convert::want_type(s.image_type)?,
+            })
+        })
+        .transpose()?;
+    Ok(NewImage {
+        fingerprint: r.fingerprint,
+        image_type,
+        architecture: r.architecture,
+        filename: r.filename,
+        layout,
+        parts: r.parts.into_iter().map(part).collect::<ApiResult<_>>()?,
+        properties: r.properties.into_iter().collect(),
+        public: r.public,
+        auto_update: r.auto_update,
+        cached: r.cached,
+        created_at: r
+            .create_time
+            .as_ref()
+            .map(|t| convert::unix_nanos("create_time", t))
+            .transpose()?,
+        expires_at: r
+            .expire_time
+            .as_ref()
+            .map(|t| convert::unix_nanos("expire_time", t))
+            .transpose()?,
+        update_source,
+        aliases: r
+            .aliases
+            .into_iter()
+            .map(|a| cat::AliasRef {
+                name: a.name,
+                description: a.description,
+            })
+            .collect(),
+    })
+}
+
+fn not_yet(what: &str) -> Status {
+    ApiError::Unimplemented(format!("{what} is not available on this control plane yet")).into()
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register_node(
+        &self,
+        req: Request<ipb::RegisterNodeRequest>,
+    ) -> Reply<ipb::RegisterNodeResponse> {
+        let r = req.into_inner();
+        validate_node_id(&r.node_id)?;
+        validate_address(&r.address)?;
+        if r.version.len() > 128 {
+            return Err(invalid("version is longer than 128 bytes").into());
+        }
+        let node = self
+            .catalog
+            .register_node(NodeAnnouncement {
+                node_id: r.node_id,
+                address: r.address,
+                capacity_bytes: r.capacity_bytes,
+                available_bytes: r.available_bytes,
+                version: r.version,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(node = %node.node_id, address = %node.address, "blob node registered");
+        Ok(Response::new(ipb::RegisterNodeResponse {
+            node: Some(self.node(node)),
+            heartbeat_interval_seconds: self.interval_seconds(),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<ipb::HeartbeatRequest>,
+    ) -> Reply<ipb::HeartbeatResponse> {
+        let r = req.into_inner();
+        validate_node_id(&r.node_id)?;
+        self.catalog
+            .heartbeat(r.node_id, r.available_bytes, r.active_transfers, r.healthy)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::HeartbeatResponse {
+            heartbeat_interval_seconds: self.interval_seconds(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<ipb::ListNodesRequest>,
+    ) -> Reply<ipb::ListNodesResponse> {
+        let nodes = self.catalog.list_nodes().await.map_err(ApiError::from)?;
+        Ok(Response::new(ipb::ListNodesResponse {
+            nodes: nodes.into_iter().map(|n| self.node(n)).collect(),
+        }))
+    }
+
+    async fn register_content(
+        &self,
+        req: Request<ipb::RegisterContentRequest>,
+    ) -> Reply<ipb::RegisterContentResponse> {
+        let r = req.into_inner();
+        if !r.upload.is_empty() {
+            return Err(not_yet("completing upload sessions"));
+        }
+        let registered = self
+            .catalog
+            .register_image(new_image(r)?)
+            .await
+            .map_err(ApiError::from)?;
+        if registered.created {
+            tracing::info!(fingerprint = %registered.image.fingerprint, "image registered");
+        }
+        Ok(Response::new(ipb::RegisterContentResponse {
+            image: Some(convert::image(registered.image)),
+            created: registered.created,
+            skipped_aliases: registered.skipped_aliases,
+        }))
+    }
+
+    async fn open_write(
+        &self,
+        _req: Request<ipb::OpenWriteRequest>,
+    ) -> Reply<ipb::OpenWriteResponse> {
+        Err(not_yet("resumable upload sessions"))
+    }
+
+    async fn commit_segment(
+        &self,
+        _req: Request<ipb::CommitSegmentRequest>,
+    ) -> Reply<ipb::CommitSegmentResponse> {
+        Err(not_yet("resumable upload sessions"))
+    }
+
+    async fn fail_write(
+        &self,
+        _req: Request<ipb::FailWriteRequest>,
+    ) -> Reply<ipb::FailWriteResponse> {
+        Err(not_yet("resumable upload sessions"))
+    }
+
+    async fn release_write(
+        &self,
+        _req: Request<ipb::ReleaseWriteRequest>,
+    ) -> Reply<ipb::ReleaseWriteResponse> {
+        Err(not_yet("resumable upload sessions"))
+    }
+}
