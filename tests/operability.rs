@@ -1,1 +1,300 @@
+//! The real `imagestore-control` binary: listening, configuration, health,
+//! reflection through grpcurl (not our code), graceful shutdown and restart.
 
+use std::process::Output;
+
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use imagestore_tests::*;
+
+const SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "imagestore.internal.v1.Registry",
+    "imagestore.v1.Aliases",
+    "imagestore.v1.Images",
+    "imagestore.v1.Imports",
+    "imagestore.v1.Operations",
+    "imagestore.v1.Trust",
+    "imagestore.v1.Uploads",
+];
+
+async fn grpcurl(args: &[&str]) -> Output {
+    tokio::process::Command::new(imagestore_tests::grpcurl())
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn start(dir: &std::path::Path) -> Process {
+    Process::start(
+        &binary("imagestore-control"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr.to_string();
+
+    // grpcurl 1.8.6 speaks reflection v1alpha only, so this proves v1alpha works.
+    let list = grpcurl(&["-plaintext", &addr, "list"]).await;
+    assert!(list.status.success(), "{}", text(&list));
+    let listed: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, SERVICES, "exactly the services this process serves");
+
+    for service in SERVICES.iter().filter(|s| s.starts_with("imagestore")) {
+        let d = grpcurl(&["-plaintext", &addr, "describe", service]).await;
+        assert!(d.status.success(), "{service}: {}", text(&d));
+        assert!(text(&d).contains("rpc "), "{service}: {}", text(&d));
+    }
+    // Comments from the .proto files travel with the descriptors: the API reference.
+    let doc = grpcurl(&["-plaintext", &addr, "describe", "imagestore.v1.Image"]).await;
+    assert!(
+        text(&doc).contains("Lowercase hex SHA-256 fingerprint"),
+        "{}",
+        text(&doc)
+    );
+
+    // Calls: register content, read it back, and see an error code.
+    let fp = sha256_hex(b"from grpcurl");
+    let body = format!(
+        r#"{{"fingerprint":"{fp}","type":"IMAGE_TYPE_CONTAINER","architecture":"x86_64",
+            "layout":"IMAGE_LAYOUT_UNIFIED","filename":"x.tar.gz",
+            "parts":[{{"role":"PART_ROLE_UNIFIED","sha256":"{fp}","size":"12","storage_key":"images/{fp}"}}],
+            "aliases":[{{"name":"from-grpcurl"}}]}}"#
+    );
+    let reg = grpcurl(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &addr,
+        "imagestore.internal.v1.Registry/RegisterContent",
+    ])
+    .await;
+    assert!(reg.status.success(), "{}", text(&reg));
+    assert!(text(&reg).contains("\"created\": true"), "{}", text(&reg));
+    let got = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"name":"aliases/from-grpcurl"}"#,
+        &addr,
+        "imagestore.v1.Images/GetImage",
+    ])
+    .await;
+    assert!(got.status.success(), "{}", text(&got));
+    let json: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(json["fingerprint"], fp.as_str());
+    assert_eq!(json["aliases"][0]["name"], "from-grpcurl");
+    let bad = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"name":"images/ABC"}"#,
+        &addr,
+        "imagestore.v1.Images/GetImage",
+    ])
+    .await;
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("InvalidArgument"), "{}", text(&bad));
+    let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]).await;
+    assert!(text(&health).contains("SERVING"), "{}", text(&health));
+    let per_service = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"imagestore.v1.Images"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
+    assert!(
+        text(&per_service).contains("SERVING"),
+        "{}",
+        text(&per_service)
+    );
+
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_and_a_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut registry = ipb::registry_client::RegistryClient::connect(server.url())
+        .await
+        .unwrap();
+    let mut req = unified("survives restarts");
+    req.aliases.push(pb::AliasSpec {
+        name: "keeper".into(),
+        description: String::new(),
+    });
+    let image = registry
+        .register_content(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    drop(registry);
+    let status = server.terminate().await;
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+
+    let server = start(dir.path()).await;
+    let mut images = pb::images_client::ImagesClient::connect(server.url())
+        .await
+        .unwrap();
+    let again = images
+        .get_image(pb::GetImageRequest {
+            name: "aliases/keeper".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, image);
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn configuration_comes_from_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_dir = dir.path().join("from-file");
+    let env_dir = dir.path().join("from-env");
+    let flag_dir = dir.path().join("from-flag");
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval = \"5s\"\n\n[log]\nformat = \"json\"\n",
+            file_dir.display()
+        ),
+    )
+    .unwrap();
+    let bin = binary("imagestore-control");
+    let cfg = config.to_str().unwrap();
+
+    // The file alone. JSON logs: the bound address is in a JSON field.
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.args(["--config", cfg])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let l = lines.next_line().await.unwrap().expect("exited early");
+            if l.contains("listening") {
+                return l;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert!(
+        json["fields"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    child.kill().await.unwrap();
+    assert!(file_dir.join("catalog.sqlite").exists());
+
+    // The environment wins over the file; an unrelated IMAGESTORE_ variable is ignored.
+    let server = Process::start(
+        &bin,
+        &["--config", cfg],
+        &[
+            ("IMAGESTORE_DATA_DIR", env_dir.to_str().unwrap()),
+            ("IMAGESTORE_LOG__FORMAT", "text"),
+            ("IMAGESTORE_REMOTE", "not-a-config-key"),
+        ],
+    )
+    .await;
+    assert!(env_dir.join("catalog.sqlite").exists());
+    server.terminate().await;
+
+    // Flags win over both.
+    let server = Process::start(
+        &bin,
+        &["--config", cfg, "--data-dir", flag_dir.to_str().unwrap()],
+        &[
+            ("IMAGESTORE_DATA_DIR", env_dir.to_str().unwrap()),
+            ("IMAGESTORE_LOG__FORMAT", "text"),
+        ],
+    )
+    .await;
+    assert!(flag_dir.join("catalog.sqlite").exists());
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = binary("imagestore-control");
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "listne = \"127.0.0.1:0\"\n").unwrap();
+    let bad_duration = dir.path().join("duration.toml");
+    std::fs::write(&bad_duration, "heartbeat_interval = \"soon\"\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--config".into(), typo.display().to_string()],
+            "listne",
+        ),
+        (
+            vec!["--config".into(), bad_duration.display().to_string()],
+            "heartbeat_interval",
+        ),
+        (
+            vec![
+                "--config".into(),
+                dir.path().join("missing.toml").display().to_string(),
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["--listen".into(), "not-an-address".into()],
+            "cannot listen on not-an-address",
+        ),
+        (vec!["--no-such-flag".into()], "--no-such-flag"),
+    ];
+    for (args, needle) in cases {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tokio::process::Command::new(&bin)
+                .args(&args)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .output(),
+        )
+        .await
+        .expect("a bad configuration must fail fast")
+        .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+}

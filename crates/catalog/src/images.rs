@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use imagestore_image::{FingerprintQuery, canonical_architecture};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use crate::Catalog;
 use crate::aliases::{insert_alias, validate_alias_name};
 use crate::error::{CatalogError, Result};
 use crate::filter::ImageFilter;
 use crate::model::*;
 use crate::page::{Page, PageRequest};
-use crate::Catalog;
 
 /// How a caller names an image.
 #[derive(Debug, Clone)]
@@ -202,7 +202,12 @@ fn validate_new(mut new: NewImage) -> Result<NewImage> {
     imagestore_image::Fingerprint::parse(&new.fingerprint)?;
     new.architecture = match canonical_architecture(&new.architecture) {
         Some(a) => a.to_owned(),
-        None => return bad(format!("architecture isn't supported: {:?}", new.architecture)),
+        None => {
+            return bad(format!(
+                "architecture isn't supported: {:?}",
+                new.architecture
+            ));
+        }
     };
     let roles: Vec<PartRole> = new.parts.iter().map(|p| p.role).collect();
     let expected: &[PartRole] = match new.layout {
@@ -229,7 +234,11 @@ fn validate_new(mut new: NewImage) -> Result<NewImage> {
             return bad(format!("part {} has no storage key", part.role.as_str()));
         }
         if part.size > i64::MAX as u64 {
-            return bad(format!("part {} size {} is too large", part.role.as_str(), part.size));
+            return bad(format!(
+                "part {} size {} is too large",
+                part.role.as_str(),
+                part.size
+            ));
         }
     }
     if new.layout == Layout::Unified && new.parts[0].sha256 != new.fingerprint {
@@ -455,8 +464,8 @@ impl Catalog {
     /// Storage keys released by deletes and not yet collected.
     pub async fn released_content(&self) -> Result<Vec<String>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT storage_key FROM released_content ORDER BY released_at")?;
+            let mut stmt = conn
+                .prepare_cached("SELECT storage_key FROM released_content ORDER BY released_at")?;
             let keys = stmt
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;

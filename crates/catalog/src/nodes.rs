@@ -89,10 +89,12 @@ impl Catalog {
                     "blob node {node_id:?} is not registered: call RegisterNode first"
                 )));
             }
-            tx.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE node_id = ?1"))?
-                .query_row([&node_id], node_from_row)
-                .optional()?
-                .ok_or_else(|| CatalogError::NotFound(format!("blob node {node_id:?}")))
+            tx.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM nodes WHERE node_id = ?1"
+            ))?
+            .query_row([&node_id], node_from_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound(format!("blob node {node_id:?}")))
         })
         .await
     }
@@ -100,8 +102,9 @@ impl Catalog {
     /// Every known node, by id.
     pub async fn list_nodes(&self) -> Result<Vec<Node>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY node_id"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM nodes ORDER BY node_id"
+            ))?;
             let nodes = stmt
                 .query_map([], node_from_row)?
                 .collect::<rusqlite::Result<_>>()?;

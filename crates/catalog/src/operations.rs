@@ -46,12 +46,14 @@ fn finish_row((mut op, state, metadata): OpRow) -> Result<Operation> {
 }
 
 fn load(conn: &Connection, id: &str) -> Result<Operation> {
-    conn.prepare_cached(&format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"))?
-        .query_row([id], op_from_row)
-        .optional()?
-        .map(finish_row)
-        .transpose()?
-        .ok_or_else(|| CatalogError::NotFound(format!("operation {id:?} not found")))
+    conn.prepare_cached(&format!(
+        "SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"
+    ))?
+    .query_row([id], op_from_row)
+    .optional()?
+    .map(finish_row)
+    .transpose()?
+    .ok_or_else(|| CatalogError::NotFound(format!("operation {id:?} not found")))
 }
 
 fn store(conn: &Connection, op: &Operation) -> Result<()> {
@@ -93,7 +95,11 @@ pub struct OperationUpdate {
 
 impl Catalog {
     /// Records a new QUEUED operation.
-    pub async fn create_operation(&self, description: String, may_cancel: bool) -> Result<Operation> {
+    pub async fn create_operation(
+        &self,
+        description: String,
+        may_cancel: bool,
+    ) -> Result<Operation> {
         let now = now();
         let op = Operation {
             id: uuid::Uuid::new_v4().to_string(),

@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn page_sizes_are_bounded() {
         assert_eq!(PageRequest::new(0, "", "").unwrap().size, DEFAULT_PAGE_SIZE);
-        assert_eq!(PageRequest::new(1 << 30, "", "").unwrap().size, MAX_PAGE_SIZE);
+        assert_eq!(
+            PageRequest::new(1 << 30, "", "").unwrap().size,
+            MAX_PAGE_SIZE
+        );
         assert!(PageRequest::new(-1, "", "").is_err());
     }
 }

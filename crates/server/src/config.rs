@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use figment::{Figment, Provider};
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -43,12 +43,13 @@ where
         }
         figment = figment.merge(Toml::file_exact(file));
     }
-    let env = Env::prefixed(ENV_PREFIX)
-        .split("__")
-        .filter(move |key| {
-            let top = key.as_str().split('.').next().unwrap_or_default();
-            known.contains(top)
-        });
+    let env = Env::prefixed(ENV_PREFIX).split("__").filter(move |key| {
+        // The key arrives as written in the environment, with "__" already
+        // turned into "." (DATA_DIR, LOG.FORMAT).
+        let key = key.as_str().to_ascii_lowercase();
+        let top = key.split('.').next().unwrap_or_default();
+        known.contains(top)
+    });
     figment
         .merge(env)
         .merge(Serialized::defaults(flags))

@@ -116,14 +116,14 @@ impl GrpcServer {
             .add_service(reflection().build_v1alpha()?);
 
         let trace = TraceLayer::new_for_grpc()
-            .make_span_with(|req: &http::Request<_>| {
-                tracing::info_span!("rpc", method = %req.uri().path())
-            })
+            .make_span_with(
+                |req: &http::Request<_>| tracing::info_span!("rpc", method = %req.uri().path()),
+            )
             .on_response(DefaultOnResponse::new().level(Level::DEBUG))
             .on_failure(DefaultOnFailure::new().level(Level::WARN));
 
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -61,14 +61,16 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. Calling it twice (tests) keeps the first.
 pub fn init(service: &'static str, config: &LogConfig) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
     let endpoint = if config.otlp_endpoint.is_empty() {
         std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default()
     } else {
         config.otlp_endpoint.clone()
     };
-    let provider = (!endpoint.is_empty()).then(|| otlp_provider(service, &endpoint)).flatten();
+    let provider = (!endpoint.is_empty())
+        .then(|| otlp_provider(service, &endpoint))
+        .flatten();
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));

@@ -26,7 +26,9 @@ type Reply<T> = Result<Response<T>, Status>;
 impl Aliases for AliasesService {
     async fn create_alias(&self, req: Request<pb::CreateAliasRequest>) -> Reply<pb::Alias> {
         let r = req.into_inner();
-        let alias = r.alias.ok_or_else(|| invalid("alias is required (with its target)"))?;
+        let alias = r
+            .alias
+            .ok_or_else(|| invalid("alias is required (with its target)"))?;
         let name = match (r.alias_id.as_str(), alias.name.as_str()) {
             ("", "") => return Err(invalid("alias_id (or alias.name) is required").into()),
             ("", full) => names::alias("alias.name", full)?.to_owned(),
@@ -90,7 +92,9 @@ impl Aliases for AliasesService {
         let name = names::alias("alias.name", &alias.name)?.to_owned();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
-            return Err(invalid("update_mask is empty: name \"target\" and/or \"description\"").into());
+            return Err(
+                invalid("update_mask is empty: name \"target\" and/or \"description\"").into(),
+            );
         }
         let mut edit = AliasEdit::default();
         for path in &paths {
@@ -108,14 +112,21 @@ impl Aliases for AliasesService {
                 }
             }
         }
-        let updated = self.catalog.update_alias(name, edit).await.map_err(ApiError::from)?;
+        let updated = self
+            .catalog
+            .update_alias(name, edit)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::alias(updated)))
     }
 
     async fn rename_alias(&self, req: Request<pb::RenameAliasRequest>) -> Reply<pb::Alias> {
         let r = req.into_inner();
         let name = names::alias("name", &r.name)?.to_owned();
-        let new_name = r.new_alias_id.strip_prefix("aliases/").unwrap_or(&r.new_alias_id);
+        let new_name = r
+            .new_alias_id
+            .strip_prefix("aliases/")
+            .unwrap_or(&r.new_alias_id);
         let renamed = self
             .catalog
             .rename_alias(name, new_name.to_owned())
@@ -130,7 +141,10 @@ impl Aliases for AliasesService {
     ) -> Reply<pb::DeleteAliasResponse> {
         let r = req.into_inner();
         let name = names::alias("name", &r.name)?.to_owned();
-        self.catalog.delete_alias(name).await.map_err(ApiError::from)?;
+        self.catalog
+            .delete_alias(name)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::DeleteAliasResponse {}))
     }
 }

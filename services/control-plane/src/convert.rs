@@ -145,7 +145,9 @@ pub fn operation(o: cat::Operation) -> pb::Operation {
             bytes_total: o.bytes_total,
             bytes_per_second: o.bytes_per_second,
         }),
-        error: o.error.map(|(code, message)| pb::OperationError { code, message }),
+        error: o
+            .error
+            .map(|(code, message)| pb::OperationError { code, message }),
         image: o.image,
         metadata: o.metadata.into_iter().collect(),
         may_cancel: o.may_cancel,

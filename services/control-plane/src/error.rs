@@ -31,7 +31,9 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let msg = e.to_string();
         match e {
-            ApiError::InvalidArgument(_) | ApiError::Fingerprint(_) => Status::invalid_argument(msg),
+            ApiError::InvalidArgument(_) | ApiError::Fingerprint(_) => {
+                Status::invalid_argument(msg)
+            }
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::Unimplemented(_) => Status::unimplemented(msg),

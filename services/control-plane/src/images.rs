@@ -100,11 +100,18 @@ fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
 
 #[tonic::async_trait]
 impl Images for ImagesService {
-    async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Result<Response<pb::Image>, Status> {
+    async fn get_image(
+        &self,
+        req: Request<pb::GetImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
         let public_only = public_only(&req);
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, convert::want_type(r.r#type)?)?;
-        let image = self.catalog.get_image(what, public_only).await.map_err(ApiError::from)?;
+        let image = self
+            .catalog
+            .get_image(what, public_only)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::image(image)))
     }
 
@@ -137,7 +144,11 @@ impl Images for ImagesService {
         let what = names::image_ref("image.name", &image.name, None)?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let edit = edit_from(&image, &paths)?;
-        let updated = self.catalog.update_image(what, edit).await.map_err(ApiError::from)?;
+        let updated = self
+            .catalog
+            .update_image(what, edit)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::image(updated)))
     }
 
@@ -147,7 +158,11 @@ impl Images for ImagesService {
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, None)?;
-        let (image, released) = self.catalog.delete_image(what).await.map_err(ApiError::from)?;
+        let (image, released) = self
+            .catalog
+            .delete_image(what)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(fingerprint = %image.fingerprint, released = released.len(), "image deleted");
         Ok(Response::new(pb::DeleteImageResponse {
             fingerprint: image.fingerprint,
@@ -162,7 +177,11 @@ impl Images for ImagesService {
         let public_only = public_only(&req);
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, convert::want_type(r.r#type)?)?;
-        let image = self.catalog.get_image(what, public_only).await.map_err(ApiError::from)?;
+        let image = self
+            .catalog
+            .get_image(what, public_only)
+            .await
+            .map_err(ApiError::from)?;
         let node = self.nodes.pick().await?;
         let files = image
             .parts
@@ -182,10 +201,10 @@ impl Images for ImagesService {
         &self,
         _req: Request<pb::CreateImageSecretRequest>,
     ) -> Result<Response<pb::ImageSecret>, Status> {
-        Err(ApiError::Unimplemented(
-            "image secrets are not available on this server yet".into(),
+        Err(
+            ApiError::Unimplemented("image secrets are not available on this server yet".into())
+                .into(),
         )
-        .into())
     }
 
     async fn refresh_image(
@@ -194,7 +213,11 @@ impl Images for ImagesService {
     ) -> Result<Response<pb::Operation>, Status> {
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, None)?;
-        let image = self.catalog.get_image(what, false).await.map_err(ApiError::from)?;
+        let image = self
+            .catalog
+            .get_image(what, false)
+            .await
+            .map_err(ApiError::from)?;
         if image.update_source.is_none() {
             return Err(ApiError::FailedPrecondition(format!(
                 "image {} has no update source (it was uploaded, or copied by fingerprint): \
@@ -203,6 +226,9 @@ impl Images for ImagesService {
             ))
             .into());
         }
-        Err(ApiError::Unimplemented("refreshing from remote sources is not available on this server yet".into()).into())
+        Err(ApiError::Unimplemented(
+            "refreshing from remote sources is not available on this server yet".into(),
+        )
+        .into())
     }
 }

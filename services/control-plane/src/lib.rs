@@ -44,6 +44,17 @@ pub enum StartError {
 /// The database file inside the data directory.
 pub const CATALOG_FILE: &str = "catalog.sqlite";
 
+/// Creates the data directory and opens (migrating if needed) the catalog in it.
+pub async fn open_catalog(config: &ControlPlaneConfig) -> Result<Catalog, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let catalog = Catalog::open(config.data_dir.join(CATALOG_FILE)).await?;
+    tracing::info!(data_dir = %config.data_dir.display(), "catalog open");
+    Ok(catalog)
+}
+
 /// Opens the catalog in `config.data_dir` and serves on `listener` until
 /// `shutdown` resolves.
 pub async fn serve(
@@ -51,12 +62,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let catalog = Catalog::open(config.data_dir.join(CATALOG_FILE)).await?;
-    tracing::info!(data_dir = %config.data_dir.display(), "catalog open");
+    let catalog = open_catalog(&config).await?;
+    serve_catalog(config, catalog, listener, shutdown).await
+}
+
+/// Serves an already open catalog. For callers that share the catalog with the
+/// server in one process (`imagestore serve`, in-process tests).
+pub async fn serve_catalog(
+    config: ControlPlaneConfig,
+    catalog: Catalog,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
     let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
     let limit = config.max_request_bytes;
     GrpcServer::new()
@@ -84,8 +101,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds `config.listen` and serves until SIGTERM or SIGINT.
+/// Opens the catalog, binds `config.listen` and serves until SIGTERM or SIGINT.
 pub async fn run(config: ControlPlaneConfig) -> Result<(), StartError> {
+    // The catalog opens first, so that "listening" in the log means ready.
+    let catalog = open_catalog(&config).await?;
     let listener = imagestore_server::bind(&config.listen).await?;
-    serve(config, listener, imagestore_server::shutdown::signal()).await
+    serve_catalog(
+        config,
+        catalog,
+        listener,
+        imagestore_server::shutdown::signal(),
+    )
+    .await
 }

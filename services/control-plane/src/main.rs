@@ -15,7 +15,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config: ControlPlaneConfig = match load_config(args.common.config.as_deref(), &args.common) {
+    let config: ControlPlaneConfig = match load_config(args.common.config.as_deref(), &args.common)
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("imagestore-control: {e}");

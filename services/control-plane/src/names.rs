@@ -44,14 +44,23 @@ pub fn image_ref(field: &str, name: &str, image_type: Option<ImageType>) -> ApiR
 
 /// "aliases/{alias}" → the alias name (which may contain slashes).
 pub fn alias<'a>(field: &str, name: &'a str) -> ApiResult<&'a str> {
-    strip(field, name, "aliases/", "\"aliases/{alias}\", e.g. \"aliases/debian/12\"")
+    let alias = strip(
+        field,
+        name,
+        "aliases/",
+        "\"aliases/{alias}\", e.g. \"aliases/debian/12\"",
+    )?;
+    imagestore_catalog::validate_alias_name(alias)?;
+    Ok(alias)
 }
 
 /// "operations/{id}" → id.
 pub fn operation<'a>(field: &str, name: &'a str) -> ApiResult<&'a str> {
     let id = strip(field, name, "operations/", "\"operations/{id}\"")?;
     if id.contains('/') {
-        return Err(invalid(format!("{field} {name:?}: an operation id has no '/'")));
+        return Err(invalid(format!(
+            "{field} {name:?}: an operation id has no '/'"
+        )));
     }
     Ok(id)
 }

@@ -60,7 +60,11 @@ fn parse_filter(filter: &str) -> ApiResult<(Option<OperationState>, Option<bool>
 impl Operations for OperationsService {
     async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> Reply<pb::Operation> {
         let id = names::operation("name", &req.get_ref().name)?.to_owned();
-        let op = self.catalog.get_operation(id).await.map_err(ApiError::from)?;
+        let op = self
+            .catalog
+            .get_operation(id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::operation(op)))
     }
 
@@ -70,8 +74,12 @@ impl Operations for OperationsService {
     ) -> Reply<pb::ListOperationsResponse> {
         let r = req.into_inner();
         let (state, done) = parse_filter(&r.filter)?;
-        let page = PageRequest::new(r.page_size, &r.page_token, &format!("operations|{}", r.filter))
-            .map_err(ApiError::from)?;
+        let page = PageRequest::new(
+            r.page_size,
+            &r.page_token,
+            &format!("operations|{}", r.filter),
+        )
+        .map_err(ApiError::from)?;
         let page = self
             .catalog
             .list_operations(state, done, page)
@@ -97,7 +105,11 @@ impl Operations for OperationsService {
         };
         // Subscribe before the first read so that no change between the two is missed.
         let mut changes = self.catalog.watch_operations();
-        let first = self.catalog.get_operation(id.clone()).await.map_err(ApiError::from)?;
+        let first = self
+            .catalog
+            .get_operation(id.clone())
+            .await
+            .map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let catalog = self.catalog.clone();
         tokio::spawn(async move {
@@ -135,7 +147,11 @@ impl Operations for OperationsService {
         req: Request<pb::CancelOperationRequest>,
     ) -> Reply<pb::Operation> {
         let id = names::operation("name", &req.get_ref().name)?.to_owned();
-        let op = self.catalog.cancel_operation(id).await.map_err(ApiError::from)?;
+        let op = self
+            .catalog
+            .cancel_operation(id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::operation(op)))
     }
 }

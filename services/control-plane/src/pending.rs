@@ -39,16 +39,25 @@ pub struct PendingTrust;
 
 #[tonic::async_trait]
 impl pb::trust_server::Trust for PendingTrust {
-    async fn add_certificate(&self, _: Request<pb::AddCertificateRequest>) -> Reply<pb::TrustEntry> {
+    async fn add_certificate(
+        &self,
+        _: Request<pb::AddCertificateRequest>,
+    ) -> Reply<pb::TrustEntry> {
         Err(not_yet("trust management calls"))
     }
-    async fn create_token(&self, _: Request<pb::CreateTokenRequest>) -> Reply<pb::CreateTokenResponse> {
+    async fn create_token(
+        &self,
+        _: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
         Err(not_yet("trust management calls"))
     }
     async fn list_trust(&self, _: Request<pb::ListTrustRequest>) -> Reply<pb::ListTrustResponse> {
         Err(not_yet("trust management calls"))
     }
-    async fn remove_trust(&self, _: Request<pb::RemoveTrustRequest>) -> Reply<pb::RemoveTrustResponse> {
+    async fn remove_trust(
+        &self,
+        _: Request<pb::RemoveTrustRequest>,
+    ) -> Reply<pb::RemoveTrustResponse> {
         Err(not_yet("trust management calls"))
     }
 }
