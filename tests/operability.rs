@@ -134,7 +134,7 @@ async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
         text(&per_service)
     );
 
-    assert!(server.terminate().await.success());
+    assert!(server.terminate().await.status.success());
 }
 
 #[tokio::test]
@@ -157,8 +157,14 @@ async fn sigterm_stops_gracefully_and_a_restart_keeps_everything() {
         .image
         .unwrap();
     drop(registry);
-    let status = server.terminate().await;
-    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let stopped = server.terminate().await;
+    assert!(
+        stopped.status.success(),
+        "exit status after SIGTERM: {:?}",
+        stopped.status
+    );
+    assert!(stopped.log.iter().any(|l| l.contains("SIGTERM received")));
+    assert!(stopped.log.iter().any(|l| l.contains("server stopped")));
 
     let server = start(dir.path()).await;
     let mut images = pb::images_client::ImagesClient::connect(server.url())
@@ -173,7 +179,7 @@ async fn sigterm_stops_gracefully_and_a_restart_keeps_everything() {
         .unwrap()
         .into_inner();
     assert_eq!(again, image);
-    assert!(server.terminate().await.success());
+    assert!(server.terminate().await.status.success());
 }
 
 #[tokio::test]
@@ -297,4 +303,53 @@ async fn bad_configuration_fails_with_a_message() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
     }
+}
+
+#[tokio::test]
+async fn every_rpc_gets_its_own_span_in_structured_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(
+        &binary("imagestore-control"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[
+            ("IMAGESTORE_LOG__FORMAT", "json"),
+            ("RUST_LOG", "imagestore_server=debug,tower_http=debug,info"),
+        ],
+    )
+    .await;
+    let mut images = pb::images_client::ImagesClient::connect(server.url())
+        .await
+        .unwrap();
+    let missing = format!("images/{}", "a".repeat(64));
+    for _ in 0..2 {
+        let r = images
+            .get_image(pb::GetImageRequest {
+                name: missing.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
+    }
+    drop(images);
+    let stopped = server.terminate().await;
+    let rpc_events: Vec<serde_json::Value> = stopped
+        .log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|j| j["span"]["name"] == "rpc")
+        .collect();
+    let get_image: Vec<&serde_json::Value> = rpc_events
+        .iter()
+        .filter(|j| j["span"]["method"] == "/imagestore.v1.Images/GetImage")
+        .collect();
+    assert!(
+        get_image.len() >= 2,
+        "each GetImage call logs inside its own span: {:#?}",
+        stopped.log
+    );
 }

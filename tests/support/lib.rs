@@ -274,8 +274,26 @@ fn which(name: &str) -> Option<PathBuf> {
 pub struct Process {
     pub child: Child,
     pub addr: std::net::SocketAddr,
-    /// Lines of stderr seen so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    drain: JoinHandle<()>,
+}
+
+/// How a process ended, with everything it wrote to stderr.
+pub struct Stopped {
+    pub status: std::process::ExitStatus,
     pub log: Vec<String>,
+}
+
+/// The bound address in a "listening" log line, text or JSON.
+fn listening_address(line: &str) -> Option<std::net::SocketAddr> {
+    if let Some(rest) = line.split("listening address=").nth(1) {
+        return rest.trim().parse().ok();
+    }
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    if json["fields"]["message"] != "listening" {
+        return None;
+    }
+    json["fields"]["address"].as_str()?.parse().ok()
 }
 
 /// How long a binary may take to print its bound address.
@@ -298,32 +316,44 @@ impl Process {
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let mut log = Vec::new();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
         let addr = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                log.push(line.clone());
-                if let Some(rest) = line.split("listening address=").nth(1) {
-                    return rest.trim().parse().unwrap();
+                seen.lock().unwrap().push(line.clone());
+                if let Some(addr) = listening_address(&line) {
+                    return addr;
                 }
             }
             panic!(
                 "process exited before listening; its log:\n{}",
-                log.join("\n")
+                seen.lock().unwrap().join("\n")
             );
         })
         .await
         .expect("the process did not report its address in time");
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addr, log }
+        // Keep reading stderr so the child never blocks on a full pipe, and so the
+        // whole log is there once it exits.
+        let kept = log.clone();
+        let drain = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            addr,
+            log,
+            drain,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Sends SIGTERM and returns the exit status (bounded wait).
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and waits (bounded) for the process to exit and its log to end.
+    pub async fn terminate(mut self) -> Stopped {
         let pid = self.child.id().unwrap();
         let killed = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -331,9 +361,15 @@ impl Process {
             .await
             .unwrap();
         assert!(killed.success());
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("the process did not stop within 30 s of SIGTERM")
-            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.drain)
+            .await
+            .expect("stderr did not close after the process exited")
+            .unwrap();
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        Stopped { status, log }
     }
 }
