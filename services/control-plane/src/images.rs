@@ -19,6 +19,17 @@ impl ImagesService {
     pub fn new(catalog: Catalog, nodes: NodePicker) -> Self {
         Self { catalog, nodes }
     }
+
+    /// Resolves a request's image name and wanted type to the record.
+    async fn lookup(
+        &self,
+        name: &str,
+        image_type: i32,
+        public_only: bool,
+    ) -> ApiResult<cat::Image> {
+        let what = names::image_ref("name", name, convert::want_type(image_type)?)?;
+        Ok(self.catalog.get_image(what, public_only).await?)
+    }
 }
 
 /// Whether the caller sees only public images. Every caller is trusted until the
@@ -106,12 +117,7 @@ impl Images for ImagesService {
     ) -> Result<Response<pb::Image>, Status> {
         let public_only = public_only(&req);
         let r = req.into_inner();
-        let what = names::image_ref("name", &r.name, convert::want_type(r.r#type)?)?;
-        let image = self
-            .catalog
-            .get_image(what, public_only)
-            .await
-            .map_err(ApiError::from)?;
+        let image = self.lookup(&r.name, r.r#type, public_only).await?;
         Ok(Response::new(convert::image(image)))
     }
 
@@ -176,12 +182,7 @@ impl Images for ImagesService {
     ) -> Result<Response<pb::ExportImageResponse>, Status> {
         let public_only = public_only(&req);
         let r = req.into_inner();
-        let what = names::image_ref("name", &r.name, convert::want_type(r.r#type)?)?;
-        let image = self
-            .catalog
-            .get_image(what, public_only)
-            .await
-            .map_err(ApiError::from)?;
+        let image = self.lookup(&r.name, r.r#type, public_only).await?;
         let node = self.nodes.pick().await?;
         let files = image
             .parts
