@@ -22,6 +22,9 @@ pub enum CatalogError {
     /// Someone else holds what the caller wants (an upload being written).
     #[error("{0}")]
     Aborted(String),
+    /// Over a configured limit (staging size).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A name or prefix that is not a fingerprint.
     #[error(transparent)]
     Fingerprint(#[from] FingerprintError),

@@ -393,10 +393,28 @@ impl Catalog {
     }
 
     /// Registers verified content; idempotent by fingerprint. Aliases whose names
-    /// are taken are skipped, not moved.
-    pub async fn register_image(&self, new: NewImage) -> Result<Registered> {
+    /// are taken are skipped, not moved. `upload` names the session this completes:
+    /// it becomes COMPLETE in the same transaction (or FAILED, when the fingerprint
+    /// was registered already).
+    pub async fn register_image(
+        &self,
+        new: NewImage,
+        upload: Option<String>,
+    ) -> Result<Registered> {
         let new = validate_new(new)?;
-        self.write(move |tx| register(tx, new)).await
+        self.write(move |tx| {
+            let registered = register(tx, new)?;
+            if let Some(id) = upload {
+                crate::uploads::finish_with_registration(
+                    tx,
+                    &id,
+                    &registered.image.fingerprint,
+                    registered.created,
+                )?;
+            }
+            Ok(registered)
+        })
+        .await
     }
 
     /// Changes editable fields and returns the new record.
@@ -461,15 +479,29 @@ impl Catalog {
             .await
     }
 
-    /// Storage keys released by deletes and not yet collected.
-    pub async fn released_content(&self) -> Result<Vec<String>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT storage_key FROM released_content ORDER BY released_at")?;
+    /// Storage keys (and prefixes ending in "/") released and not yet collected,
+    /// oldest first.
+    pub async fn released_content(&self, limit: usize) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT storage_key FROM released_content ORDER BY released_at LIMIT ?1",
+            )?;
             let keys = stmt
-                .query_map([], |r| r.get(0))?
+                .query_map([limit as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(keys)
+        })
+        .await
+    }
+
+    /// Forgets released keys whose bytes were deleted.
+    pub async fn forget_released(&self, keys: Vec<String>) -> Result<()> {
+        self.write(move |tx| {
+            for key in &keys {
+                tx.prepare_cached("DELETE FROM released_content WHERE storage_key = ?1")?
+                    .execute([key])?;
+            }
+            Ok(())
         })
         .await
     }

@@ -14,6 +14,7 @@ mod nodes;
 mod operations;
 mod page;
 mod schema;
+mod uploads;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +32,7 @@ pub use nodes::NodeAnnouncement;
 pub use operations::OperationUpdate;
 pub use page::{Page, PageRequest};
 pub use schema::latest_version as schema_version;
+pub use uploads::SegmentCommit;
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

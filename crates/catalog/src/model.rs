@@ -48,6 +48,15 @@ text_enum!(
     PartRole { Unified = "unified", Metadata = "metadata", Rootfs = "rootfs" }
 );
 text_enum!(
+    /// Where an upload session is in its life.
+    UploadState {
+        Open = "OPEN",
+        Complete = "COMPLETE",
+        Cancelled = "CANCELLED",
+        Failed = "FAILED",
+    }
+);
+text_enum!(
     /// Where an operation is in its life.
     OperationState {
         Queued = "QUEUED",
@@ -210,4 +219,63 @@ pub struct Operation {
     pub may_cancel: bool,
     pub created_at: UnixNanos,
     pub updated_at: UnixNanos,
+}
+
+/// What a client declared it will upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadSpec {
+    pub layout: Option<Layout>,
+    pub expected_fingerprint: String,
+    pub metadata_size: u64,
+    pub rootfs_size: u64,
+    pub filename: String,
+    pub public: bool,
+    pub aliases: Vec<(String, String)>,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A stored piece of a staged upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Offset of its first byte in the image's byte stream.
+    pub start: u64,
+    pub length: u64,
+    pub storage_key: String,
+}
+
+/// SHA-256 states (sha2's serialised form) at a committed offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashState {
+    pub image: Vec<u8>,
+    pub part: Vec<u8>,
+}
+
+/// An upload session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub spec: UploadSpec,
+    pub state: UploadState,
+    pub committed_size: u64,
+    /// Split images: the metadata part's size once its end was committed; 0 before.
+    pub metadata_size: u64,
+    pub hash_state: HashState,
+    pub lease: Option<String>,
+    pub fingerprint: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: UnixNanos,
+    pub expires_at: UnixNanos,
+    pub segments: Vec<Segment>,
+}
+
+impl Upload {
+    /// The object-store prefix under which this upload's bytes live.
+    pub fn storage_prefix(&self) -> String {
+        upload_prefix(&self.id)
+    }
+}
+
+/// The object-store prefix of an upload's bytes: `blobs/{id}/`.
+pub fn upload_prefix(id: &str) -> String {
+    format!("blobs/{id}/")
 }

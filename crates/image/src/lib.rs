@@ -2,6 +2,12 @@
 
 pub mod arch;
 pub mod fingerprint;
+pub mod format;
+pub mod metadata;
+pub mod scan;
 
 pub use arch::canonical_architecture;
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintQuery};
+pub use format::{Format, extension_of};
+pub use metadata::{Metadata, MetadataError, parse_metadata};
+pub use scan::{FoundType, ScanError, ScanLimits, Scanned, scan_tarball};

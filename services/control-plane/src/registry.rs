@@ -219,7 +219,7 @@ impl Registry for RegistryService {
         }
         let registered = self
             .catalog
-            .register_image(new_image(r)?)
+            .register_image(new_image(r)?, None)
             .await
             .map_err(ApiError::from)?;
         if registered.created {

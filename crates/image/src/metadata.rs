@@ -1,0 +1,191 @@
+//! metadata.yaml: parsed, validated and normalised as LXD's `getImageMetadata`
+//! does, with clearer words when something is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::arch::canonical_architecture;
+
+/// The largest metadata.yaml read, as LXD (`MaxYAMLFileBytes`).
+pub const MAX_METADATA_BYTES: u64 = 1024 * 1024;
+
+/// Why a metadata.yaml was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata.yaml is not valid YAML for an image: {0}")]
+    Yaml(String),
+    #[error("metadata.yaml has no architecture")]
+    MissingArchitecture,
+    #[error("Architecture isn't supported: {0:?} (metadata.yaml)")]
+    UnknownArchitecture(String),
+    #[error("Missing creation date: metadata.yaml needs creation_date as Unix seconds")]
+    MissingCreationDate,
+    #[error("metadata.yaml has expiry_date {0}; it must be Unix seconds, not negative")]
+    BadExpiry(i64),
+    #[error("metadata.yaml property {0:?}: {1}")]
+    BadProperty(String, String),
+    #[error("metadata.yaml template for {0:?}: {1}")]
+    BadTemplate(String, String),
+}
+
+/// A validated metadata.yaml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Canonical architecture name (amd64 becomes x86_64).
+    pub architecture: String,
+    /// Unix seconds.
+    pub creation_date: i64,
+    /// Unix seconds; None when absent or 0.
+    pub expiry_date: Option<i64>,
+    pub properties: BTreeMap<String, String>,
+    /// Instance paths that have templates.
+    pub templates: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    creation_date: i64,
+    #[serde(default)]
+    expiry_date: i64,
+    #[serde(default)]
+    properties: BTreeMap<String, serde_yaml_ng::Value>,
+    #[serde(default)]
+    templates: BTreeMap<String, RawTemplate>,
+}
+
+#[derive(Deserialize)]
+struct RawTemplate {
+    #[serde(default)]
+    template: String,
+    #[serde(default)]
+    when: Vec<String>,
+}
+
+/// Parses and validates metadata.yaml's bytes.
+pub fn parse_metadata(yaml: &[u8]) -> Result<Metadata, MetadataError> {
+    let raw: Raw =
+        serde_yaml_ng::from_slice(yaml).map_err(|e| MetadataError::Yaml(e.to_string()))?;
+    if raw.architecture.is_empty() {
+        return Err(MetadataError::MissingArchitecture);
+    }
+    let architecture = canonical_architecture(&raw.architecture)
+        .ok_or_else(|| MetadataError::UnknownArchitecture(raw.architecture.clone()))?
+        .to_owned();
+    if raw.creation_date <= 0 {
+        return Err(MetadataError::MissingCreationDate);
+    }
+    if raw.expiry_date < 0 {
+        return Err(MetadataError::BadExpiry(raw.expiry_date));
+    }
+    let mut properties = BTreeMap::new();
+    for (key, value) in raw.properties {
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Err(MetadataError::BadProperty(
+                key,
+                "keys must be non-empty and without white space".into(),
+            ));
+        }
+        // YAML turns `release: 22.04` into a number; LXD's properties are strings.
+        let text = match value {
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Null => String::new(),
+            _ => {
+                return Err(MetadataError::BadProperty(
+                    key,
+                    "values must be strings, not lists or maps".into(),
+                ));
+            }
+        };
+        if !text.is_empty() {
+            properties.insert(key, text);
+        }
+    }
+    let mut templates = Vec::new();
+    for (path, t) in raw.templates {
+        if !path.starts_with('/') {
+            return Err(MetadataError::BadTemplate(
+                path,
+                "the key must be an absolute path inside the instance".into(),
+            ));
+        }
+        if t.template.is_empty() || t.template.contains('/') || t.template == ".." {
+            return Err(MetadataError::BadTemplate(
+                path,
+                format!(
+                    "template {:?} must be a file name inside templates/, without '/'",
+                    t.template
+                ),
+            ));
+        }
+        if t.when.iter().any(String::is_empty) {
+            return Err(MetadataError::BadTemplate(
+                path,
+                "an empty trigger in when".into(),
+            ));
+        }
+        templates.push(path);
+    }
+    Ok(Metadata {
+        architecture,
+        creation_date: raw.creation_date,
+        expiry_date: (raw.expiry_date > 0).then_some(raw.expiry_date),
+        properties,
+        templates,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lxd_fixture_metadata_parses() {
+        let yaml = b"architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  os: busybox\n  release: \"1.35.0\"\n  description: BusyBox\n";
+        let m = parse_metadata(yaml).unwrap();
+        assert_eq!(m.architecture, "x86_64");
+        assert_eq!(m.creation_date, 1_700_000_000);
+        assert_eq!(m.expiry_date, None);
+        assert_eq!(m.properties["release"], "1.35.0");
+    }
+
+    #[test]
+    fn aliases_numbers_and_templates_are_normalised() {
+        let yaml = b"architecture: amd64\ncreation_date: 1\nexpiry_date: 2\nproperties:\n  release: 22.04\n  empty: ''\ntemplates:\n  /etc/hostname:\n    when: [create, copy]\n    template: hostname.tpl\n";
+        let m = parse_metadata(yaml).unwrap();
+        assert_eq!(m.architecture, "x86_64");
+        assert_eq!(m.expiry_date, Some(2));
+        assert_eq!(m.properties["release"], "22.04");
+        assert!(!m.properties.contains_key("empty"));
+        assert_eq!(m.templates, ["/etc/hostname"]);
+    }
+
+    #[test]
+    fn invalid_metadata_says_what_is_wrong() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"creation_date: 1\n", "no architecture"),
+            (b"architecture: sparc\ncreation_date: 1\n", "Architecture isn't supported"),
+            (b"architecture: x86_64\n", "Missing creation date"),
+            (b"architecture: x86_64\ncreation_date: 0\n", "Missing creation date"),
+            (b"architecture: x86_64\ncreation_date: 1\nexpiry_date: -5\n", "expiry_date -5"),
+            (b"architecture: x86_64\ncreation_date: nope\n", "not valid YAML"),
+            (b"architecture: [x\n", "not valid YAML"),
+            (b"architecture: x86_64\ncreation_date: 1\nproperties:\n  os: [a, b]\n", "not lists"),
+            (b"architecture: x86_64\ncreation_date: 1\ntemplates:\n  etc/x:\n    template: x.tpl\n", "absolute path"),
+            (b"architecture: x86_64\ncreation_date: 1\ntemplates:\n  /etc/x:\n    template: ../../x\n", "without '/'"),
+        ];
+        for (yaml, needle) in cases {
+            let err = parse_metadata(yaml).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{}: {err}",
+                String::from_utf8_lossy(yaml)
+            );
+        }
+    }
+}

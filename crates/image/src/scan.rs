@@ -1,0 +1,384 @@
+//! Reading what an image tarball says about itself without unpacking it: find
+//! metadata.yaml and the first entry that proves the type (rootfs/ for a
+//! container, rootfs.img for a virtual machine), then stop, as LXD does.
+//!
+//! Everything is streamed: memory stays bounded whatever the tarball holds, and a
+//! budget on decompressed bytes stops decompression bombs.
+
+use std::io::{self, Read};
+
+use crate::format::{Format, SNIFF_LEN};
+use crate::metadata::{MAX_METADATA_BYTES, Metadata, MetadataError, parse_metadata};
+
+/// What a scan found out about the type of image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundType {
+    /// A rootfs/ tree.
+    Container,
+    /// A rootfs.img disk.
+    VirtualMachine,
+}
+
+/// The result of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub format: Format,
+    pub metadata: Metadata,
+    /// None when the tarball holds no rootfs (a split image's metadata tarball).
+    pub found_type: Option<FoundType>,
+}
+
+/// Bounds on what a scan may read.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanLimits {
+    /// Decompressed bytes the scan may read before giving up.
+    pub max_decompressed: u64,
+    /// Tar entries the scan may look at.
+    pub max_entries: u64,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        Self {
+            max_decompressed: 4 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// Why a tarball was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("Unsupported compression: the file is none of gzip, xz, lzma, bzip2, zstd or tar")]
+    UnsupportedCompression,
+    #[error("a {0:?} file is not a tarball; a metadata part must be a (compressed) tarball")]
+    NotATarball(Format),
+    #[error("Metadata tarball is missing metadata.yaml")]
+    MissingMetadata,
+    #[error("Cannot read non-regular file \"metadata.yaml\" (it is a link or a directory)")]
+    IrregularMetadata,
+    #[error("metadata.yaml is {0} bytes; the most accepted is {MAX_METADATA_BYTES}")]
+    MetadataTooLarge(u64),
+    #[error("the tarball holds an unsafe path {0:?} (absolute, or with '..')")]
+    UnsafePath(String),
+    #[error(
+        "the tarball decompresses to more than {0} bytes before metadata.yaml and the rootfs are \
+         found; refused as a possible decompression bomb"
+    )]
+    DecompressionBudget(u64),
+    #[error("the tarball has more than {0} entries before metadata.yaml and the rootfs are found")]
+    TooManyEntries(u64),
+    #[error(
+        "a unified image needs rootfs/ (container) or rootfs.img (virtual machine); this tarball has neither"
+    )]
+    MissingRootfs,
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("the tarball is damaged: {0}")]
+    Corrupt(String),
+    #[error("reading the image failed: {0}")]
+    Io(io::Error),
+}
+
+/// Counts decompressed bytes and fails past the budget.
+struct Budget<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+const BUDGET_EXCEEDED: &str = "imagestore decompression budget exceeded";
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other(BUDGET_EXCEEDED));
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn io_error(e: io::Error, limit: u64) -> ScanError {
+    if e.to_string() == BUDGET_EXCEEDED {
+        ScanError::DecompressionBudget(limit)
+    } else if matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::InvalidInput
+            | io::ErrorKind::Other
+    ) {
+        ScanError::Corrupt(e.to_string())
+    } else {
+        ScanError::Io(e)
+    }
+}
+
+/// Reads the first bytes of `reader` for sniffing and gives back a reader that
+/// still yields them.
+fn sniffed(mut reader: impl Read) -> io::Result<(Vec<u8>, impl Read)> {
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    (&mut reader)
+        .take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)?;
+    let again = io::Cursor::new(head.clone()).chain(reader);
+    Ok((head, again))
+}
+
+fn decompressor<'a>(
+    format: Format,
+    reader: impl Read + 'a,
+) -> Result<Box<dyn Read + 'a>, ScanError> {
+    Ok(match format {
+        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(reader)),
+        Format::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(reader)),
+        Format::Lzma => {
+            let stream = liblzma::stream::Stream::new_lzma_decoder(256 << 20)
+                .map_err(|e| ScanError::Corrupt(e.to_string()))?;
+            Box::new(liblzma::read::XzDecoder::new_stream(reader, stream))
+        }
+        Format::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(reader).map_err(ScanError::Io)?;
+            // zstd's own default ceiling (128 MiB windows); bounds memory per scan.
+            d.window_log_max(27).map_err(ScanError::Io)?;
+            Box::new(d)
+        }
+        Format::Tar => Box::new(reader),
+        other @ (Format::Squashfs | Format::Qcow2) => return Err(ScanError::NotATarball(other)),
+    })
+}
+
+/// `./a/b` and `a/b` are the same entry; `..` and absolute paths are refused.
+fn entry_name(raw: &[u8]) -> Result<String, ScanError> {
+    let name = String::from_utf8_lossy(raw).into_owned();
+    if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+        return Err(ScanError::UnsafePath(name));
+    }
+    Ok(name.trim_start_matches("./").to_owned())
+}
+
+/// Scans an image tarball (unified, or a split image's metadata tarball).
+/// With `need_rootfs`, the scan also looks for the rootfs and refuses a tarball
+/// without one (unified images); otherwise it stops at metadata.yaml.
+pub fn scan_tarball(
+    reader: impl Read,
+    need_rootfs: bool,
+    limits: ScanLimits,
+) -> Result<Scanned, ScanError> {
+    let (head, reader) = sniffed(reader).map_err(ScanError::Io)?;
+    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
+    let budget = Budget {
+        inner: decompressor(format, reader)?,
+        left: limits.max_decompressed,
+        limit: limits.max_decompressed,
+    };
+    let limit = budget.limit;
+    let mut archive = tar::Archive::new(budget);
+    let mut metadata = None;
+    let mut found_type = None;
+    let mut seen = 0u64;
+    for entry in archive.entries().map_err(|e| io_error(e, limit))? {
+        let mut entry = entry.map_err(|e| io_error(e, limit))?;
+        seen += 1;
+        if seen > limits.max_entries {
+            return Err(ScanError::TooManyEntries(limits.max_entries));
+        }
+        let name = entry_name(&entry.path_bytes())?;
+        if name == "metadata.yaml" {
+            if !entry.header().entry_type().is_file() {
+                return Err(ScanError::IrregularMetadata);
+            }
+            let size = entry.size();
+            if size > MAX_METADATA_BYTES {
+                return Err(ScanError::MetadataTooLarge(size));
+            }
+            let mut yaml = Vec::with_capacity(size as usize);
+            entry
+                .read_to_end(&mut yaml)
+                .map_err(|e| io_error(e, limit))?;
+            metadata = Some(parse_metadata(&yaml)?);
+        } else if found_type.is_none() {
+            if name == "rootfs.img" {
+                found_type = Some(FoundType::VirtualMachine);
+            } else if name == "rootfs" || name.starts_with("rootfs/") {
+                found_type = Some(FoundType::Container);
+            }
+        }
+        if metadata.is_some() && (!need_rootfs || found_type.is_some()) {
+            break;
+        }
+    }
+    let metadata = metadata.ok_or(ScanError::MissingMetadata)?;
+    if need_rootfs && found_type.is_none() {
+        return Err(ScanError::MissingRootfs);
+    }
+    Ok(Scanned {
+        format,
+        metadata,
+        found_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: &[u8] =
+        b"architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  os: test\n";
+
+    fn tarball(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(if name.ends_with('/') {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            // set_path refuses '..', which is exactly what these tests need to write.
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn unified_container_and_vm_are_told_apart() {
+        let c = tarball(&[
+            ("metadata.yaml", META),
+            ("rootfs/", b""),
+            ("rootfs/bin/sh", b"x"),
+        ]);
+        let s = scan_tarball(&gzip(&c)[..], true, ScanLimits::default()).unwrap();
+        assert_eq!(s.format, Format::Gzip);
+        assert_eq!(s.found_type, Some(FoundType::Container));
+        assert_eq!(s.metadata.properties["os"], "test");
+        let vm = tarball(&[("./rootfs.img", b"QFI\xfb"), ("./metadata.yaml", META)]);
+        let s = scan_tarball(&vm[..], true, ScanLimits::default()).unwrap();
+        assert_eq!(s.format, Format::Tar);
+        assert_eq!(s.found_type, Some(FoundType::VirtualMachine));
+    }
+
+    #[test]
+    fn every_lxd_compression_is_read() {
+        use std::io::Write;
+        let t = tarball(&[("metadata.yaml", META)]);
+        let xz = {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(&t).unwrap();
+            e.finish().unwrap()
+        };
+        let bz = {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(&t).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&t[..], 3).unwrap();
+        for (data, format) in [
+            (t.clone(), Format::Tar),
+            (gzip(&t), Format::Gzip),
+            (xz, Format::Xz),
+            (bz, Format::Bzip2),
+            (zst, Format::Zstd),
+        ] {
+            let s = scan_tarball(&data[..], false, ScanLimits::default()).unwrap();
+            assert_eq!(s.format, format);
+            assert_eq!(s.found_type, None);
+        }
+    }
+
+    #[test]
+    fn bad_tarballs_are_refused_with_reasons() {
+        let no_meta = tarball(&[("rootfs/", b"")]);
+        assert!(matches!(
+            scan_tarball(&no_meta[..], true, ScanLimits::default()),
+            Err(ScanError::MissingMetadata)
+        ));
+        let no_root = tarball(&[("metadata.yaml", META)]);
+        assert!(matches!(
+            scan_tarball(&no_root[..], true, ScanLimits::default()),
+            Err(ScanError::MissingRootfs)
+        ));
+        for evil in ["../etc/passwd", "/etc/passwd", "rootfs/../../x"] {
+            let t = tarball(&[(evil, b"x"), ("metadata.yaml", META)]);
+            assert!(
+                matches!(
+                    scan_tarball(&t[..], false, ScanLimits::default()),
+                    Err(ScanError::UnsafePath(_))
+                ),
+                "{evil}"
+            );
+        }
+        let huge = vec![b'#'; (MAX_METADATA_BYTES + 1) as usize];
+        let t = tarball(&[("metadata.yaml", &huge)]);
+        assert!(matches!(
+            scan_tarball(&t[..], false, ScanLimits::default()),
+            Err(ScanError::MetadataTooLarge(_))
+        ));
+        assert!(matches!(
+            scan_tarball(
+                &b"PK\x03\x04 not an image"[..],
+                false,
+                ScanLimits::default()
+            ),
+            Err(ScanError::UnsupportedCompression)
+        ));
+        assert!(matches!(
+            scan_tarball(&b"hsqs squashfs"[..], false, ScanLimits::default()),
+            Err(ScanError::NotATarball(Format::Squashfs))
+        ));
+        let bad_meta = tarball(&[("metadata.yaml", b"architecture: sparc\ncreation_date: 1\n")]);
+        assert!(matches!(
+            scan_tarball(&bad_meta[..], false, ScanLimits::default()),
+            Err(ScanError::Metadata(MetadataError::UnknownArchitecture(_)))
+        ));
+        let truncated = gzip(&tarball(&[
+            ("rootfs/a", &[0u8; 4096]),
+            ("metadata.yaml", META),
+        ]));
+        assert!(matches!(
+            scan_tarball(
+                &truncated[..truncated.len() / 2],
+                true,
+                ScanLimits::default()
+            ),
+            Err(ScanError::Corrupt(_) | ScanError::MissingMetadata)
+        ));
+    }
+
+    #[test]
+    fn decompression_bombs_stop_at_the_budget() {
+        // 64 MiB of zeros before metadata.yaml compresses to a few tens of KiB.
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = gzip(&tarball(&[
+            ("rootfs/zeros", &zeros),
+            ("metadata.yaml", META),
+        ]));
+        assert!(bomb.len() < 1 << 20);
+        let limits = ScanLimits {
+            max_decompressed: 16 << 20,
+            ..ScanLimits::default()
+        };
+        assert!(matches!(
+            scan_tarball(&bomb[..], false, limits),
+            Err(ScanError::DecompressionBudget(_))
+        ));
+    }
+}
