@@ -1,0 +1,407 @@
+//! Image bytes at rest, through `object_store`.
+//!
+//! A part of an image is stored under a key prefix as one or more objects, each
+//! named by its offset within the part. An upload writes one object per segment
+//! (a stretch of the stream between two commits), so an upload resumed on another
+//! node continues with new objects and nothing is ever copied. Reads stream the
+//! objects in order. The same code runs on a local directory and on S3.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+
+/// Objects are read and re-chunked to at most this many bytes per chunk.
+pub const READ_CHUNK: usize = 1024 * 1024;
+/// Multipart parts in flight per segment writer.
+const PARTS_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store URL {url:?} is not usable: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("stored part {prefix} is damaged: {reason}")]
+    Inconsistent { prefix: String, reason: String },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An object store, plus what only the local backend needs.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<dyn ObjectStore>,
+    /// For a local directory: its root, so crash leftovers (multipart temporary
+    /// files, which `list` does not show) can be removed with the prefix.
+    local_root: Option<PathBuf>,
+    description: String,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// One object of a stored part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSegment {
+    /// Offset within the part.
+    pub offset: u64,
+    pub size: u64,
+    pub key: String,
+}
+
+/// The object key of the segment at `offset` within the part under `prefix`.
+pub fn segment_key(prefix: &str, offset: u64) -> String {
+    format!("{prefix}{offset:020}")
+}
+
+impl BlobStore {
+    /// Opens a store from a URL: `file:///var/lib/imagestore/blobs` (or a plain
+    /// path) for a local directory, `s3://bucket/prefix` (with `options` such as
+    /// `endpoint`, `region`, `access_key_id`, `secret_access_key`, `allow_http`,
+    /// or the AWS_* environment), and the other schemes object_store knows.
+    pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Self> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let local = match url.strip_prefix("file://") {
+            Some(path) => Some(PathBuf::from(path)),
+            None if !url.contains("://") => Some(PathBuf::from(url)),
+            None => None,
+        };
+        if let Some(root) = local {
+            std::fs::create_dir_all(&root).map_err(|e| bad(e.to_string()))?;
+            let root = root.canonicalize().map_err(|e| bad(e.to_string()))?;
+            // fsync files and directories: a registered image must survive a crash.
+            let fs = LocalFileSystem::new_with_prefix(&root)
+                .map_err(|e| bad(e.to_string()))?
+                .with_fsync(true);
+            return Ok(Self {
+                inner: Arc::new(fs),
+                description: format!("local directory {}", root.display()),
+                local_root: Some(root),
+            });
+        }
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
+            .map_err(|e| bad(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(Self {
+            inner: store,
+            local_root: None,
+            description: format!("object store {url}"),
+        })
+    }
+
+    /// Starts writing one segment object.
+    pub async fn begin_segment(&self, key: &str) -> Result<SegmentWriter> {
+        let upload = self.inner.put_multipart(&Path::from(key)).await?;
+        Ok(SegmentWriter {
+            writer: WriteMultipart::new(upload),
+            written: 0,
+        })
+    }
+
+    /// The objects under `prefix`, in offset order.
+    pub async fn segments(&self, prefix: &str) -> Result<Vec<StoredSegment>> {
+        let mut found: Vec<StoredSegment> = self
+            .inner
+            .list(Some(&Path::from(prefix.trim_end_matches('/'))))
+            .map_ok(|meta| {
+                let key = meta.location.to_string();
+                let offset = key.rsplit('/').next().and_then(|n| n.parse().ok());
+                (key, offset, meta.size)
+            })
+            .try_filter_map(|(key, offset, size)| async move {
+                Ok(offset.map(|offset| StoredSegment { offset, size, key }))
+            })
+            .try_collect()
+            .await?;
+        found.sort_by_key(|s| s.offset);
+        Ok(found)
+    }
+
+    /// Checks that the objects under `prefix` are exactly contiguous from 0 to
+    /// `size`, deleting any leftover past the end (a segment a crashed node
+    /// stored but never committed).
+    pub async fn seal_part(&self, prefix: &str, size: u64) -> Result<Vec<StoredSegment>> {
+        let mut segments = self.segments(prefix).await?;
+        let mut expected = 0;
+        let mut keep = Vec::new();
+        for s in segments.drain(..) {
+            if s.offset >= size && expected == size {
+                self.inner.delete(&Path::from(s.key.as_str())).await?;
+                continue;
+            }
+            if s.offset != expected {
+                return Err(StoreError::Inconsistent {
+                    prefix: prefix.to_owned(),
+                    reason: format!(
+                        "expected an object at offset {expected}, found {}",
+                        s.offset
+                    ),
+                });
+            }
+            expected += s.size;
+            keep.push(s);
+        }
+        if expected != size {
+            return Err(StoreError::Inconsistent {
+                prefix: prefix.to_owned(),
+                reason: format!("objects hold {expected} bytes, expected {size}"),
+            });
+        }
+        Ok(keep)
+    }
+
+    /// Streams the part under `prefix` from `offset`, at most `limit` bytes
+    /// (0 = to the end), in chunks of at most [`READ_CHUNK`].
+    pub async fn read_part(
+        &self,
+        prefix: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let segments = self.segments(prefix).await?;
+        let end = match limit {
+            0 => u64::MAX,
+            n => offset.saturating_add(n),
+        };
+        let store = self.inner.clone();
+        let pieces: Vec<(String, u64, u64)> = segments
+            .into_iter()
+            .filter(|s| s.offset + s.size > offset && s.offset < end && s.size > 0)
+            .map(|s| {
+                let from = offset.saturating_sub(s.offset);
+                let to = (end - s.offset).min(s.size);
+                (s.key, from, to)
+            })
+            .collect();
+        let stream = futures::stream::iter(pieces)
+            .then(move |(key, from, to)| {
+                let store = store.clone();
+                async move {
+                    let opts = GetOptions {
+                        range: Some(GetRange::Bounded(from..to)),
+                        ..GetOptions::default()
+                    };
+                    let got = store.get_opts(&Path::from(key.as_str()), opts).await?;
+                    Ok::<_, StoreError>(got.into_stream().map_err(StoreError::from))
+                }
+            })
+            .try_flatten()
+            .flat_map(|chunk| futures::stream::iter(rechunk(chunk)));
+        Ok(stream.boxed())
+    }
+
+    /// A blocking reader over a part, for parsers that want `std::io::Read`. Use it
+    /// from a blocking thread (`spawn_blocking`), never on the async workers.
+    pub async fn blocking_reader(&self, prefix: &str) -> Result<BlockingReader> {
+        Ok(BlockingReader {
+            stream: self.read_part(prefix, 0, 0).await?,
+            current: Bytes::new(),
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Deletes one object, or every object under a prefix ending in "/" (and, on a
+    /// local directory, whatever crash leftovers lie there).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        if !key.ends_with('/') {
+            return match self.inner.delete(&Path::from(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let listed = self
+            .inner
+            .list(Some(&Path::from(key.trim_end_matches('/'))))
+            .map_ok(|m| m.location)
+            .boxed();
+        self.inner
+            .delete_stream(listed)
+            .try_collect::<Vec<_>>()
+            .await?;
+        if let Some(root) = &self.local_root {
+            let dir = root.join(key.trim_end_matches('/'));
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rechunk(chunk: Result<Bytes>) -> Vec<Result<Bytes>> {
+    match chunk {
+        Ok(mut b) if b.len() > READ_CHUNK => {
+            let mut out = Vec::with_capacity(b.len() / READ_CHUNK + 1);
+            while !b.is_empty() {
+                out.push(Ok(b.split_to(b.len().min(READ_CHUNK))));
+            }
+            out
+        }
+        other => vec![other],
+    }
+}
+
+/// Writes one segment object; nothing is visible until [`SegmentWriter::finish`].
+pub struct SegmentWriter {
+    writer: WriteMultipart,
+    written: u64,
+}
+
+impl SegmentWriter {
+    /// Queues bytes (no copy), waiting while too many parts are in flight so
+    /// memory stays bounded.
+    pub async fn put(&mut self, bytes: Bytes) -> Result<()> {
+        self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        self.written += bytes.len() as u64;
+        self.writer.put(bytes);
+        Ok(())
+    }
+
+    /// Bytes queued so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Makes the object durable and visible; returns its size.
+    pub async fn finish(self) -> Result<u64> {
+        self.writer.finish().await?;
+        Ok(self.written)
+    }
+
+    /// Throws the object away.
+    pub async fn abort(self) -> Result<()> {
+        self.writer.abort().await?;
+        Ok(())
+    }
+}
+
+/// `std::io::Read` over a stored part.
+pub struct BlockingReader {
+    stream: BoxStream<'static, Result<Bytes>>,
+    current: Bytes,
+    handle: tokio::runtime::Handle,
+}
+
+impl Read for BlockingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn segments_read_back_as_one_part_from_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let prefix = "blobs/u1/unified/";
+        for (start, end) in [
+            (0, 1_000_000),
+            (1_000_000, 2_500_000),
+            (2_500_000, 3_000_000),
+        ] {
+            let mut w = store
+                .begin_segment(&segment_key(prefix, start as u64))
+                .await
+                .unwrap();
+            w.put(Bytes::copy_from_slice(&data[start..end]))
+                .await
+                .unwrap();
+            assert_eq!(w.finish().await.unwrap(), (end - start) as u64);
+        }
+        // A stray object past the end (an uncommitted segment) is dropped by seal.
+        let mut stray = store
+            .begin_segment(&segment_key(prefix, 3_000_000))
+            .await
+            .unwrap();
+        stray.put(Bytes::from_static(b"junk")).await.unwrap();
+        stray.finish().await.unwrap();
+        assert_eq!(store.seal_part(prefix, 3_000_000).await.unwrap().len(), 3);
+        assert_eq!(store.segments(prefix).await.unwrap().len(), 3);
+
+        for (offset, limit) in [(0u64, 0u64), (999_999, 2), (1_234_567, 0), (2_999_999, 10)] {
+            let got: Vec<Bytes> = store
+                .read_part(prefix, offset, limit)
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert!(got.iter().all(|c| c.len() <= READ_CHUNK));
+            let got: Vec<u8> = got.concat();
+            let end = if limit == 0 {
+                data.len()
+            } else {
+                (offset + limit) as usize
+            };
+            assert_eq!(got, &data[offset as usize..end.min(data.len())]);
+        }
+        let reader = store.blocking_reader(prefix).await.unwrap();
+        let all = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            let mut r = reader;
+            r.read_to_end(&mut v).unwrap();
+            v
+        })
+        .await
+        .unwrap();
+        assert_eq!(all, data);
+
+        store.delete("blobs/u1/").await.unwrap();
+        assert!(store.segments(prefix).await.unwrap().is_empty());
+        assert!(!dir.path().join("blobs/u1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_gap_between_segments_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
+        let prefix = "blobs/u2/rootfs/";
+        for start in [0u64, 10] {
+            let mut w = store
+                .begin_segment(&segment_key(prefix, start))
+                .await
+                .unwrap();
+            w.put(Bytes::from_static(b"12345")).await.unwrap();
+            w.finish().await.unwrap();
+        }
+        assert!(matches!(
+            store.seal_part(prefix, 15).await,
+            Err(StoreError::Inconsistent { .. })
+        ));
+    }
+}
