@@ -87,3 +87,23 @@ mod tests {
         assert_eq!(extension_of(b"PK\x03\x04"), "");
     }
 }
+
+/// Which file of an image a name is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportRole {
+    /// The one file of a unified image.
+    Unified,
+    /// A split image's metadata tarball.
+    Metadata,
+    /// A split image's rootfs.
+    Rootfs,
+}
+
+/// The name LXD gives a file on export: `{fp}{ext}` for a unified file or a split
+/// rootfs, `meta-{fp}{ext}` for a split metadata file.
+pub fn export_file_name(fingerprint: &str, role: ExportRole, extension: &str) -> String {
+    match role {
+        ExportRole::Metadata => format!("meta-{fingerprint}{extension}"),
+        ExportRole::Unified | ExportRole::Rootfs => format!("{fingerprint}{extension}"),
+    }
+}

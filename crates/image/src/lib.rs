@@ -8,6 +8,6 @@ pub mod scan;
 
 pub use arch::canonical_architecture;
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintQuery};
-pub use format::{Format, extension_of};
+pub use format::{ExportRole, Format, export_file_name, extension_of};
 pub use metadata::{Metadata, MetadataError, parse_metadata};
 pub use scan::{FoundType, ScanError, ScanLimits, Scanned, scan_tarball};

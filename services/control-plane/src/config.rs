@@ -21,6 +21,17 @@ pub struct ControlPlaneConfig {
     /// The largest request message accepted, in bytes. Metadata requests are small;
     /// image bytes never come here.
     pub max_request_bytes: usize,
+    /// How long an upload session lives after its last activity; then it expires
+    /// and its staged bytes are deleted.
+    #[serde(with = "humantime_serde")]
+    pub upload_ttl: Duration,
+    /// The largest image an upload may declare or stage, in bytes.
+    pub max_upload_bytes: u64,
+    /// The largest `data` in one upload message that blob nodes accept.
+    pub max_chunk_bytes: u32,
+    /// How often expired upload sessions are collected.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
     /// Logging and tracing.
     pub log: LogConfig,
 }
@@ -32,6 +43,10 @@ impl Default for ControlPlaneConfig {
             data_dir: default_data_dir(),
             heartbeat_interval: Duration::from_secs(10),
             max_request_bytes: 1024 * 1024,
+            upload_ttl: Duration::from_secs(3600),
+            max_upload_bytes: 64 << 30,
+            max_chunk_bytes: 4 << 20,
+            sweep_interval: Duration::from_secs(60),
             log: LogConfig::default(),
         }
     }

@@ -19,6 +19,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Unimplemented(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -37,6 +39,7 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::Unimplemented(_) => Status::unimplemented(msg),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ApiError::Catalog(c) => match c {
                 CatalogError::NotFound(_) => Status::not_found(msg),
                 CatalogError::AlreadyExists(_) => Status::already_exists(msg),
@@ -45,6 +48,7 @@ impl From<ApiError> for Status {
                 }
                 CatalogError::FailedPrecondition(_) => Status::failed_precondition(msg),
                 CatalogError::Aborted(_) => Status::aborted(msg),
+                CatalogError::ResourceExhausted(_) => Status::resource_exhausted(msg),
                 ref busy if busy.is_busy() => Status::unavailable(
                     "the catalog database is busy (locked by another process); retry shortly",
                 ),

@@ -1,6 +1,7 @@
 //! imagestore.v1.Images.
 
 use imagestore_catalog::{self as cat, Catalog, ImageEdit, ImageFilter, PageRequest};
+use imagestore_image::{ExportRole, export_file_name};
 use imagestore_proto::v1 as pb;
 use pb::images_server::Images;
 use tonic::{Request, Response, Status};
@@ -92,18 +93,15 @@ fn edit_from(image: &pb::Image, paths: &[String]) -> ApiResult<ImageEdit> {
     Ok(edit)
 }
 
-/// LXD's export names: "{fp}{ext}" for a unified file or a split rootfs,
-/// "meta-{fp}{ext}" for a split metadata file.
 fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
-    let file_name = match part.role {
-        cat::PartRole::Metadata => format!("meta-{fingerprint}{}", part.extension),
-        cat::PartRole::Unified | cat::PartRole::Rootfs => {
-            format!("{fingerprint}{}", part.extension)
-        }
+    let role = match part.role {
+        cat::PartRole::Unified => ExportRole::Unified,
+        cat::PartRole::Metadata => ExportRole::Metadata,
+        cat::PartRole::Rootfs => ExportRole::Rootfs,
     };
     pb::ExportFile {
         role: convert::part_role(part.role) as i32,
-        file_name,
+        file_name: export_file_name(fingerprint, role, &part.extension),
         size: part.size,
         sha256: part.sha256.clone(),
     }

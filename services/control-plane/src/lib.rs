@@ -11,6 +11,7 @@ mod nodes;
 mod operations;
 mod pending;
 mod registry;
+mod uploads;
 
 use std::future::Future;
 
@@ -76,7 +77,13 @@ pub async fn serve_catalog(
 ) -> Result<(), StartError> {
     let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
     let limit = config.max_request_bytes;
-    GrpcServer::new()
+    let upload_limits = uploads::UploadLimits {
+        ttl: config.upload_ttl,
+        max_bytes: config.max_upload_bytes,
+        max_chunk_bytes: config.max_chunk_bytes,
+    };
+    let sweeper = tokio::spawn(sweep(catalog.clone(), config.sweep_interval));
+    let served = GrpcServer::new()
         .add_service(
             ImagesServer::new(images::ImagesService::new(catalog.clone(), nodes.clone()))
                 .max_decoding_message_size(limit),
@@ -89,16 +96,43 @@ pub async fn serve_catalog(
             OperationsServer::new(operations::OperationsService::new(catalog.clone()))
                 .max_decoding_message_size(limit),
         )
-        .add_service(UploadsServer::new(pending::PendingUploads).max_decoding_message_size(limit))
+        .add_service(
+            UploadsServer::new(uploads::UploadsService::new(
+                catalog.clone(),
+                nodes.clone(),
+                upload_limits,
+            ))
+            .max_decoding_message_size(limit),
+        )
         .add_service(ImportsServer::new(pending::PendingImports).max_decoding_message_size(limit))
         .add_service(TrustServer::new(pending::PendingTrust).max_decoding_message_size(limit))
         .add_service(
-            RegistryServer::new(registry::RegistryService::new(catalog, nodes))
-                .max_decoding_message_size(limit),
+            RegistryServer::new(registry::RegistryService::new(
+                catalog,
+                nodes,
+                upload_limits,
+            ))
+            .max_decoding_message_size(limit),
         )
         .serve(listener, shutdown)
-        .await?;
+        .await;
+    sweeper.abort();
+    served?;
     Ok(())
+}
+
+/// Collects expired upload sessions: their staged bytes become released content
+/// that blob nodes delete.
+async fn sweep(catalog: Catalog, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        match catalog.expire_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "upload sessions expired"),
+            Err(e) => tracing::warn!(error = %e, "expiring upload sessions failed"),
+        }
+    }
 }
 
 /// Opens the catalog, binds `config.listen` and serves until SIGTERM or SIGINT.

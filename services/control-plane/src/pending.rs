@@ -11,21 +11,6 @@ fn not_yet(what: &str) -> Status {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-pub struct PendingUploads;
-
-#[tonic::async_trait]
-impl pb::uploads_server::Uploads for PendingUploads {
-    async fn create_upload(&self, _: Request<pb::CreateUploadRequest>) -> Reply<pb::UploadSession> {
-        Err(not_yet("upload sessions"))
-    }
-    async fn get_upload(&self, _: Request<pb::GetUploadRequest>) -> Reply<pb::UploadSession> {
-        Err(not_yet("upload sessions"))
-    }
-    async fn cancel_upload(&self, _: Request<pb::CancelUploadRequest>) -> Reply<pb::UploadSession> {
-        Err(not_yet("upload sessions"))
-    }
-}
-
 pub struct PendingImports;
 
 #[tonic::async_trait]

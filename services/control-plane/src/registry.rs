@@ -11,15 +11,21 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::error::{ApiError, ApiResult, invalid};
 use crate::nodes::NodePicker;
+use crate::uploads::{UploadLimits, spec_to_pb, upload_id};
 
 pub struct RegistryService {
     catalog: Catalog,
     nodes: NodePicker,
+    limits: UploadLimits,
 }
 
 impl RegistryService {
-    pub fn new(catalog: Catalog, nodes: NodePicker) -> Self {
-        Self { catalog, nodes }
+    pub fn new(catalog: Catalog, nodes: NodePicker, limits: UploadLimits) -> Self {
+        Self {
+            catalog,
+            nodes,
+            limits,
+        }
     }
 
     fn node(&self, n: cat::Node) -> ipb::Node {
@@ -150,10 +156,6 @@ fn new_image(r: ipb::RegisterContentRequest) -> ApiResult<NewImage> {
     })
 }
 
-fn not_yet(what: &str) -> Status {
-    ApiError::Unimplemented(format!("{what} is not available on this control plane yet")).into()
-}
-
 #[tonic::async_trait]
 impl Registry for RegistryService {
     async fn register_node(
@@ -214,12 +216,13 @@ impl Registry for RegistryService {
         req: Request<ipb::RegisterContentRequest>,
     ) -> Reply<ipb::RegisterContentResponse> {
         let r = req.into_inner();
-        if !r.upload.is_empty() {
-            return Err(not_yet("completing upload sessions"));
-        }
+        let upload = match r.upload.as_str() {
+            "" => None,
+            name => Some(upload_id("upload", name)?),
+        };
         let registered = self
             .catalog
-            .register_image(new_image(r)?, None)
+            .register_image(new_image(r)?, upload)
             .await
             .map_err(ApiError::from)?;
         if registered.created {
@@ -234,29 +237,147 @@ impl Registry for RegistryService {
 
     async fn open_write(
         &self,
-        _req: Request<ipb::OpenWriteRequest>,
+        req: Request<ipb::OpenWriteRequest>,
     ) -> Reply<ipb::OpenWriteResponse> {
-        Err(not_yet("resumable upload sessions"))
+        let r = req.into_inner();
+        let id = upload_id("upload", &r.upload)?;
+        validate_node_id(&r.node_id)?;
+        let (u, lease) = self
+            .catalog
+            .open_write(id, self.limits.ttl)
+            .await
+            .map_err(ApiError::from)?;
+        let state = match u.state {
+            cat::UploadState::Open => pb::UploadState::Open,
+            cat::UploadState::Complete => pb::UploadState::Complete,
+            cat::UploadState::Cancelled => pb::UploadState::Cancelled,
+            cat::UploadState::Failed => pb::UploadState::Failed,
+        };
+        Ok(Response::new(ipb::OpenWriteResponse {
+            spec: Some(spec_to_pb(&u.spec)),
+            committed_size: u.committed_size,
+            metadata_size: u.metadata_size,
+            hash_state: Some(ipb::HashState {
+                image: u.hash_state.image.into(),
+                part: u.hash_state.part.into(),
+            }),
+            segments: u
+                .segments
+                .into_iter()
+                .map(|s| ipb::Segment {
+                    start: s.start,
+                    length: s.length,
+                    storage_key: s.storage_key,
+                })
+                .collect(),
+            lease,
+            max_size: self.limits.max_bytes,
+            state: state as i32,
+            fingerprint: u.fingerprint.unwrap_or_default(),
+            error_message: u.error_message.unwrap_or_default(),
+        }))
     }
 
     async fn commit_segment(
         &self,
-        _req: Request<ipb::CommitSegmentRequest>,
+        req: Request<ipb::CommitSegmentRequest>,
     ) -> Reply<ipb::CommitSegmentResponse> {
-        Err(not_yet("resumable upload sessions"))
+        let r = req.into_inner();
+        let id = upload_id("upload", &r.upload)?;
+        let seg = r.segment.ok_or_else(|| invalid("segment is required"))?;
+        let hash = r.hash_state.unwrap_or_default();
+        let commit = cat::SegmentCommit {
+            segment: cat::Segment {
+                start: seg.start,
+                length: seg.length,
+                storage_key: seg.storage_key,
+            },
+            hash_state: cat::HashState {
+                image: hash.image.to_vec(),
+                part: hash.part.to_vec(),
+            },
+            metadata_size: r.metadata_size,
+        };
+        let committed_size = self
+            .catalog
+            .commit_segment(id, r.lease, commit, self.limits.ttl)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::CommitSegmentResponse { committed_size }))
     }
 
     async fn fail_write(
         &self,
-        _req: Request<ipb::FailWriteRequest>,
+        req: Request<ipb::FailWriteRequest>,
     ) -> Reply<ipb::FailWriteResponse> {
-        Err(not_yet("resumable upload sessions"))
+        let r = req.into_inner();
+        let id = upload_id("upload", &r.upload)?;
+        let message: String = r.message.chars().take(4096).collect();
+        self.catalog
+            .fail_upload(id, r.lease, message)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::FailWriteResponse {}))
     }
 
     async fn release_write(
         &self,
-        _req: Request<ipb::ReleaseWriteRequest>,
+        req: Request<ipb::ReleaseWriteRequest>,
     ) -> Reply<ipb::ReleaseWriteResponse> {
-        Err(not_yet("resumable upload sessions"))
+        let r = req.into_inner();
+        let id = upload_id("upload", &r.upload)?;
+        self.catalog
+            .release_write(id, r.lease)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::ReleaseWriteResponse {}))
+    }
+
+    async fn lookup_content(
+        &self,
+        req: Request<ipb::LookupContentRequest>,
+    ) -> Reply<ipb::LookupContentResponse> {
+        let fp = imagestore_image::Fingerprint::parse(&req.get_ref().fingerprint)
+            .map_err(|e| invalid(format!("fingerprint: {e}")))?;
+        let what = cat::ImageRef::Fingerprint(imagestore_image::FingerprintQuery::Full(fp));
+        let image = self
+            .catalog
+            .get_image(what, false)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::LookupContentResponse {
+            parts: convert::image(image).parts,
+        }))
+    }
+
+    async fn list_released(
+        &self,
+        req: Request<ipb::ListReleasedRequest>,
+    ) -> Reply<ipb::ListReleasedResponse> {
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let storage_keys = self
+            .catalog
+            .released_content(limit)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::ListReleasedResponse { storage_keys }))
+    }
+
+    async fn forget_released(
+        &self,
+        req: Request<ipb::ForgetReleasedRequest>,
+    ) -> Reply<ipb::ForgetReleasedResponse> {
+        let keys = req.into_inner().storage_keys;
+        if keys.len() > 1000 {
+            return Err(invalid("at most 1000 keys per call").into());
+        }
+        self.catalog
+            .forget_released(keys)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::ForgetReleasedResponse {}))
     }
 }

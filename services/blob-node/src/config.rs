@@ -1,0 +1,62 @@
+//! The blob node's configuration (`--config FILE`, `IMAGESTORE_*`, flags).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use imagestore_telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+/// Every setting, with its default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobNodeConfig {
+    /// HOST:PORT to serve gRPC on; port 0 picks a free one.
+    pub listen: String,
+    /// Where the node keeps its id (and, by default, the blobs).
+    pub data_dir: PathBuf,
+    /// The control plane's address.
+    pub control_plane: String,
+    /// The address clients are told to reach this node at; empty means
+    /// "http://" + the bound listen address.
+    pub advertise: String,
+    /// Where image bytes live: a directory (or file:// URL), or s3://bucket/prefix
+    /// and the other schemes object_store knows. Empty means `{data_dir}/blobs`.
+    pub store: String,
+    /// Options for the object store (endpoint, region, access_key_id,
+    /// secret_access_key, allow_http, ...).
+    pub store_options: BTreeMap<String, String>,
+    /// An upload commits (and can resume from) at least every this many bytes.
+    pub segment_bytes: u64,
+    /// The largest `data` in one upload message accepted.
+    pub max_chunk_bytes: u32,
+    /// How often released bytes are collected.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+    /// Decompressed bytes a metadata scan may read before refusing the image as a
+    /// possible decompression bomb.
+    pub scan_budget_bytes: u64,
+    /// Logging and tracing.
+    pub log: LogConfig,
+}
+
+impl Default for BlobNodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7444".into(),
+            data_dir: dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("imagestore")
+                .join("blob-node"),
+            control_plane: "http://127.0.0.1:7443".into(),
+            advertise: String::new(),
+            store: String::new(),
+            store_options: BTreeMap::new(),
+            segment_bytes: 256 << 20,
+            max_chunk_bytes: 4 << 20,
+            gc_interval: Duration::from_secs(30),
+            scan_budget_bytes: 4 << 30,
+            log: LogConfig::default(),
+        }
+    }
+}

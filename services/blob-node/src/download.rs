@@ -1,0 +1,80 @@
+//! Blobs.Download: one part of an image from an offset.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use imagestore_image::{ExportRole, export_file_name};
+use imagestore_proto::v1 as pb;
+use tonic::Status;
+
+use crate::NodeContext;
+use crate::error::BlobError;
+
+pub type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
+
+pub async fn send(
+    node: Arc<NodeContext>,
+    req: pb::DownloadRequest,
+) -> Result<DownloadStream, Status> {
+    let fp = imagestore_image::Fingerprint::parse(&req.fingerprint)
+        .map_err(|e| Status::invalid_argument(format!("fingerprint: {e}")))?;
+    let want = pb::PartRole::try_from(req.part)
+        .ok()
+        .filter(|r| *r != pb::PartRole::Unspecified)
+        .ok_or_else(|| Status::invalid_argument("part is required: UNIFIED, METADATA or ROOTFS"))?;
+    let parts = node.lookup(fp.as_str()).await?;
+    let part = parts
+        .iter()
+        .find(|p| p.role == want as i32)
+        .ok_or_else(|| {
+            let has: Vec<&str> = parts
+                .iter()
+                .map(|p| {
+                    pb::PartRole::try_from(p.role)
+                        .map(|r| r.as_str_name())
+                        .unwrap_or("?")
+                })
+                .collect();
+            Status::not_found(format!(
+                "image {fp} has no {} part; it has {}",
+                want.as_str_name(),
+                has.join(" and ")
+            ))
+        })?;
+    if req.read_offset > part.size {
+        return Err(Status::out_of_range(format!(
+            "read_offset {} is past the end of the {}-byte part",
+            req.read_offset, part.size
+        )));
+    }
+    let role = match want {
+        pb::PartRole::Metadata => ExportRole::Metadata,
+        pb::PartRole::Rootfs => ExportRole::Rootfs,
+        _ => ExportRole::Unified,
+    };
+    let info = pb::PartInfo {
+        size: part.size,
+        sha256: part.sha256.clone(),
+        file_name: export_file_name(fp.as_str(), role, &part.extension),
+    };
+    let data = node
+        .store
+        .read_part(&part.storage_key, req.read_offset, req.read_limit)
+        .await
+        .map_err(BlobError::from)?;
+    let first = futures::stream::once(async move {
+        Ok(pb::DownloadResponse {
+            data: Default::default(),
+            info: Some(info),
+        })
+    });
+    let guard = crate::transfer(&node);
+    let rest = data.map(move |chunk| {
+        let _active = &guard;
+        chunk
+            .map(|data| pb::DownloadResponse { data, info: None })
+            .map_err(|e| Status::from(BlobError::from(e)))
+    });
+    Ok(Box::pin(first.chain(rest)))
+}

@@ -1,0 +1,668 @@
+//! One upload's bytes on their way in: hashed as they arrive, written as segment
+//! objects, committed to the control plane with the SHA-256 state at each commit
+//! so that any node can continue, and verified, scanned and registered at the end.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use imagestore_image::{Format, FoundType, ScanLimits, Scanned, scan_tarball};
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use imagestore_store::{SegmentWriter, segment_key};
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+use sha2::{Digest, Sha256};
+
+use crate::NodeContext;
+use crate::error::{BlobError, BlobResult};
+
+fn save(h: &Sha256) -> Bytes {
+    Bytes::copy_from_slice(h.serialize().as_slice())
+}
+
+fn restore(bytes: &[u8]) -> BlobResult<Sha256> {
+    if bytes.is_empty() {
+        return Ok(Sha256::new());
+    }
+    let state = SerializedState::<Sha256>::try_from(bytes)
+        .map_err(|_| BlobError::Internal(format!("saved hash state has {} bytes", bytes.len())))?;
+    Sha256::deserialize(&state).map_err(|e| BlobError::Internal(format!("saved hash state: {e}")))
+}
+
+/// Which file of the image the bytes at the current position belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Unified,
+    Metadata,
+    Rootfs,
+}
+
+impl Role {
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Unified => "unified",
+            Self::Metadata => "metadata",
+            Self::Rootfs => "rootfs",
+        }
+    }
+
+    fn pb(self) -> pb::PartRole {
+        match self {
+            Self::Unified => pb::PartRole::Unified,
+            Self::Metadata => pb::PartRole::Metadata,
+            Self::Rootfs => pb::PartRole::Rootfs,
+        }
+    }
+}
+
+struct OpenSegment {
+    writer: SegmentWriter,
+    start: u64,
+    key: String,
+}
+
+/// How an upload ended when it did not fail.
+pub enum Ended {
+    /// Verified and registered.
+    Complete(pb::Image),
+    /// The stream stopped before finish_write; this much is committed.
+    Paused(u64),
+}
+
+/// An upload in progress on this node.
+pub struct Ingest {
+    node: Arc<NodeContext>,
+    id: String,
+    /// "uploads/{id}" for a resumable session; None for a one-shot upload.
+    session: Option<String>,
+    lease: String,
+    spec: pb::UploadSpec,
+    split: bool,
+    max_size: u64,
+    committed: u64,
+    pos: u64,
+    metadata_size: Option<u64>,
+    metadata_sha: Option<String>,
+    image_hash: Sha256,
+    part_hash: Sha256,
+    open: Option<OpenSegment>,
+}
+
+/// What opening an upload found.
+pub enum Opened {
+    Ready(Box<Ingest>),
+    /// The session completed earlier: here is its image.
+    AlreadyComplete(pb::Image),
+}
+
+impl Ingest {
+    /// Claims a session on the control plane and restores its state.
+    pub async fn resume(node: Arc<NodeContext>, name: &str) -> BlobResult<Opened> {
+        let id = match name.strip_prefix("uploads/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => id.to_owned(),
+            _ => {
+                return Err(BlobError::InvalidArgument(format!(
+                    "upload {name:?} is not a valid name: expected \"uploads/{{id}}\""
+                )));
+            }
+        };
+        let opened = node
+            .registry()
+            .open_write(ipb::OpenWriteRequest {
+                upload: name.to_owned(),
+                node_id: node.id.clone(),
+            })
+            .await?
+            .into_inner();
+        match pb::UploadState::try_from(opened.state) {
+            Ok(pb::UploadState::Open) => {}
+            Ok(pb::UploadState::Complete) => {
+                let image = node.image(&opened.fingerprint).await?;
+                return Ok(Opened::AlreadyComplete(image));
+            }
+            _ => {
+                return Err(BlobError::FailedPrecondition(format!(
+                    "upload {name} is over: {}",
+                    opened.error_message
+                )));
+            }
+        }
+        let spec = opened.spec.unwrap_or_default();
+        let hash = opened.hash_state.unwrap_or_default();
+        let metadata_size = (opened.metadata_size > 0).then_some(opened.metadata_size);
+        Ok(Opened::Ready(Box::new(Self {
+            split: spec.layout == pb::ImageLayout::Split as i32,
+            image_hash: restore(&hash.image)?,
+            part_hash: restore(&hash.part)?,
+            node,
+            id,
+            session: Some(name.to_owned()),
+            lease: opened.lease,
+            spec,
+            max_size: opened.max_size,
+            committed: opened.committed_size,
+            pos: opened.committed_size,
+            metadata_size,
+            metadata_sha: None,
+            open: None,
+        })))
+    }
+
+    /// A one-shot upload: nothing is recorded until it is registered.
+    pub fn one_shot(node: Arc<NodeContext>, spec: pb::UploadSpec) -> BlobResult<Self> {
+        let layout = pb::ImageLayout::try_from(spec.layout)
+            .ok()
+            .filter(|l| *l != pb::ImageLayout::Unspecified)
+            .ok_or_else(|| {
+                BlobError::InvalidArgument("spec.layout is required: unified or split".into())
+            })?;
+        if !spec.expected_fingerprint.is_empty()
+            && imagestore_image::Fingerprint::parse(&spec.expected_fingerprint).is_err()
+        {
+            return Err(BlobError::InvalidArgument(format!(
+                "spec.expected_fingerprint {:?} is not 64 lowercase hex characters",
+                spec.expected_fingerprint
+            )));
+        }
+        Ok(Self {
+            split: layout == pb::ImageLayout::Split,
+            max_size: node.config.max_upload_bytes,
+            node,
+            id: uuid::Uuid::new_v4().to_string(),
+            session: None,
+            lease: String::new(),
+            spec,
+            committed: 0,
+            pos: 0,
+            metadata_size: None,
+            metadata_sha: None,
+            image_hash: Sha256::new(),
+            part_hash: Sha256::new(),
+            open: None,
+        })
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// The stream offset the next new byte has.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn metadata_ended(&self) -> bool {
+        self.metadata_size.is_some()
+    }
+
+    fn role(&self) -> Role {
+        match (self.split, self.metadata_size) {
+            (false, _) => Role::Unified,
+            (true, None) => Role::Metadata,
+            (true, Some(_)) => Role::Rootfs,
+        }
+    }
+
+    fn prefix(&self, role: Role) -> String {
+        format!("blobs/{}/{}/", self.id, role.dir())
+    }
+
+    fn part_start(&self) -> u64 {
+        self.metadata_size.unwrap_or(0)
+    }
+
+    /// Checks that `n` more bytes fit what was declared and the staging limit.
+    fn check_room(&self, n: u64) -> BlobResult<()> {
+        let end = self.pos + n;
+        if end > self.max_size {
+            return Err(BlobError::ResourceExhausted(format!(
+                "the upload would exceed this server's staging limit of {} bytes",
+                self.max_size
+            )));
+        }
+        let (declared, part_end, what) = match self.role() {
+            Role::Unified => (self.spec.metadata_size, end, "image"),
+            Role::Metadata => (self.spec.metadata_size, end, "metadata part"),
+            Role::Rootfs => (
+                self.spec.rootfs_size,
+                end - self.part_start(),
+                "rootfs part",
+            ),
+        };
+        if declared > 0 && part_end > declared {
+            return Err(BlobError::InvalidArgument(format!(
+                "received more bytes than the {declared} declared for the {what}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hashes and stores the next bytes of the stream.
+    pub async fn write(&mut self, data: Bytes) -> BlobResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.check_room(data.len() as u64)?;
+        if self.open.is_none() {
+            let key = segment_key(&self.prefix(self.role()), self.pos - self.part_start());
+            let writer = self.node.store.begin_segment(&key).await?;
+            self.open = Some(OpenSegment {
+                writer,
+                start: self.pos,
+                key,
+            });
+        }
+        // Hash on blocking threads while the store takes the same bytes (no copy):
+        // receiving (in hyper's connection task), hashing and storing overlap.
+        let split = self.split;
+        let mut image = std::mem::take(&mut self.image_hash);
+        let mut part = std::mem::take(&mut self.part_hash);
+        let for_image = data.clone();
+        let image_task = tokio::task::spawn_blocking(move || {
+            image.update(&for_image);
+            image
+        });
+        let part_task = split.then(|| {
+            let for_part = data.clone();
+            tokio::task::spawn_blocking(move || {
+                part.update(&for_part);
+                part
+            })
+        });
+        let len = data.len() as u64;
+        let stored = match self.open.as_mut() {
+            Some(open) => open.writer.put(data).await,
+            None => Ok(()),
+        };
+        self.image_hash = image_task
+            .await
+            .map_err(|e| BlobError::Internal(format!("hashing task: {e}")))?;
+        if let Some(t) = part_task {
+            self.part_hash = t
+                .await
+                .map_err(|e| BlobError::Internal(format!("hashing task: {e}")))?;
+        }
+        stored?;
+        self.pos += len;
+        let full = self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.writer.written() >= self.node.config.segment_bytes);
+        if full {
+            self.commit(0).await?;
+        }
+        Ok(())
+    }
+
+    /// Split images: the metadata part ends at the current position.
+    pub async fn end_metadata(&mut self) -> BlobResult<()> {
+        if !self.split {
+            return Err(BlobError::InvalidArgument(
+                "end_of_metadata is for split images; this upload is unified".into(),
+            ));
+        }
+        if self.metadata_size.is_some() {
+            return Err(BlobError::InvalidArgument(
+                "end_of_metadata was already given for this upload".into(),
+            ));
+        }
+        if self.pos == 0 {
+            return Err(BlobError::InvalidArgument(
+                "end_of_metadata before any metadata byte: the metadata part is empty".into(),
+            ));
+        }
+        let declared = self.spec.metadata_size;
+        if declared > 0 && self.pos != declared {
+            return Err(BlobError::InvalidArgument(format!(
+                "the metadata part ended after {} bytes, but {declared} were declared",
+                self.pos
+            )));
+        }
+        let finished = std::mem::take(&mut self.part_hash);
+        self.metadata_sha = Some(hex::encode(finished.finalize()));
+        let end = self.pos;
+        self.close_segment().await?;
+        self.metadata_size = Some(end);
+        self.record(end).await
+    }
+
+    /// Closes the open segment (if any) and records it.
+    async fn commit(&mut self, metadata_size: u64) -> BlobResult<()> {
+        self.close_segment().await?;
+        self.record(metadata_size).await
+    }
+
+    async fn close_segment(&mut self) -> BlobResult<Option<(u64, u64, String)>> {
+        let Some(open) = self.open.take() else {
+            return Ok(None);
+        };
+        let size = open.writer.finish().await?;
+        Ok(Some((open.start, size, open.key)))
+    }
+
+    /// Tells the control plane that everything up to the position is stored.
+    async fn record(&mut self, metadata_size: u64) -> BlobResult<()> {
+        let Some(session) = self.session.clone() else {
+            self.committed = self.pos;
+            return Ok(());
+        };
+        if self.pos == self.committed && metadata_size == 0 {
+            return Ok(());
+        }
+        let segment = ipb::Segment {
+            start: self.committed,
+            length: self.pos - self.committed,
+            storage_key: segment_key(
+                &self.prefix(self.role()),
+                self.committed - self.part_start(),
+            ),
+        };
+        let reply = self
+            .node
+            .registry()
+            .commit_segment(ipb::CommitSegmentRequest {
+                upload: session,
+                lease: self.lease.clone(),
+                segment: Some(segment),
+                hash_state: Some(ipb::HashState {
+                    image: save(&self.image_hash),
+                    part: save(&self.part_hash),
+                }),
+                metadata_size,
+            })
+            .await?
+            .into_inner();
+        self.committed = reply.committed_size;
+        Ok(())
+    }
+
+    /// The stream ended without finish_write: keep what arrived (sessions) or drop
+    /// everything (one-shot uploads).
+    pub async fn pause(mut self) -> BlobResult<u64> {
+        if self.session.is_none() {
+            self.discard().await;
+            return Err(BlobError::InvalidArgument(
+                "the stream ended before finish_write; a one-shot upload cannot continue (open an \
+                 upload session to resume)"
+                    .into(),
+            ));
+        }
+        self.commit(0).await?;
+        if let Some(session) = &self.session {
+            let _ = self
+                .node
+                .registry()
+                .release_write(ipb::ReleaseWriteRequest {
+                    upload: session.clone(),
+                    lease: self.lease.clone(),
+                })
+                .await;
+        }
+        Ok(self.committed)
+    }
+
+    /// Gives up: records why (sessions) and deletes what this upload stored.
+    pub async fn fail(mut self, error: &BlobError) {
+        if let Some(open) = self.open.take() {
+            let _ = open.writer.abort().await;
+        }
+        if let Some(session) = &self.session {
+            let _ = self
+                .node
+                .registry()
+                .fail_write(ipb::FailWriteRequest {
+                    upload: session.clone(),
+                    lease: self.lease.clone(),
+                    message: error.to_string(),
+                })
+                .await;
+        }
+        self.discard().await;
+    }
+
+    async fn discard(&mut self) {
+        if let Some(open) = self.open.take() {
+            let _ = open.writer.abort().await;
+        }
+        let prefix = format!("blobs/{}/", self.id);
+        if let Err(e) = self.node.store.delete(&prefix).await {
+            tracing::warn!(prefix, error = %e, "could not delete an abandoned upload's bytes; the collector retries");
+        }
+    }
+
+    /// finish_write: verify sizes and fingerprint, read the metadata, register.
+    pub async fn finish(mut self) -> BlobResult<pb::Image> {
+        match self.finish_inner().await {
+            Ok(image) => Ok(image),
+            Err(e) => {
+                // Only verdicts on the bytes end the session; a passing fault of the
+                // store or the control plane leaves it to be finished again.
+                if matches!(
+                    e,
+                    BlobError::DataLoss(_) | BlobError::InvalidArgument(_) | BlobError::Image(_)
+                ) {
+                    self.fail(&e).await;
+                } else if matches!(e, BlobError::AlreadyExists(_)) {
+                    self.discard().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_inner(&mut self) -> BlobResult<pb::Image> {
+        self.commit(0).await?;
+        let total = self.pos;
+        let fingerprint = hex::encode(self.image_hash.clone().finalize());
+        let mut parts = Vec::new();
+        if self.split {
+            let meta_size = self.metadata_size.ok_or_else(|| {
+                BlobError::InvalidArgument(
+                    "a split upload ended without end_of_metadata: send the metadata part, mark its \
+                     end, then the rootfs"
+                        .into(),
+                )
+            })?;
+            let rootfs_size = total - meta_size;
+            if rootfs_size == 0 {
+                return Err(BlobError::InvalidArgument(
+                    "the rootfs part is empty".into(),
+                ));
+            }
+            self.check_declared(self.spec.rootfs_size, rootfs_size, "rootfs part")?;
+            parts.push((Role::Metadata, meta_size, None));
+            let rootfs_sha = hex::encode(self.part_hash.clone().finalize());
+            parts.push((Role::Rootfs, rootfs_size, Some(rootfs_sha)));
+        } else {
+            if total == 0 {
+                return Err(BlobError::InvalidArgument("the upload is empty".into()));
+            }
+            self.check_declared(self.spec.metadata_size, total, "image")?;
+            parts.push((Role::Unified, total, Some(fingerprint.clone())));
+        }
+        let expected = &self.spec.expected_fingerprint;
+        if !expected.is_empty() && *expected != fingerprint {
+            return Err(BlobError::DataLoss(format!(
+                "fingerprints don't match: expected {expected}, received {fingerprint} after {total} bytes"
+            )));
+        }
+        for (role, size, _) in &parts {
+            self.node
+                .store
+                .seal_part(&self.prefix(*role), *size)
+                .await?;
+        }
+
+        let limits = ScanLimits {
+            max_decompressed: self.node.config.scan_budget_bytes,
+            ..ScanLimits::default()
+        };
+        let (scanned, image_type, rootfs_ext) = if self.split {
+            let (scanned, meta_sha) = scan_metadata_part(
+                &self.node.store,
+                &self.prefix(Role::Metadata),
+                self.metadata_sha.clone(),
+                limits,
+            )
+            .await?;
+            parts[0].2 = Some(meta_sha);
+            let head: Vec<Bytes> = self
+                .node
+                .store
+                .read_part(
+                    &self.prefix(Role::Rootfs),
+                    0,
+                    imagestore_image::format::SNIFF_LEN as u64,
+                )
+                .await?
+                .try_collect()
+                .await?;
+            let head = head.concat();
+            let format = Format::sniff(&head);
+            // As LXD's client decides: a qcow2 rootfs makes a virtual-machine image.
+            let image_type = if format == Some(Format::Qcow2) {
+                pb::ImageType::VirtualMachine
+            } else {
+                pb::ImageType::Container
+            };
+            (
+                scanned,
+                image_type,
+                format.map(Format::extension).unwrap_or(""),
+            )
+        } else {
+            let reader = self
+                .node
+                .store
+                .blocking_reader(&self.prefix(Role::Unified))
+                .await?;
+            let scanned = tokio::task::spawn_blocking(move || scan_tarball(reader, true, limits))
+                .await
+                .map_err(|e| BlobError::Internal(format!("scan task: {e}")))??;
+            let image_type = match scanned.found_type {
+                Some(FoundType::VirtualMachine) => pb::ImageType::VirtualMachine,
+                _ => pb::ImageType::Container,
+            };
+            (scanned, image_type, "")
+        };
+
+        let image_parts = parts
+            .into_iter()
+            .map(|(role, size, sha)| pb::ImagePart {
+                role: role.pb() as i32,
+                sha256: sha.unwrap_or_default(),
+                size,
+                storage_key: self.prefix(role),
+                extension: match role {
+                    Role::Rootfs => rootfs_ext.to_owned(),
+                    Role::Unified | Role::Metadata => scanned.format.extension().to_owned(),
+                },
+            })
+            .collect();
+        let mut properties = scanned.metadata.properties.clone();
+        for (k, v) in &self.spec.properties {
+            if v.is_empty() {
+                properties.remove(k);
+            } else {
+                properties.insert(k.clone(), v.clone());
+            }
+        }
+        let reply = self
+            .node
+            .registry()
+            .register_content(ipb::RegisterContentRequest {
+                fingerprint: fingerprint.clone(),
+                r#type: image_type as i32,
+                architecture: scanned.metadata.architecture.clone(),
+                filename: self.spec.filename.clone(),
+                layout: if self.split {
+                    pb::ImageLayout::Split
+                } else {
+                    pb::ImageLayout::Unified
+                } as i32,
+                parts: image_parts,
+                properties: properties.into_iter().collect(),
+                public: self.spec.public,
+                create_time: Some(prost_types::Timestamp {
+                    seconds: scanned.metadata.creation_date,
+                    nanos: 0,
+                }),
+                expire_time: scanned
+                    .metadata
+                    .expiry_date
+                    .map(|s| prost_types::Timestamp {
+                        seconds: s,
+                        nanos: 0,
+                    }),
+                aliases: self.spec.aliases.clone(),
+                upload: self.session.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if !reply.created {
+            return Err(BlobError::AlreadyExists(format!(
+                "Image with same fingerprint already exists: {fingerprint}"
+            )));
+        }
+        if !reply.skipped_aliases.is_empty() {
+            tracing::warn!(fingerprint, skipped = ?reply.skipped_aliases, "aliases taken; not moved");
+        }
+        tracing::info!(fingerprint, size = total, "image registered");
+        reply
+            .image
+            .ok_or_else(|| BlobError::Internal("the control plane registered no image".into()))
+    }
+
+    fn check_declared(&self, declared: u64, received: u64, what: &str) -> BlobResult<()> {
+        if declared > 0 && declared != received {
+            return Err(BlobError::InvalidArgument(format!(
+                "the {what} was declared as {declared} bytes but {received} were received"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Scans the stored metadata part, and hashes it unless this node saw it whole.
+async fn scan_metadata_part(
+    store: &imagestore_store::BlobStore,
+    prefix: &str,
+    known: Option<String>,
+    limits: ScanLimits,
+) -> BlobResult<(Scanned, String)> {
+    let reader = store.blocking_reader(prefix).await?;
+    tokio::task::spawn_blocking(move || -> BlobResult<(Scanned, String)> {
+        let mut tee = HashingReader {
+            inner: reader,
+            hash: Sha256::new(),
+        };
+        let scanned = scan_tarball(&mut tee, false, limits)?;
+        let sha = match known {
+            Some(sha) => sha,
+            None => {
+                std::io::copy(&mut tee, &mut std::io::sink())
+                    .map_err(|e| BlobError::Internal(format!("reading metadata: {e}")))?;
+                hex::encode(tee.hash.finalize())
+            }
+        };
+        Ok((scanned, sha))
+    })
+    .await
+    .map_err(|e| BlobError::Internal(format!("scan task: {e}")))?
+}
+
+/// Hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,208 @@
+//! A blob node: stateless. It streams image bytes in (hashing them as they arrive
+//! and writing them through object_store) and out (from any offset), and registers
+//! verified content with the control plane. Any number of nodes can serve one
+//! control plane over shared storage.
+
+pub mod config;
+mod download;
+mod error;
+mod ingest;
+mod lifecycle;
+mod upload;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use imagestore_server::{GrpcServer, ServeError};
+use imagestore_store::{BlobStore, StoreError};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+pub use config::BlobNodeConfig;
+
+/// Why the blob node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the object store: {0}")]
+    Store(#[from] StoreError),
+    #[error("control plane address {0:?} is not a valid URL")]
+    ControlPlane(String),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// What every request handler on this node shares.
+pub struct NodeContext {
+    pub id: String,
+    pub store: BlobStore,
+    pub config: NodeLimits,
+    channel: Channel,
+    active: AtomicU32,
+}
+
+/// The settings handlers need.
+#[derive(Debug, Clone)]
+pub struct NodeLimits {
+    pub segment_bytes: u64,
+    pub max_chunk_bytes: u32,
+    pub scan_budget_bytes: u64,
+    pub max_upload_bytes: u64,
+}
+
+/// Counts a transfer in progress while alive (it may outlive the handler, as a
+/// download stream does).
+pub struct OwnedTransfer(Arc<NodeContext>);
+
+impl Drop for OwnedTransfer {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl NodeContext {
+    pub fn registry(&self) -> ipb::registry_client::RegistryClient<Channel> {
+        ipb::registry_client::RegistryClient::new(self.channel.clone())
+    }
+
+    /// The registered image with this fingerprint.
+    pub async fn image(&self, fingerprint: &str) -> Result<pb::Image, Status> {
+        pb::images_client::ImagesClient::new(self.channel.clone())
+            .get_image(pb::GetImageRequest {
+                name: format!("images/{fingerprint}"),
+                ..Default::default()
+            })
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// The stored parts of an image.
+    pub async fn lookup(&self, fingerprint: &str) -> Result<Vec<pb::ImagePart>, Status> {
+        Ok(self
+            .registry()
+            .lookup_content(ipb::LookupContentRequest {
+                fingerprint: fingerprint.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .parts)
+    }
+
+    pub fn active_transfers(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one more transfer until the guard drops.
+pub fn transfer(node: &Arc<NodeContext>) -> OwnedTransfer {
+    node.active.fetch_add(1, Ordering::Relaxed);
+    OwnedTransfer(node.clone())
+}
+
+struct BlobService {
+    node: Arc<NodeContext>,
+}
+
+#[tonic::async_trait]
+impl pb::blobs_server::Blobs for BlobService {
+    async fn upload(
+        &self,
+        req: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
+        upload::receive(self.node.clone(), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type DownloadStream = download::DownloadStream;
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        download::send(self.node.clone(), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// The node's id: made once, kept in the data directory across restarts.
+fn node_id(data_dir: &Path) -> Result<String, std::io::Error> {
+    let file = data_dir.join("node-id");
+    match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+            std::fs::write(&file, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: BlobNodeConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let data_err = |source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+    let id = node_id(&config.data_dir).map_err(data_err)?;
+    let store_url = if config.store.is_empty() {
+        config.data_dir.join("blobs").display().to_string()
+    } else {
+        config.store.clone()
+    };
+    let store = BlobStore::open(&store_url, &config.store_options)?;
+    let channel = Endpoint::from_shared(config.control_plane.clone())
+        .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?
+        .connect_lazy();
+    let advertise = if config.advertise.is_empty() {
+        let bound = listener.local_addr().map_err(data_err)?;
+        format!("http://{bound}")
+    } else {
+        config.advertise.clone()
+    };
+    tracing::info!(node = %id, store = ?store, advertise = %advertise, "blob node starting");
+    let node = Arc::new(NodeContext {
+        id,
+        store,
+        config: NodeLimits {
+            segment_bytes: config.segment_bytes.max(1),
+            max_chunk_bytes: config.max_chunk_bytes,
+            scan_budget_bytes: config.scan_budget_bytes,
+            max_upload_bytes: 64 << 30,
+        },
+        channel,
+        active: AtomicU32::new(0),
+    });
+    let lifecycle = tokio::spawn(lifecycle::run(node.clone(), advertise, config.gc_interval));
+    let max_message = config.max_chunk_bytes as usize + 64 * 1024;
+    let served = GrpcServer::new()
+        .add_service(
+            pb::blobs_server::BlobsServer::new(BlobService { node })
+                .max_decoding_message_size(max_message),
+        )
+        .serve(listener, shutdown)
+        .await;
+    lifecycle.abort();
+    served?;
+    Ok(())
+}
+
+/// Binds `config.listen` and serves until SIGTERM or SIGINT.
+pub async fn run(config: BlobNodeConfig) -> Result<(), StartError> {
+    let listener = imagestore_server::bind(&config.listen).await?;
+    serve(config, listener, imagestore_server::shutdown::signal()).await
+}

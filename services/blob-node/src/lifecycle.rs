@@ -1,0 +1,107 @@
+//! Registration, heartbeats and collecting released bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imagestore_proto::internal::v1 as ipb;
+use tonic::Code;
+
+use crate::NodeContext;
+
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Registers (again whenever the control plane forgot us), heartbeats, and
+/// deletes released bytes, until aborted.
+pub async fn run(node: Arc<NodeContext>, advertise: String, gc_every: Duration) {
+    let mut interval = register(&node, &advertise).await;
+    let mut beat = tokio::time::interval(interval);
+    let mut gc = tokio::time::interval(gc_every.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                let reply = node.registry().heartbeat(ipb::HeartbeatRequest {
+                    node_id: node.id.clone(),
+                    available_bytes: 0,
+                    active_transfers: node.active_transfers(),
+                    healthy: true,
+                }).await;
+                match reply {
+                    Ok(r) => {
+                        let wanted = Duration::from_secs(u64::from(r.into_inner().heartbeat_interval_seconds.max(1)));
+                        if wanted != interval {
+                            interval = wanted;
+                            beat = tokio::time::interval(interval);
+                        }
+                    }
+                    Err(s) if s.code() == Code::NotFound => {
+                        interval = register(&node, &advertise).await;
+                    }
+                    Err(s) => tracing::warn!(error = %s.message(), "heartbeat failed"),
+                }
+            }
+            _ = gc.tick() => collect(&node).await,
+        }
+    }
+}
+
+async fn register(node: &NodeContext, advertise: &str) -> Duration {
+    loop {
+        let reply = node
+            .registry()
+            .register_node(ipb::RegisterNodeRequest {
+                node_id: node.id.clone(),
+                address: advertise.to_owned(),
+                capacity_bytes: 0,
+                available_bytes: 0,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .await;
+        match reply {
+            Ok(r) => {
+                tracing::info!(node = %node.id, "registered with the control plane");
+                return Duration::from_secs(u64::from(
+                    r.into_inner().heartbeat_interval_seconds.max(1),
+                ));
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "cannot register with the control plane; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Deletes bytes the control plane released, then tells it they are gone.
+async fn collect(node: &NodeContext) {
+    let released = match node
+        .registry()
+        .list_released(ipb::ListReleasedRequest { limit: 100 })
+        .await
+    {
+        Ok(r) => r.into_inner().storage_keys,
+        Err(s) => {
+            tracing::debug!(error = %s.message(), "listing released content failed");
+            return;
+        }
+    };
+    if released.is_empty() {
+        return;
+    }
+    let mut gone = Vec::with_capacity(released.len());
+    for key in released {
+        match node.store.delete(&key).await {
+            Ok(()) => gone.push(key),
+            Err(e) => tracing::warn!(key, error = %e, "deleting released bytes failed; will retry"),
+        }
+    }
+    let n = gone.len();
+    if let Err(s) = node
+        .registry()
+        .forget_released(ipb::ForgetReleasedRequest { storage_keys: gone })
+        .await
+    {
+        tracing::warn!(error = %s.message(), "forgetting released keys failed");
+    } else {
+        tracing::info!(deleted = n, "released bytes collected");
+    }
+}

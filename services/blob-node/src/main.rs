@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use imagestore_blob_node::BlobNodeConfig;
+use imagestore_server::{CommonArgs, load_config};
+use serde::Serialize;
+
+/// An imagestore blob node: verified streaming upload and ranged download.
+#[derive(Parser, Serialize)]
+#[command(name = "imagestore-blob", version)]
+struct Args {
+    #[command(flatten)]
+    #[serde(flatten)]
+    common: CommonArgs,
+    /// The control plane's address, e.g. http://127.0.0.1:7443.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_plane: Option<String>,
+    /// Where image bytes live: a directory, or s3://bucket/prefix.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config: BlobNodeConfig = match load_config(args.common.config.as_deref(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("imagestore-blob: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = imagestore_telemetry::init("imagestore-blob", &config.log);
+    match imagestore_blob_node::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "blob node stopped");
+            eprintln!("imagestore-blob: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! imagestore.v1.Uploads: upload sessions on the control plane's side.
+
+use std::time::Duration;
+
+use imagestore_catalog::{self as cat, Catalog, ImageRef, validate_alias_name};
+use imagestore_image::{Fingerprint, FingerprintQuery};
+use imagestore_proto::v1 as pb;
+use pb::uploads_server::Uploads;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{ApiError, ApiResult, invalid};
+use crate::nodes::NodePicker;
+
+/// What an upload session needs from the configuration.
+#[derive(Clone, Copy)]
+pub struct UploadLimits {
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    pub max_chunk_bytes: u32,
+}
+
+pub struct UploadsService {
+    catalog: Catalog,
+    nodes: NodePicker,
+    limits: UploadLimits,
+}
+
+impl UploadsService {
+    pub fn new(catalog: Catalog, nodes: NodePicker, limits: UploadLimits) -> Self {
+        Self {
+            catalog,
+            nodes,
+            limits,
+        }
+    }
+
+    async fn session(&self, upload: cat::Upload) -> ApiResult<pb::UploadSession> {
+        let image = match (&upload.state, &upload.fingerprint) {
+            (cat::UploadState::Complete, Some(fp)) => {
+                let what = ImageRef::Fingerprint(FingerprintQuery::parse(fp)?);
+                self.catalog
+                    .get_image(what, false)
+                    .await
+                    .ok()
+                    .map(convert::image)
+            }
+            _ => None,
+        };
+        // A session that takes bytes names a node; one that is over needs none.
+        let blob_node = match upload.state {
+            cat::UploadState::Open => self
+                .nodes
+                .pick()
+                .await
+                .map(|n| n.address)
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        Ok(upload_session(
+            upload,
+            image,
+            blob_node,
+            self.limits.max_chunk_bytes,
+        ))
+    }
+}
+
+/// The public form of a session.
+pub fn upload_session(
+    u: cat::Upload,
+    image: Option<pb::Image>,
+    blob_node: String,
+    max_chunk_bytes: u32,
+) -> pb::UploadSession {
+    let state = match u.state {
+        cat::UploadState::Open => pb::UploadState::Open,
+        cat::UploadState::Complete => pb::UploadState::Complete,
+        cat::UploadState::Cancelled => pb::UploadState::Cancelled,
+        cat::UploadState::Failed => pb::UploadState::Failed,
+    };
+    pb::UploadSession {
+        name: format!("uploads/{}", u.id),
+        spec: Some(spec_to_pb(&u.spec)),
+        state: state as i32,
+        committed_size: u.committed_size,
+        metadata_size: u.metadata_size,
+        blob_node,
+        ticket: String::new(),
+        ticket_expire_time: None,
+        expire_time: Some(convert::timestamp(u.expires_at)),
+        max_chunk_bytes,
+        image,
+        error_message: u.error_message.unwrap_or_default(),
+        create_time: Some(convert::timestamp(u.created_at)),
+    }
+}
+
+pub fn spec_to_pb(s: &cat::UploadSpec) -> pb::UploadSpec {
+    pb::UploadSpec {
+        layout: match s.layout {
+            Some(cat::Layout::Unified) => pb::ImageLayout::Unified,
+            Some(cat::Layout::Split) => pb::ImageLayout::Split,
+            None => pb::ImageLayout::Unspecified,
+        } as i32,
+        expected_fingerprint: s.expected_fingerprint.clone(),
+        metadata_size: s.metadata_size,
+        rootfs_size: s.rootfs_size,
+        filename: s.filename.clone(),
+        public: s.public,
+        aliases: s
+            .aliases
+            .iter()
+            .map(|(name, description)| pb::AliasSpec {
+                name: name.clone(),
+                description: description.clone(),
+            })
+            .collect(),
+        properties: s.properties.clone().into_iter().collect(),
+    }
+}
+
+/// Validates a client's spec: everything that can be refused before a byte moves.
+pub fn spec_from_pb(s: pb::UploadSpec, max_bytes: u64) -> ApiResult<cat::UploadSpec> {
+    let layout = match pb::ImageLayout::try_from(s.layout) {
+        Ok(pb::ImageLayout::Unified) => cat::Layout::Unified,
+        Ok(pb::ImageLayout::Split) => cat::Layout::Split,
+        _ => return Err(invalid("spec.layout is required: unified or split")),
+    };
+    if !s.expected_fingerprint.is_empty() {
+        Fingerprint::parse(&s.expected_fingerprint)
+            .map_err(|e| invalid(format!("spec.expected_fingerprint: {e}")))?;
+    }
+    if layout == cat::Layout::Unified && s.rootfs_size != 0 {
+        return Err(invalid(
+            "spec.rootfs_size is for split images; a unified image declares its size in metadata_size",
+        ));
+    }
+    let declared = s
+        .metadata_size
+        .checked_add(s.rootfs_size)
+        .ok_or_else(|| invalid("declared sizes overflow"))?;
+    if declared > max_bytes {
+        return Err(ApiError::ResourceExhausted(format!(
+            "the image is declared as {declared} bytes; this server stages at most {max_bytes}"
+        )));
+    }
+    if s.filename.len() > 1024 || s.filename.contains('/') {
+        return Err(invalid(
+            "spec.filename must be a file name (no '/'), at most 1024 bytes",
+        ));
+    }
+    if s.aliases.len() > 64 {
+        return Err(invalid("at most 64 aliases per upload"));
+    }
+    for a in &s.aliases {
+        validate_alias_name(&a.name)?;
+    }
+    Ok(cat::UploadSpec {
+        layout: Some(layout),
+        expected_fingerprint: s.expected_fingerprint,
+        metadata_size: s.metadata_size,
+        rootfs_size: s.rootfs_size,
+        filename: s.filename,
+        public: s.public,
+        aliases: s
+            .aliases
+            .into_iter()
+            .map(|a| (a.name, a.description))
+            .collect(),
+        properties: s.properties.into_iter().collect(),
+    })
+}
+
+/// "uploads/{id}" → id.
+pub fn upload_id(field: &str, name: &str) -> ApiResult<String> {
+    match name.strip_prefix("uploads/") {
+        Some(id) if !id.is_empty() && id.len() <= 64 && !id.contains('/') => Ok(id.to_owned()),
+        _ => Err(invalid(format!(
+            "{field} {:?} is not a valid name: expected \"uploads/{{id}}\"",
+            name.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Uploads for UploadsService {
+    async fn create_upload(
+        &self,
+        req: Request<pb::CreateUploadRequest>,
+    ) -> Reply<pb::UploadSession> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| invalid("spec is required"))?;
+        let spec = spec_from_pb(spec, self.limits.max_bytes)?;
+        if !spec.expected_fingerprint.is_empty() {
+            let what = ImageRef::Fingerprint(
+                FingerprintQuery::parse(&spec.expected_fingerprint).map_err(ApiError::from)?,
+            );
+            if self.catalog.get_image(what, false).await.is_ok() {
+                return Err(ApiError::Catalog(cat::CatalogError::AlreadyExists(format!(
+                    "Image with same fingerprint already exists: {}",
+                    spec.expected_fingerprint
+                )))
+                .into());
+            }
+        }
+        let node = self.nodes.pick().await?;
+        let upload = self
+            .catalog
+            .create_upload(spec, self.limits.ttl)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(upload = %upload.id, node = %node.node_id, "upload session opened");
+        Ok(Response::new(upload_session(
+            upload,
+            None,
+            node.address,
+            self.limits.max_chunk_bytes,
+        )))
+    }
+
+    async fn get_upload(&self, req: Request<pb::GetUploadRequest>) -> Reply<pb::UploadSession> {
+        let id = upload_id("name", &req.get_ref().name)?;
+        let upload = self.catalog.get_upload(id).await.map_err(ApiError::from)?;
+        Ok(Response::new(self.session(upload).await?))
+    }
+
+    async fn cancel_upload(
+        &self,
+        req: Request<pb::CancelUploadRequest>,
+    ) -> Reply<pb::UploadSession> {
+        let id = upload_id("name", &req.get_ref().name)?;
+        let upload = self
+            .catalog
+            .cancel_upload(id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.session(upload).await?))
+    }
+}
