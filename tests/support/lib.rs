@@ -101,6 +101,10 @@ impl ControlPlane {
     pub async fn registry(&self) -> ipb::registry_client::RegistryClient<Channel> {
         ipb::registry_client::RegistryClient::new(self.channel().await)
     }
+
+    pub async fn uploads(&self) -> pb::uploads_client::UploadsClient<Channel> {
+        pb::uploads_client::UploadsClient::new(self.channel().await)
+    }
 }
 
 /// The SHA-256 of `bytes` as lowercase hex.
@@ -303,6 +307,16 @@ impl Process {
     /// Starts `binary` with `args` and `env`, and waits (bounded) for the log line
     /// that gives the bound address.
     pub async fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_until(binary, args, env, None).await
+    }
+
+    /// As [`Process::start`], and also waits for a log line containing `ready`.
+    pub async fn start_until(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready: Option<&str>,
+    ) -> Self {
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env("RUST_LOG", "info")
@@ -319,10 +333,18 @@ impl Process {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = log.clone();
         let addr = tokio::time::timeout(START_TIMEOUT, async {
+            let mut addr = None;
+            let mut is_ready = ready.is_none();
             while let Some(line) = lines.next_line().await.unwrap() {
                 seen.lock().unwrap().push(line.clone());
-                if let Some(addr) = listening_address(&line) {
-                    return addr;
+                if addr.is_none() {
+                    addr = listening_address(&line);
+                }
+                if ready.is_some_and(|r| line.contains(r)) {
+                    is_ready = true;
+                }
+                if let (Some(a), true) = (addr, is_ready) {
+                    return a;
                 }
             }
             panic!(
@@ -352,6 +374,11 @@ impl Process {
         format!("http://{}", self.addr)
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit and its log to end.
     pub async fn terminate(mut self) -> Stopped {
         let pid = self.child.id().unwrap();
@@ -372,4 +399,304 @@ impl Process {
         let log = std::mem::take(&mut *self.log.lock().unwrap());
         Stopped { status, log }
     }
+}
+
+/// An in-process blob node on 127.0.0.1 with a free port, registered with a
+/// control plane before `start` returns.
+pub struct BlobNode {
+    pub addr: std::net::SocketAddr,
+    pub id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Where a blob node keeps bytes in a test.
+#[derive(Clone, Debug)]
+pub struct StoreSpec {
+    pub url: String,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl StoreSpec {
+    pub fn local(dir: &Path) -> Self {
+        Self {
+            url: dir.display().to_string(),
+            options: Default::default(),
+        }
+    }
+}
+
+impl BlobNode {
+    pub async fn start(control_plane: &str, data_dir: &Path, store: &StoreSpec) -> Self {
+        Self::start_with(control_plane, data_dir, store, |_| {}).await
+    }
+
+    pub async fn start_with(
+        control_plane: &str,
+        data_dir: &Path,
+        store: &StoreSpec,
+        tweak: impl FnOnce(&mut imagestore_blob_node::BlobNodeConfig),
+    ) -> Self {
+        let mut config = imagestore_blob_node::BlobNodeConfig {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_owned(),
+            control_plane: control_plane.to_owned(),
+            store: store.url.clone(),
+            store_options: store.options.clone(),
+            gc_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let listener = TcpListener::bind(&config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (registered, is_registered) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            imagestore_blob_node::serve_notifying(
+                config,
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+                Some(registered),
+            )
+            .await
+            .expect("blob node failed");
+        });
+        let id = tokio::time::timeout(Duration::from_secs(30), is_registered)
+            .await
+            .expect("the blob node did not register in time")
+            .unwrap();
+        Self {
+            addr,
+            id,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn blobs(&self) -> pb::blobs_client::BlobsClient<Channel> {
+        blobs_client(&self.url()).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// A Blobs client with room for 4 MiB chunks.
+pub async fn blobs_client(url: &str) -> pb::blobs_client::BlobsClient<Channel> {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::blobs_client::BlobsClient::new(channel).max_decoding_message_size(8 << 20)
+}
+
+/// A real S3 API (moto's server, installed by ./tests/run) on 127.0.0.1, with one
+/// bucket. Stopped when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    pub store: StoreSpec,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn test_tool(name: &str) -> PathBuf {
+    let installed = target_profile_dir()
+        .parent()
+        .unwrap()
+        .join("test-tools/venv/bin")
+        .join(name);
+    if installed.exists() {
+        return installed;
+    }
+    which(name).unwrap_or_else(|| {
+        panic!("{name} is not installed: run the tests with ./tests/run, which installs it")
+    })
+}
+
+impl S3Server {
+    /// Starts moto_server on a free loopback port and creates bucket `bucket`.
+    pub async fn start(bucket: &str) -> Self {
+        use std::io::BufRead;
+        // Ask the OS for a free port, then hand it to moto (which cannot report a
+        // port it chose itself).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new(test_tool("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains("Running on") {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("moto_server did not start within 60 s");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // Creating a bucket is outside object_store's API; moto takes an unsigned PUT.
+        let created = std::process::Command::new(test_tool("python3"))
+            .args([
+                "-c",
+                &format!(
+                    "import urllib.request; urllib.request.urlopen(urllib.request.Request('{endpoint}/{bucket}', method='PUT'))"
+                ),
+            ])
+            .status()
+            .unwrap();
+        assert!(created.success(), "creating the bucket failed");
+        let options = [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Self {
+            child,
+            store: StoreSpec {
+                url: format!("s3://{bucket}"),
+                options,
+            },
+        }
+    }
+}
+
+/// The fixtures made by a real LXD, in shared/reference (beside the checkout).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/lxd-fixtures");
+    std::fs::read(root.join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// The fixtures' index, with the fingerprints LXD reported.
+pub fn fixtures_index() -> serde_json::Value {
+    serde_json::from_slice(&fixture("fixtures.json")).unwrap()
+}
+
+/// Upload messages for `data` starting at stream offset `from`, in `chunk`-sized
+/// pieces. The first carries `first`.
+pub fn messages(
+    first: Option<pb::upload_request::FirstMessage>,
+    data: &[u8],
+    from: u64,
+    chunk: usize,
+) -> Vec<pb::UploadRequest> {
+    let mut out: Vec<pb::UploadRequest> = data
+        .chunks(chunk.max(1))
+        .scan(from, |offset, piece| {
+            let m = pb::UploadRequest {
+                write_offset: *offset,
+                data: bytes::Bytes::copy_from_slice(piece),
+                ..Default::default()
+            };
+            *offset += piece.len() as u64;
+            Some(m)
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(pb::UploadRequest {
+            write_offset: from,
+            ..Default::default()
+        });
+    }
+    out[0].first_message = first;
+    out
+}
+
+/// A full upload of a unified image, or of a split one (metadata then rootfs).
+pub fn upload_messages(
+    first: pb::upload_request::FirstMessage,
+    parts: &[&[u8]],
+    chunk: usize,
+) -> Vec<pb::UploadRequest> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for (i, part) in parts.iter().enumerate() {
+        let mut msgs = messages(None, part, offset, chunk);
+        offset += part.len() as u64;
+        if parts.len() == 2 && i == 0 {
+            msgs.last_mut().unwrap().end_of_metadata = true;
+        }
+        out.extend(msgs);
+    }
+    out[0].first_message = Some(first);
+    out.last_mut().unwrap().finish_write = true;
+    out
+}
+
+/// Sends messages as one upload stream.
+pub async fn send_upload(
+    node_url: &str,
+    msgs: Vec<pb::UploadRequest>,
+) -> Result<pb::UploadResponse, tonic::Status> {
+    blobs_client(node_url)
+        .await
+        .upload(tokio_stream::iter(msgs))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Downloads one part from an offset to the end, with the first message's info.
+pub async fn download(
+    node_url: &str,
+    fingerprint: &str,
+    part: pb::PartRole,
+    offset: u64,
+) -> Result<(pb::PartInfo, Vec<u8>), tonic::Status> {
+    use tokio_stream::StreamExt;
+    let mut stream = blobs_client(node_url)
+        .await
+        .download(pb::DownloadRequest {
+            fingerprint: fingerprint.to_owned(),
+            part: part as i32,
+            read_offset: offset,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut info = None;
+    let mut data = Vec::new();
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if let Some(i) = msg.info {
+            info = Some(i);
+        }
+        data.extend_from_slice(&msg.data);
+    }
+    Ok((info.expect("the first message carries PartInfo"), data))
 }

@@ -137,6 +137,18 @@ impl BlobStore {
         Ok(found)
     }
 
+    /// Every object key under `prefix`, sorted (for operators and tests).
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .inner
+            .list(Some(&Path::from(prefix.trim_end_matches('/'))))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await?;
+        keys.sort();
+        Ok(keys)
+    }
+
     /// Checks that the objects under `prefix` are exactly contiguous from 0 to
     /// `size`, deleting any leftover past the end (a segment a crashed node
     /// stored but never committed).

@@ -58,16 +58,7 @@ impl Role {
 
 struct OpenSegment {
     writer: SegmentWriter,
-    start: u64,
     key: String,
-}
-
-/// How an upload ended when it did not fail.
-pub enum Ended {
-    /// Verified and registered.
-    Complete(pb::Image),
-    /// The stream stopped before finish_write; this much is committed.
-    Paused(u64),
 }
 
 /// An upload in progress on this node.
@@ -93,7 +84,7 @@ pub struct Ingest {
 pub enum Opened {
     Ready(Box<Ingest>),
     /// The session completed earlier: here is its image.
-    AlreadyComplete(pb::Image),
+    AlreadyComplete(Box<pb::Image>),
 }
 
 impl Ingest {
@@ -119,7 +110,7 @@ impl Ingest {
             Ok(pb::UploadState::Open) => {}
             Ok(pb::UploadState::Complete) => {
                 let image = node.image(&opened.fingerprint).await?;
-                return Ok(Opened::AlreadyComplete(image));
+                return Ok(Opened::AlreadyComplete(Box::new(image)));
             }
             _ => {
                 return Err(BlobError::FailedPrecondition(format!(
@@ -247,11 +238,7 @@ impl Ingest {
         if self.open.is_none() {
             let key = segment_key(&self.prefix(self.role()), self.pos - self.part_start());
             let writer = self.node.store.begin_segment(&key).await?;
-            self.open = Some(OpenSegment {
-                writer,
-                start: self.pos,
-                key,
-            });
+            self.open = Some(OpenSegment { writer, key });
         }
         // Hash on blocking threads while the store takes the same bytes (no copy):
         // receiving (in hyper's connection task), hashing and storing overlap.
@@ -290,7 +277,7 @@ impl Ingest {
             .as_ref()
             .is_some_and(|o| o.writer.written() >= self.node.config.segment_bytes);
         if full {
-            self.commit(0).await?;
+            self.commit().await?;
         }
         Ok(())
     }
@@ -322,27 +309,29 @@ impl Ingest {
         let finished = std::mem::take(&mut self.part_hash);
         self.metadata_sha = Some(hex::encode(finished.finalize()));
         let end = self.pos;
-        self.close_segment().await?;
+        let key = self.close_segment().await?;
         self.metadata_size = Some(end);
-        self.record(end).await
+        self.record(end, key).await
     }
 
     /// Closes the open segment (if any) and records it.
-    async fn commit(&mut self, metadata_size: u64) -> BlobResult<()> {
-        self.close_segment().await?;
-        self.record(metadata_size).await
+    async fn commit(&mut self) -> BlobResult<()> {
+        let key = self.close_segment().await?;
+        self.record(0, key).await
     }
 
-    async fn close_segment(&mut self) -> BlobResult<Option<(u64, u64, String)>> {
+    /// Makes the open segment durable; returns its key, or the part's prefix when
+    /// no segment was open (a commit that only records a boundary).
+    async fn close_segment(&mut self) -> BlobResult<String> {
         let Some(open) = self.open.take() else {
-            return Ok(None);
+            return Ok(self.prefix(self.role()));
         };
-        let size = open.writer.finish().await?;
-        Ok(Some((open.start, size, open.key)))
+        open.writer.finish().await?;
+        Ok(open.key)
     }
 
     /// Tells the control plane that everything up to the position is stored.
-    async fn record(&mut self, metadata_size: u64) -> BlobResult<()> {
+    async fn record(&mut self, metadata_size: u64, storage_key: String) -> BlobResult<()> {
         let Some(session) = self.session.clone() else {
             self.committed = self.pos;
             return Ok(());
@@ -353,10 +342,7 @@ impl Ingest {
         let segment = ipb::Segment {
             start: self.committed,
             length: self.pos - self.committed,
-            storage_key: segment_key(
-                &self.prefix(self.role()),
-                self.committed - self.part_start(),
-            ),
+            storage_key,
         };
         let reply = self
             .node
@@ -388,7 +374,7 @@ impl Ingest {
                     .into(),
             ));
         }
-        self.commit(0).await?;
+        self.commit().await?;
         if let Some(session) = &self.session {
             let _ = self
                 .node
@@ -452,7 +438,7 @@ impl Ingest {
     }
 
     async fn finish_inner(&mut self) -> BlobResult<pb::Image> {
-        self.commit(0).await?;
+        self.commit().await?;
         let total = self.pos;
         let fingerprint = hex::encode(self.image_hash.clone().finalize());
         let mut parts = Vec::new();

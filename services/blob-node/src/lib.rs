@@ -153,6 +153,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    serve_notifying(config, listener, shutdown, None).await
+}
+
+/// As [`serve`], and says on `registered` (with the node id) once the control
+/// plane knows this node, so that callers can hand it work without guessing.
+pub async fn serve_notifying(
+    config: BlobNodeConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    registered: Option<tokio::sync::oneshot::Sender<String>>,
+) -> Result<(), StartError> {
     let data_err = |source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -187,7 +198,12 @@ pub async fn serve(
         channel,
         active: AtomicU32::new(0),
     });
-    let lifecycle = tokio::spawn(lifecycle::run(node.clone(), advertise, config.gc_interval));
+    let lifecycle = tokio::spawn(lifecycle::run(
+        node.clone(),
+        advertise,
+        config.gc_interval,
+        registered,
+    ));
     let max_message = config.max_chunk_bytes as usize + 64 * 1024;
     let served = GrpcServer::new()
         .add_service(

@@ -12,8 +12,16 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Registers (again whenever the control plane forgot us), heartbeats, and
 /// deletes released bytes, until aborted.
-pub async fn run(node: Arc<NodeContext>, advertise: String, gc_every: Duration) {
+pub async fn run(
+    node: Arc<NodeContext>,
+    advertise: String,
+    gc_every: Duration,
+    registered: Option<tokio::sync::oneshot::Sender<String>>,
+) {
     let mut interval = register(&node, &advertise).await;
+    if let Some(tx) = registered {
+        let _ = tx.send(node.id.clone());
+    }
     let mut beat = tokio::time::interval(interval);
     let mut gc = tokio::time::interval(gc_every.max(Duration::from_millis(10)));
     loop {

@@ -8,7 +8,7 @@ use tonic::{Status, Streaming};
 
 use crate::NodeContext;
 use crate::error::BlobError;
-use crate::ingest::{Ended, Ingest, Opened};
+use crate::ingest::{Ingest, Opened};
 
 /// Runs one upload stream to its end.
 pub async fn receive(
@@ -24,13 +24,7 @@ pub async fn receive(
         Some(pb::upload_request::FirstMessage::Upload(name)) => {
             match Ingest::resume(node.clone(), name).await? {
                 Opened::Ready(ingest) => *ingest,
-                Opened::AlreadyComplete(image) => {
-                    return Ok(pb::UploadResponse {
-                        committed_size: image.size,
-                        complete: true,
-                        image: Some(image),
-                    });
-                }
+                Opened::AlreadyComplete(image) => return Ok(complete(*image)),
             }
         }
         Some(pb::upload_request::FirstMessage::Spec(spec)) => {
@@ -45,10 +39,14 @@ pub async fn receive(
     let _active = crate::transfer(&node);
     match run(&mut stream, &mut ingest, first, node.config.max_chunk_bytes).await {
         Ok(Step::Finish) => match ingest.finish().await {
-            Ok(image) => Ok(done(Ended::Complete(image))),
+            Ok(image) => Ok(complete(image)),
             Err(e) => Err(e.into()),
         },
-        Ok(Step::Ended) => Ok(done(Ended::Paused(ingest.pause().await?))),
+        Ok(Step::Ended) => Ok(pb::UploadResponse {
+            committed_size: ingest.pause().await?,
+            complete: false,
+            image: None,
+        }),
         Err(Stop::Broken(status)) => {
             // The client went away (or cancelled): keep what is committed-worthy.
             tracing::info!(error = %status, "upload stream broken");
@@ -59,29 +57,20 @@ pub async fn receive(
             Err(status)
         }
         Err(Stop::Refused(e)) => {
-            ingest.fail(&e).await;
-            Err(e.into())
-        }
-        Err(Stop::Passing(e)) => {
-            // A passing fault (store, control plane): keep the session for a retry.
+            // A malformed message or a passing fault (store, control plane) says
+            // nothing against the bytes already taken: keep a session resumable (a
+            // one-shot upload has nothing to resume and is dropped).
             let _ = ingest.pause().await;
             Err(e.into())
         }
     }
 }
 
-fn done(ended: Ended) -> pb::UploadResponse {
-    match ended {
-        Ended::Complete(image) => pb::UploadResponse {
-            committed_size: image.size,
-            complete: true,
-            image: Some(image),
-        },
-        Ended::Paused(committed) => pb::UploadResponse {
-            committed_size: committed,
-            complete: false,
-            image: None,
-        },
+fn complete(image: pb::Image) -> pb::UploadResponse {
+    pb::UploadResponse {
+        committed_size: image.size,
+        complete: true,
+        image: Some(image),
     }
 }
 
@@ -93,23 +82,12 @@ enum Step {
 enum Stop {
     /// The transport failed or the client cancelled.
     Broken(Status),
-    /// The client sent something wrong: the upload cannot go on.
+    /// A message was wrong, or storage or the control plane failed.
     Refused(BlobError),
-    /// Storage or the control plane failed: worth a retry.
-    Passing(BlobError),
 }
 
 fn refuse(msg: String) -> Stop {
     Stop::Refused(BlobError::InvalidArgument(msg))
-}
-
-fn classify(e: BlobError) -> Stop {
-    match e {
-        BlobError::Store(_) | BlobError::ControlPlane(_) | BlobError::Internal(_) => {
-            Stop::Passing(e)
-        }
-        other => Stop::Refused(other),
-    }
 }
 
 async fn run(
@@ -153,11 +131,11 @@ async fn run(
         // after a resume may overlap what was committed).
         let skip = (expected - offset).min(msg.data.len() as u64) as usize;
         let fresh = msg.data.slice(skip..);
-        ingest.write(fresh).await.map_err(classify)?;
+        ingest.write(fresh).await.map_err(Stop::Refused)?;
         // A resent message whose end-of-metadata was recorded before is not news.
         let resent = skip == msg.data.len() && !msg.data.is_empty();
         if msg.end_of_metadata && !(resent && ingest.metadata_ended()) {
-            ingest.end_metadata().await.map_err(classify)?;
+            ingest.end_metadata().await.map_err(Stop::Refused)?;
         }
         if msg.finish_write {
             return match stream.message().await {

@@ -1,0 +1,915 @@
+//! Blob nodes end to end: real control plane and blob nodes on 127.0.0.1, real
+//! LXD fixtures, a local directory store and a real S3 API (moto).
+
+use std::time::Duration;
+
+use imagestore_proto::v1 as pb;
+use imagestore_store::BlobStore;
+use imagestore_tests::*;
+use pb::upload_request::FirstMessage;
+use tonic::Code;
+
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Local,
+    S3,
+}
+
+/// A control plane and one blob node on the chosen store.
+struct Setup {
+    _dir: tempfile::TempDir,
+    cp: ControlPlane,
+    node: BlobNode,
+    store: StoreSpec,
+    _s3: Option<S3Server>,
+}
+
+async fn setup(backend: Backend) -> Setup {
+    setup_with(backend, |_| {}).await
+}
+
+async fn setup_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut imagestore_blob_node::BlobNodeConfig),
+) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, s3) = match backend {
+        Backend::Local => (StoreSpec::local(&dir.path().join("store")), None),
+        Backend::S3 => {
+            let s3 = S3Server::start("imagestore").await;
+            (s3.store.clone(), Some(s3))
+        }
+    };
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let node = BlobNode::start_with(&cp.url(), &dir.path().join("node"), &store, tweak).await;
+    Setup {
+        _dir: dir,
+        cp,
+        node,
+        store,
+        _s3: s3,
+    }
+}
+
+impl Setup {
+    async fn session(&self, spec: pb::UploadSpec) -> pb::UploadSession {
+        self.cp
+            .uploads()
+            .await
+            .create_upload(pb::CreateUploadRequest { spec: Some(spec) })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn get_upload(&self, name: &str) -> pb::UploadSession {
+        self.cp
+            .uploads()
+            .await
+            .get_upload(pb::GetUploadRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Every object the store holds under blobs/.
+    async fn stored(&self) -> Vec<String> {
+        BlobStore::open(&self.store.url, &self.store.options)
+            .unwrap()
+            .keys("blobs/")
+            .await
+            .unwrap()
+    }
+
+    async fn image_count(&self) -> usize {
+        self.cp
+            .images()
+            .await
+            .list_images(pb::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .len()
+    }
+
+    async fn stop(self) {
+        self.node.stop().await;
+        self.cp.stop().await;
+    }
+}
+
+fn unified_spec(data: &[u8]) -> pb::UploadSpec {
+    pb::UploadSpec {
+        layout: pb::ImageLayout::Unified as i32,
+        metadata_size: data.len() as u64,
+        filename: "busybox-unified.tar.gz".into(),
+        ..Default::default()
+    }
+}
+
+fn lxd_fingerprint(alias: &str) -> String {
+    fixtures_index()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["alias"] == alias)
+        .unwrap()["lxd_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits, bounded, until `check` holds: for background collection, which runs on
+/// its own schedule.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod local_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Local).await })*
+        }
+        mod s3_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::S3).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    unified_upload_gets_lxds_fingerprint_and_exports_byte_identical,
+    split_upload_gets_lxds_fingerprint_and_exports_byte_identical,
+    wrong_expected_fingerprint_is_data_loss_and_leaves_nothing,
+    upload_resumes_from_the_committed_offset_on_another_node,
+    download_resumes_from_an_offset,
+);
+
+async fn unified_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend: Backend) {
+    let s = setup(backend).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let want = lxd_fingerprint("fx-unified-targz");
+    let mut spec = unified_spec(&data);
+    spec.expected_fingerprint = want.clone();
+    spec.aliases.push(pb::AliasSpec {
+        name: "busybox".into(),
+        description: String::new(),
+    });
+    let session = s.session(spec).await;
+    assert_eq!(session.blob_node, s.node.url());
+    let reply = send_upload(
+        &session.blob_node,
+        upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK),
+    )
+    .await
+    .unwrap();
+    assert!(reply.complete);
+    let image = reply.image.unwrap();
+    assert_eq!(image.fingerprint, want);
+    assert_eq!(image.size, data.len() as u64);
+    assert_eq!(image.r#type, pb::ImageType::Container as i32);
+    assert_eq!(image.architecture, "x86_64");
+    assert_eq!(image.properties["os"], "busybox");
+    assert_eq!(image.properties["release"], "1.35.0");
+    assert_eq!(image.create_time.unwrap().seconds, 1_700_000_000);
+    assert_eq!(image.filename, "busybox-unified.tar.gz");
+    assert_eq!(image.aliases[0].name, "busybox");
+    assert_eq!(
+        s.get_upload(&session.name).await.state,
+        pb::UploadState::Complete as i32
+    );
+
+    let export =
+        s.cp.images()
+            .await
+            .export_image(pb::ExportImageRequest {
+                name: "aliases/busybox".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(export.files.len(), 1);
+    assert_eq!(export.files[0].file_name, format!("{want}.tar.gz"));
+    let (info, bytes) = download(&export.blob_node, &want, pb::PartRole::Unified, 0)
+        .await
+        .unwrap();
+    assert_eq!(info.file_name, format!("{want}.tar.gz"));
+    assert_eq!(info.sha256, want);
+    assert!(bytes == data, "export is byte-identical to the import");
+
+    // The same content again is detected before a byte moves.
+    let mut again = unified_spec(&data);
+    again.expected_fingerprint = want.clone();
+    let dup =
+        s.cp.uploads()
+            .await
+            .create_upload(pb::CreateUploadRequest { spec: Some(again) })
+            .await;
+    assert_status(
+        dup,
+        Code::AlreadyExists,
+        "Image with same fingerprint already exists",
+    );
+    s.stop().await;
+}
+
+async fn split_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend: Backend) {
+    let s = setup(backend).await;
+    let meta = fixture("busybox-split-meta.tar.xz");
+    let rootfs = fixture("busybox-split-rootfs.squashfs");
+    let want = lxd_fingerprint("fx-split-squashfs");
+    let session = s
+        .session(pb::UploadSpec {
+            layout: pb::ImageLayout::Split as i32,
+            metadata_size: meta.len() as u64,
+            rootfs_size: rootfs.len() as u64,
+            filename: "busybox-split-rootfs.squashfs".into(),
+            public: true,
+            ..Default::default()
+        })
+        .await;
+    let image = send_upload(
+        &session.blob_node,
+        upload_messages(
+            FirstMessage::Upload(session.name.clone()),
+            &[&meta, &rootfs],
+            CHUNK,
+        ),
+    )
+    .await
+    .unwrap()
+    .image
+    .unwrap();
+    assert_eq!(image.fingerprint, want);
+    assert_eq!(image.size, 930_080, "LXD's size for this image");
+    assert_eq!(image.layout, pb::ImageLayout::Split as i32);
+    assert_eq!(image.r#type, pb::ImageType::Container as i32);
+    assert!(image.public);
+    assert_eq!(image.parts[0].sha256, sha256_hex(&meta));
+    assert_eq!(image.parts[1].sha256, sha256_hex(&rootfs));
+
+    let export =
+        s.cp.images()
+            .await
+            .export_image(pb::ExportImageRequest {
+                name: format!("images/{}", &want[..12]),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let names: Vec<&str> = export.files.iter().map(|f| f.file_name.as_str()).collect();
+    assert_eq!(
+        names,
+        [format!("meta-{want}.tar.xz"), format!("{want}.squashfs")]
+    );
+    let (_, got_meta) = download(&export.blob_node, &want, pb::PartRole::Metadata, 0)
+        .await
+        .unwrap();
+    let (_, got_root) = download(&export.blob_node, &want, pb::PartRole::Rootfs, 0)
+        .await
+        .unwrap();
+    assert!(
+        got_meta == meta && got_root == rootfs,
+        "export is byte-identical"
+    );
+    let mut joined = got_meta.clone();
+    joined.extend_from_slice(&got_root);
+    assert_eq!(sha256_hex(&joined), want);
+    let wrong_part = download(&export.blob_node, &want, pb::PartRole::Unified, 0).await;
+    assert_status(wrong_part, Code::NotFound, "has no PART_ROLE_UNIFIED part");
+    s.stop().await;
+}
+
+async fn wrong_expected_fingerprint_is_data_loss_and_leaves_nothing(backend: Backend) {
+    let s = setup(backend).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let actual = sha256_hex(&data);
+    let wrong = sha256_hex(b"something else");
+    let mut spec = unified_spec(&data);
+    spec.expected_fingerprint = wrong.clone();
+    let session = s.session(spec).await;
+    let status = assert_status(
+        send_upload(
+            &session.blob_node,
+            upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK),
+        )
+        .await,
+        Code::DataLoss,
+        "fingerprints don't match",
+    );
+    assert!(status.message().contains(&wrong) && status.message().contains(&actual));
+    let after = s.get_upload(&session.name).await;
+    assert_eq!(after.state, pb::UploadState::Failed as i32);
+    assert!(after.error_message.contains("fingerprints don't match"));
+    assert_eq!(s.image_count().await, 0);
+    assert!(s.stored().await.is_empty(), "no stored bytes left behind");
+    s.stop().await;
+}
+
+async fn upload_resumes_from_the_committed_offset_on_another_node(backend: Backend) {
+    let s = setup_with(backend, |c| c.segment_bytes = 100 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = BlobNode::start(&s.cp.url(), dir.path(), &s.store).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let mut spec = unified_spec(&data);
+    spec.expected_fingerprint = sha256_hex(&data);
+    let session = s.session(spec).await;
+
+    // The first stream ends early (no finish_write): what arrived is committed.
+    let cut = 300 * 1024 + 17;
+    let first = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[..cut],
+        0,
+        CHUNK,
+    );
+    let reply = send_upload(&s.node.url(), first).await.unwrap();
+    assert!(!reply.complete);
+    assert_eq!(reply.committed_size, cut as u64);
+    assert_eq!(s.get_upload(&session.name).await.committed_size, cut as u64);
+
+    // Writing ahead of what is committed is refused with the committed size.
+    let ahead = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[cut + 10..],
+        cut as u64 + 10,
+        CHUNK,
+    );
+    assert_status(
+        send_upload(&other.url(), ahead).await,
+        Code::OutOfRange,
+        &format!("continue from {cut}"),
+    );
+
+    // Another node continues from the committed offset, resending a little overlap,
+    // without the prefix being sent or hashed again.
+    let overlap = 1000;
+    let mut rest = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[cut - overlap..],
+        (cut - overlap) as u64,
+        CHUNK,
+    );
+    rest.last_mut().unwrap().finish_write = true;
+    let done = send_upload(&other.url(), rest).await.unwrap();
+    assert!(done.complete);
+    assert_eq!(done.image.as_ref().unwrap().fingerprint, sha256_hex(&data));
+    let (_, back) = download(&s.node.url(), &sha256_hex(&data), pb::PartRole::Unified, 0)
+        .await
+        .unwrap();
+    assert!(back == data);
+    // A finished session answers a late stream with its image.
+    let late = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &[],
+        0,
+        CHUNK,
+    );
+    assert!(send_upload(&other.url(), late).await.unwrap().complete);
+    other.stop().await;
+    s.stop().await;
+}
+
+async fn download_resumes_from_an_offset(backend: Backend) {
+    let s = setup(backend).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let fp = sha256_hex(&data);
+    let reply = send_upload(
+        &s.node.url(),
+        upload_messages(FirstMessage::Spec(unified_spec(&data)), &[&data], 1 << 20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.image.unwrap().fingerprint, fp);
+    let broken_at = 654_321;
+    let (_, head) = download(&s.node.url(), &fp, pb::PartRole::Unified, 0)
+        .await
+        .unwrap();
+    let (info, tail) = download(&s.node.url(), &fp, pb::PartRole::Unified, broken_at)
+        .await
+        .unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    let mut joined = head[..broken_at as usize].to_vec();
+    joined.extend_from_slice(&tail);
+    assert!(joined == data);
+    let (_, empty) = download(&s.node.url(), &fp, pb::PartRole::Unified, data.len() as u64)
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+    let past = download(
+        &s.node.url(),
+        &fp,
+        pb::PartRole::Unified,
+        data.len() as u64 + 1,
+    )
+    .await;
+    assert_status(past, Code::OutOfRange, "past the end");
+    let unknown = download(&s.node.url(), &"e".repeat(64), pb::PartRole::Unified, 0).await;
+    assert_status(unknown, Code::NotFound, "not found");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let store = dir.path().join("store");
+    let start_node = |name: &'static str| {
+        let data_dir = dir.path().join(name);
+        let store = store.clone();
+        let cp_url = cp.url();
+        async move {
+            Process::start_until(
+                &binary("imagestore-blob"),
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    data_dir.to_str().unwrap(),
+                    "--control-plane",
+                    &cp_url,
+                    "--store",
+                    store.to_str().unwrap(),
+                ],
+                &[("IMAGESTORE_SEGMENT_BYTES", "65536")],
+                Some("registered with the control plane"),
+            )
+            .await
+        }
+    };
+    let a = start_node("node-a").await;
+    let data = fixture("busybox-unified.tar.gz");
+    let fp = lxd_fingerprint("fx-unified-targz");
+    let mut spec = unified_spec(&data);
+    spec.expected_fingerprint = fp.clone();
+    let session = cp
+        .uploads()
+        .await
+        .create_upload(pb::CreateUploadRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Stream to node A through a channel, so the test decides when A dies: after
+    // 600 KiB have gone out and while the stream is still open.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let a_url = a.url();
+    let call = tokio::spawn(async move {
+        blobs_client(&a_url)
+            .await
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let sent = 600 * 1024;
+    for m in messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[..sent],
+        0,
+        CHUNK,
+    ) {
+        tx.send(m).await.unwrap();
+    }
+    a.kill().await;
+    let broken = call.await.unwrap();
+    assert!(broken.is_err(), "the stream to a killed node fails");
+    drop(tx);
+
+    let state = cp
+        .uploads()
+        .await
+        .get_upload(pb::GetUploadRequest {
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let committed = state.committed_size as usize;
+    assert!(committed <= sent);
+    assert_eq!(committed % 65536, 0, "commits land on segment boundaries");
+
+    let b = start_node("node-b").await;
+    let mut rest = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[committed..],
+        committed as u64,
+        CHUNK,
+    );
+    rest.last_mut().unwrap().finish_write = true;
+    let done = send_upload(&b.url(), rest).await.unwrap();
+    assert_eq!(
+        done.image.unwrap().fingerprint,
+        fp,
+        "LXD's fingerprint, verified"
+    );
+    let (_, back) = download(&b.url(), &fp, pb::PartRole::Unified, 0)
+        .await
+        .unwrap();
+    assert!(back == data);
+    b.terminate().await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_uploading_the_same_image_store_one_copy() {
+    let s = setup(Backend::Local).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let session = s.session(unified_spec(&data)).await;
+        let url = session.blob_node.clone();
+        let msgs = upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK);
+        calls.push(tokio::spawn(async move { send_upload(&url, msgs).await }));
+    }
+    let results: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    let loser = results.into_iter().find_map(Result::err).unwrap();
+    assert_eq!(loser.code(), Code::AlreadyExists);
+    assert!(
+        loser
+            .message()
+            .contains("Image with same fingerprint already exists")
+    );
+    assert_eq!(s.image_count().await, 1);
+    let uploads: std::collections::BTreeSet<String> = s
+        .stored()
+        .await
+        .iter()
+        .map(|k| k.split('/').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(uploads.len(), 1, "one stored copy");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_malformed_streams_are_refused() {
+    let s = setup(Backend::Local).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let url = s.node.url();
+    let spec = || FirstMessage::Spec(unified_spec(&data));
+
+    // Declared size not reached, then finish.
+    let mut short = messages(Some(spec()), &data[..1000], 0, CHUNK);
+    short.last_mut().unwrap().finish_write = true;
+    assert_status(
+        send_upload(&url, short).await,
+        Code::InvalidArgument,
+        "declared as",
+    );
+    // A one-shot stream that ends without finish_write.
+    let cut = messages(Some(spec()), &data[..1000], 0, CHUNK);
+    assert_status(
+        send_upload(&url, cut).await,
+        Code::InvalidArgument,
+        "ended before finish_write",
+    );
+    // More than declared.
+    let mut long = messages(
+        Some(spec()),
+        &[data.clone(), vec![0; 10]].concat(),
+        0,
+        CHUNK,
+    );
+    long.last_mut().unwrap().finish_write = true;
+    assert_status(
+        send_upload(&url, long).await,
+        Code::InvalidArgument,
+        "more bytes than",
+    );
+    // A gap.
+    let mut gap = messages(Some(spec()), &data[..2 * CHUNK], 0, CHUNK);
+    gap[1].write_offset += 5;
+    assert_status(
+        send_upload(&url, gap).await,
+        Code::InvalidArgument,
+        "leaves a gap",
+    );
+    // A chunk over the limit.
+    let big = vec![pb::UploadRequest {
+        first_message: Some(spec()),
+        data: vec![0u8; (4 << 20) + 1].into(),
+        ..Default::default()
+    }];
+    let r = send_upload(&url, big).await.unwrap_err();
+    assert!(
+        matches!(r.code(), Code::InvalidArgument | Code::OutOfRange),
+        "{r:?}"
+    );
+    // No first message.
+    let none = vec![pb::UploadRequest::default()];
+    assert_status(
+        send_upload(&url, none).await,
+        Code::InvalidArgument,
+        "first message must set",
+    );
+    // end_of_metadata on a unified upload.
+    let mut eom = messages(Some(spec()), &data[..10], 0, CHUNK);
+    eom[0].end_of_metadata = true;
+    assert_status(
+        send_upload(&url, eom).await,
+        Code::InvalidArgument,
+        "for split images",
+    );
+    // A message after finish_write.
+    let mut after = upload_messages(spec(), &[&data], CHUNK);
+    after.push(pb::UploadRequest {
+        write_offset: data.len() as u64,
+        ..Default::default()
+    });
+    assert_status(
+        send_upload(&url, after).await,
+        Code::InvalidArgument,
+        "after finish_write",
+    );
+    // Unknown session.
+    let ghost = messages(
+        Some(FirstMessage::Upload("uploads/nope".into())),
+        &data[..10],
+        0,
+        CHUNK,
+    );
+    assert_status(send_upload(&url, ghost).await, Code::NotFound, "not found");
+
+    assert_eq!(s.image_count().await, 0);
+    assert!(
+        s.stored().await.is_empty(),
+        "nothing left behind: {:?}",
+        s.stored().await
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_registers_nothing_and_its_bytes_are_collected() {
+    let s = setup_with(Backend::Local, |c| c.segment_bytes = 64 * 1024).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let session = s.session(unified_spec(&data)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let url = s.node.url();
+    let call = tokio::spawn(async move {
+        blobs_client(&url)
+            .await
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    for m in messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[..300 * 1024],
+        0,
+        CHUNK,
+    ) {
+        tx.send(m).await.unwrap();
+    }
+    call.abort(); // the client gives up mid-stream
+    let _ = call.await;
+    drop(tx);
+    let cancelled =
+        s.cp.uploads()
+            .await
+            .cancel_upload(pb::CancelUploadRequest {
+                name: session.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(cancelled.state, pb::UploadState::Cancelled as i32);
+    assert_eq!(s.image_count().await, 0);
+    eventually("cancelled bytes to be collected", || async {
+        s.stored().await.is_empty()
+    })
+    .await;
+    // A cancelled session takes no more bytes.
+    let more = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[..10],
+        0,
+        CHUNK,
+    );
+    assert_status(
+        send_upload(&s.node.url(), more).await,
+        Code::FailedPrecondition,
+        "is over",
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_image_deletes_its_bytes() {
+    let s = setup(Backend::Local).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let image = send_upload(
+        &s.node.url(),
+        upload_messages(FirstMessage::Spec(unified_spec(&data)), &[&data], CHUNK),
+    )
+    .await
+    .unwrap()
+    .image
+    .unwrap();
+    assert!(!s.stored().await.is_empty());
+    s.cp.images()
+        .await
+        .delete_image(pb::DeleteImageRequest { name: image.name })
+        .await
+        .unwrap();
+    eventually("deleted bytes to be collected", || async {
+        s.stored().await.is_empty()
+    })
+    .await;
+    s.stop().await;
+}
+
+/// A tarball with the given entries, gzip-compressed when asked.
+fn tarball(entries: &[(&str, &[u8])], gz: bool) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (name, body) in entries {
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[100..107].copy_from_slice(b"0000644");
+        header[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = if name.ends_with('/') { b'5' } else { b'0' };
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        tar.extend_from_slice(&header);
+        tar.extend_from_slice(body);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    if !gz {
+        return tar;
+    }
+    let mut child = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&tar).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tarballs_are_refused_without_exhausting_anything() {
+    let s = setup_with(Backend::Local, |c| c.scan_budget_bytes = 8 << 20).await;
+    let meta: &[u8] = b"architecture: x86_64\ncreation_date: 1700000000\n";
+    let zeros = vec![0u8; 32 << 20];
+    let huge_yaml = vec![b'#'; (1 << 20) + 1];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "zip",
+            b"PK\x03\x04 not a tarball at all".to_vec(),
+            "Unsupported compression",
+        ),
+        (
+            "no metadata",
+            tarball(&[("rootfs/", b"")], true),
+            "missing metadata.yaml",
+        ),
+        (
+            "no rootfs",
+            tarball(&[("metadata.yaml", meta)], true),
+            "neither",
+        ),
+        (
+            "unsafe path",
+            tarball(
+                &[("../../etc/cron.d/x", b"x"), ("metadata.yaml", meta)],
+                true,
+            ),
+            "unsafe path",
+        ),
+        (
+            "absolute path",
+            tarball(&[("/etc/passwd", b"x"), ("metadata.yaml", meta)], false),
+            "unsafe path",
+        ),
+        (
+            "huge metadata",
+            tarball(&[("metadata.yaml", &huge_yaml)], true),
+            "the most accepted is",
+        ),
+        (
+            "bad architecture",
+            tarball(
+                &[
+                    ("metadata.yaml", b"architecture: sparc\ncreation_date: 1\n"),
+                    ("rootfs/", b""),
+                ],
+                true,
+            ),
+            "Architecture isn't supported",
+        ),
+        (
+            "no creation date",
+            tarball(
+                &[
+                    ("metadata.yaml", b"architecture: x86_64\n"),
+                    ("rootfs/", b""),
+                ],
+                true,
+            ),
+            "Missing creation date",
+        ),
+        (
+            "decompression bomb",
+            tarball(&[("rootfs/zeros", &zeros), ("metadata.yaml", meta)], true),
+            "decompression bomb",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        let spec = pb::UploadSpec {
+            layout: pb::ImageLayout::Unified as i32,
+            ..Default::default()
+        };
+        let r = send_upload(
+            &s.node.url(),
+            upload_messages(FirstMessage::Spec(spec), &[&bytes], CHUNK),
+        )
+        .await;
+        let status = r.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(needle), "{what}: {status:?}");
+    }
+    // A good one built the same way passes, so the refusals above are about content.
+    let good = tarball(
+        &[
+            ("metadata.yaml", meta),
+            ("rootfs/", b""),
+            ("rootfs/hello", b"hi"),
+        ],
+        true,
+    );
+    let spec = pb::UploadSpec {
+        layout: pb::ImageLayout::Unified as i32,
+        ..Default::default()
+    };
+    let ok = send_upload(
+        &s.node.url(),
+        upload_messages(FirstMessage::Spec(spec), &[&good], CHUNK),
+    )
+    .await
+    .unwrap();
+    assert!(ok.complete);
+    assert_eq!(s.image_count().await, 1);
+    let left: Vec<String> = s.stored().await;
+    assert!(
+        left.iter()
+            .all(|k| k.contains(&ok.image.as_ref().unwrap().parts[0].storage_key[6..42])),
+        "{left:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qcow2_rootfs_makes_a_virtual_machine_image() {
+    let s = setup(Backend::Local).await;
+    let meta = fixture("busybox-split-meta.tar.xz");
+    let mut disk = b"QFI\xfb\x00\x00\x00\x03".to_vec();
+    disk.resize(200_000, 7);
+    let image = send_upload(
+        &s.node.url(),
+        upload_messages(
+            FirstMessage::Spec(pb::UploadSpec {
+                layout: pb::ImageLayout::Split as i32,
+                ..Default::default()
+            }),
+            &[&meta, &disk],
+            CHUNK,
+        ),
+    )
+    .await
+    .unwrap()
+    .image
+    .unwrap();
+    assert_eq!(image.r#type, pb::ImageType::VirtualMachine as i32);
+    assert_eq!(image.parts[1].extension, ".qcow2");
+    s.stop().await;
+}
