@@ -952,7 +952,9 @@ fn generated_upload(
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                let left = (n - data.len() as u64).min(head.len() as u64 + size - at).min(8);
+                let left = (n - data.len() as u64)
+                    .min(head.len() as u64 + size - at)
+                    .min(8);
                 data.extend_from_slice(&state.to_le_bytes()[..left as usize]);
             } else {
                 data.push(0);
@@ -1035,7 +1037,11 @@ async fn memory_for_sizes(sizes: &[u64]) -> Vec<u64> {
 async fn blob_node_memory_does_not_grow_with_image_size() {
     let peaks = memory_for_sizes(&[32 << 20, 512 << 20]).await;
     let (small, large) = (peaks[0], peaks[1]);
-    eprintln!("blob node peak RSS: {} MiB after 32 MiB, {} MiB after 512 MiB", small >> 20, large >> 20);
+    eprintln!(
+        "blob node peak RSS: {} MiB after 32 MiB, {} MiB after 512 MiB",
+        small >> 20,
+        large >> 20
+    );
     // 480 MiB more image may cost a little more buffering, never the image itself.
     assert!(
         large < small + (48 << 20),
@@ -1060,4 +1066,96 @@ async fn blob_node_memory_for_a_multi_gib_upload() {
         peaks[0] >> 20,
         (gib << 30) as f64 / secs / 1e6
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_expire_and_staging_is_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with(&dir.path().join("cp"), |c| {
+        c.upload_ttl = Duration::from_millis(300);
+        c.sweep_interval = Duration::from_millis(50);
+        c.max_upload_bytes = 200 * 1024;
+    })
+    .await;
+    let store = StoreSpec::local(&dir.path().join("store"));
+    let node = BlobNode::start(&cp.url(), &dir.path().join("node"), &store).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let mut uploads = cp.uploads().await;
+
+    // Declared over the limit: refused before a byte moves.
+    let declared = uploads
+        .create_upload(pb::CreateUploadRequest {
+            spec: Some(unified_spec(&data)),
+        })
+        .await;
+    assert_status(declared, Code::ResourceExhausted, "stages at most 204800");
+
+    // Undeclared, and streamed past the limit: refused at the limit.
+    let open = |uploads: &mut pb::uploads_client::UploadsClient<_>| {
+        let mut u = uploads.clone();
+        async move {
+            u.create_upload(pb::CreateUploadRequest {
+                spec: Some(pb::UploadSpec {
+                    layout: pb::ImageLayout::Unified as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let session = open(&mut uploads).await;
+    let mut over = messages(
+        Some(FirstMessage::Upload(session.name.clone())),
+        &data[..300 * 1024],
+        0,
+        CHUNK,
+    );
+    over.last_mut().unwrap().finish_write = true;
+    assert_status(
+        send_upload(&node.url(), over).await,
+        Code::ResourceExhausted,
+        "staging limit",
+    );
+
+    // A session left alone expires, and its staged bytes are deleted.
+    let idle = open(&mut uploads).await;
+    let part = messages(
+        Some(FirstMessage::Upload(idle.name.clone())),
+        &data[..100 * 1024],
+        0,
+        CHUNK,
+    );
+    assert_eq!(
+        send_upload(&node.url(), part).await.unwrap().committed_size,
+        100 * 1024
+    );
+    let keys = || async {
+        BlobStore::open(&store.url, &store.options)
+            .unwrap()
+            .keys(&format!(
+                "blobs/{}/",
+                idle.name.trim_start_matches("uploads/")
+            ))
+            .await
+            .unwrap()
+    };
+    assert!(!keys().await.is_empty());
+    eventually("the idle session to expire", || {
+        let mut u = uploads.clone();
+        let name = idle.name.clone();
+        async move {
+            u.get_upload(pb::GetUploadRequest { name })
+                .await
+                .is_err_and(|s| s.code() == Code::NotFound)
+        }
+    })
+    .await;
+    eventually("its staged bytes to be deleted", || async {
+        keys().await.is_empty()
+    })
+    .await;
+    node.stop().await;
+    cp.stop().await;
 }

@@ -353,3 +353,30 @@ async fn every_rpc_gets_its_own_span_in_structured_logs() {
         stopped.log
     );
 }
+
+#[tokio::test]
+async fn the_example_configurations_in_deploy_are_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+    for (bin, file) in [
+        ("imagestore-control", "control-plane.toml"),
+        ("imagestore-blob", "blob-node.toml"),
+    ] {
+        let config = deploy.join(file);
+        let data = dir.path().join(bin);
+        let server = Process::start(
+            &binary(bin),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+        assert!(server.terminate().await.status.success(), "{file}");
+    }
+}

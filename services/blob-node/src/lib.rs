@@ -219,6 +219,9 @@ pub async fn serve_notifying(
 
 /// Binds `config.listen` and serves until SIGTERM or SIGINT.
 pub async fn run(config: BlobNodeConfig) -> Result<(), StartError> {
+    // Signals are watched before the bind, so that SIGTERM right after
+    // "listening" still stops the node gracefully.
+    let shutdown = imagestore_server::shutdown::signal();
     let listener = imagestore_server::bind(&config.listen).await?;
-    serve(config, listener, imagestore_server::shutdown::signal()).await
+    serve(config, listener, shutdown).await
 }

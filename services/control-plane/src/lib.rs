@@ -137,14 +137,10 @@ async fn sweep(catalog: Catalog, every: std::time::Duration) {
 
 /// Opens the catalog, binds `config.listen` and serves until SIGTERM or SIGINT.
 pub async fn run(config: ControlPlaneConfig) -> Result<(), StartError> {
-    // The catalog opens first, so that "listening" in the log means ready.
+    // Signals are watched and the catalog is open before the bind, so that
+    // "listening" in the log means ready, SIGTERM included.
+    let shutdown = imagestore_server::shutdown::signal();
     let catalog = open_catalog(&config).await?;
     let listener = imagestore_server::bind(&config.listen).await?;
-    serve_catalog(
-        config,
-        catalog,
-        listener,
-        imagestore_server::shutdown::signal(),
-    )
-    .await
+    serve_catalog(config, catalog, listener, shutdown).await
 }
