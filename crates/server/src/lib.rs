@@ -3,8 +3,10 @@
 pub mod args;
 pub mod config;
 mod grpc;
+mod main_helper;
 pub mod shutdown;
 
 pub use args::CommonArgs;
 pub use config::{ConfigError, load_config};
 pub use grpc::{GrpcServer, ServeError, bind};
+pub use main_helper::{HasLogConfig, run_binary};

@@ -60,3 +60,9 @@ impl Default for BlobNodeConfig {
         }
     }
 }
+
+impl imagestore_server::HasLogConfig for BlobNodeConfig {
+    fn log_config(&self) -> &LogConfig {
+        &self.log
+    }
+}

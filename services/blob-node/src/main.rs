@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use imagestore_blob_node::BlobNodeConfig;
-use imagestore_server::{CommonArgs, load_config};
+use imagestore_server::CommonArgs;
 use serde::Serialize;
 
 /// An imagestore blob node: verified streaming upload and ranged download.
@@ -25,20 +25,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config: BlobNodeConfig = match load_config(args.common.config.as_deref(), &args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("imagestore-blob: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = imagestore_telemetry::init("imagestore-blob", &config.log);
-    match imagestore_blob_node::run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "blob node stopped");
-            eprintln!("imagestore-blob: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    imagestore_server::run_binary(
+        "imagestore-blob",
+        args.common.config.as_deref(),
+        &args,
+        |config: BlobNodeConfig| imagestore_blob_node::run(config),
+    )
+    .await
 }

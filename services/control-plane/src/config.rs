@@ -58,3 +58,9 @@ fn default_data_dir() -> PathBuf {
         .join("imagestore")
         .join("control-plane")
 }
+
+impl imagestore_server::HasLogConfig for ControlPlaneConfig {
+    fn log_config(&self) -> &LogConfig {
+        &self.log
+    }
+}

@@ -155,3 +155,12 @@ pub fn operation(o: cat::Operation) -> pb::Operation {
         update_time: Some(timestamp(o.updated_at)),
     }
 }
+
+pub fn upload_state(s: cat::UploadState) -> pb::UploadState {
+    match s {
+        cat::UploadState::Open => pb::UploadState::Open,
+        cat::UploadState::Complete => pb::UploadState::Complete,
+        cat::UploadState::Cancelled => pb::UploadState::Cancelled,
+        cat::UploadState::Failed => pb::UploadState::Failed,
+    }
+}

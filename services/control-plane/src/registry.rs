@@ -247,12 +247,7 @@ impl Registry for RegistryService {
             .open_write(id, self.limits.ttl)
             .await
             .map_err(ApiError::from)?;
-        let state = match u.state {
-            cat::UploadState::Open => pb::UploadState::Open,
-            cat::UploadState::Complete => pb::UploadState::Complete,
-            cat::UploadState::Cancelled => pb::UploadState::Cancelled,
-            cat::UploadState::Failed => pb::UploadState::Failed,
-        };
+        let state = convert::upload_state(u.state);
         Ok(Response::new(ipb::OpenWriteResponse {
             spec: Some(spec_to_pb(&u.spec)),
             committed_size: u.committed_size,

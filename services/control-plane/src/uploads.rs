@@ -73,12 +73,7 @@ pub fn upload_session(
     blob_node: String,
     max_chunk_bytes: u32,
 ) -> pb::UploadSession {
-    let state = match u.state {
-        cat::UploadState::Open => pb::UploadState::Open,
-        cat::UploadState::Complete => pb::UploadState::Complete,
-        cat::UploadState::Cancelled => pb::UploadState::Cancelled,
-        cat::UploadState::Failed => pb::UploadState::Failed,
-    };
+    let state = convert::upload_state(u.state);
     pb::UploadSession {
         name: format!("uploads/{}", u.id),
         spec: Some(spec_to_pb(&u.spec)),
