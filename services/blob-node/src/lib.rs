@@ -164,57 +164,101 @@ pub async fn serve_notifying(
     shutdown: impl std::future::Future<Output = ()> + Send,
     registered: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Result<(), StartError> {
-    let data_err = |source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
-    let id = node_id(&config.data_dir).map_err(data_err)?;
-    let store_url = if config.store.is_empty() {
-        config.data_dir.join("blobs").display().to_string()
-    } else {
-        config.store.clone()
-    };
-    let store = BlobStore::open(&store_url, &config.store_options)?;
-    let channel = Endpoint::from_shared(config.control_plane.clone())
-        .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?
-        .connect_lazy();
-    let advertise = if config.advertise.is_empty() {
-        let bound = listener.local_addr().map_err(data_err)?;
-        format!("http://{bound}")
-    } else {
-        config.advertise.clone()
-    };
-    tracing::info!(node = %id, store = ?store, advertise = %advertise, "blob node starting");
-    let node = Arc::new(NodeContext {
-        id,
-        store,
-        config: NodeLimits {
-            segment_bytes: config.segment_bytes.max(1),
-            max_chunk_bytes: config.max_chunk_bytes,
-            scan_budget_bytes: config.scan_budget_bytes,
-            max_upload_bytes: 64 << 30,
-        },
-        channel,
-        active: AtomicU32::new(0),
-    });
-    let lifecycle = tokio::spawn(lifecycle::run(
-        node.clone(),
-        advertise,
-        config.gc_interval,
-        registered,
-    ));
-    let max_message = config.max_chunk_bytes as usize + 64 * 1024;
-    let served = GrpcServer::new()
-        .add_service(
-            pb::blobs_server::BlobsServer::new(BlobService { node })
-                .max_decoding_message_size(max_message),
-        )
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+    let node = BlobNode::prepare(&config, bound)?;
+    let lifecycle = node.spawn_lifecycle(registered);
+    let served = node
+        .add_services(GrpcServer::new())
         .serve(listener, shutdown)
         .await;
     lifecycle.abort();
     served?;
     Ok(())
+}
+
+/// A blob node ready to serve: its id, store and control-plane connection.
+pub struct BlobNode {
+    node: Arc<NodeContext>,
+    advertise: String,
+    gc_interval: std::time::Duration,
+    max_message: usize,
+}
+
+impl BlobNode {
+    /// Opens the data directory and the store; `bound` is the address the node's
+    /// services will be reached at unless `config.advertise` says otherwise.
+    pub fn prepare(
+        config: &BlobNodeConfig,
+        bound: std::net::SocketAddr,
+    ) -> Result<Self, StartError> {
+        let data_err = |source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+        let id = node_id(&config.data_dir).map_err(data_err)?;
+        let store_url = if config.store.is_empty() {
+            config.data_dir.join("blobs").display().to_string()
+        } else {
+            config.store.clone()
+        };
+        let store = BlobStore::open(&store_url, &config.store_options)?;
+        let channel = Endpoint::from_shared(config.control_plane.clone())
+            .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?
+            .connect_lazy();
+        let advertise = if config.advertise.is_empty() {
+            format!("http://{bound}")
+        } else {
+            config.advertise.clone()
+        };
+        tracing::info!(node = %id, store = ?store, advertise = %advertise, "blob node starting");
+        Ok(Self {
+            node: Arc::new(NodeContext {
+                id,
+                store,
+                config: NodeLimits {
+                    segment_bytes: config.segment_bytes.max(1),
+                    max_chunk_bytes: config.max_chunk_bytes,
+                    scan_budget_bytes: config.scan_budget_bytes,
+                    max_upload_bytes: 64 << 30,
+                },
+                channel,
+                active: AtomicU32::new(0),
+            }),
+            advertise,
+            gc_interval: config.gc_interval,
+            max_message: config.max_chunk_bytes as usize + 64 * 1024,
+        })
+    }
+
+    /// Adds the Blobs service to `server`.
+    pub fn add_services(&self, server: GrpcServer) -> GrpcServer {
+        server.add_service(
+            pb::blobs_server::BlobsServer::new(BlobService {
+                node: self.node.clone(),
+            })
+            .max_decoding_message_size(self.max_message),
+        )
+    }
+
+    /// Registers with the control plane, then heartbeats and collects released
+    /// bytes until the handle is aborted; says on `registered` once registered.
+    pub fn spawn_lifecycle(
+        &self,
+        registered: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(lifecycle::run(
+            self.node.clone(),
+            self.advertise.clone(),
+            self.gc_interval,
+            registered,
+        ))
+    }
 }
 
 /// Binds `config.listen` and serves until SIGTERM or SIGINT.

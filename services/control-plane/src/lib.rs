@@ -75,6 +75,22 @@ pub async fn serve_catalog(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let sweeper = spawn_background(&config, catalog.clone());
+    let served = add_services(GrpcServer::new(), &config, catalog)
+        .serve(listener, shutdown)
+        .await;
+    sweeper.abort();
+    served?;
+    Ok(())
+}
+
+/// Adds every control-plane service over `catalog` to `server`, so that one
+/// process can serve them beside others (`imagestore serve`).
+pub fn add_services(
+    server: GrpcServer,
+    config: &ControlPlaneConfig,
+    catalog: Catalog,
+) -> GrpcServer {
     let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
     let limit = config.max_request_bytes;
     let upload_limits = uploads::UploadLimits {
@@ -82,8 +98,7 @@ pub async fn serve_catalog(
         max_bytes: config.max_upload_bytes,
         max_chunk_bytes: config.max_chunk_bytes,
     };
-    let sweeper = tokio::spawn(sweep(catalog.clone(), config.sweep_interval));
-    let served = GrpcServer::new()
+    server
         .add_service(
             ImagesServer::new(images::ImagesService::new(catalog.clone(), nodes.clone()))
                 .max_decoding_message_size(limit),
@@ -114,11 +129,15 @@ pub async fn serve_catalog(
             ))
             .max_decoding_message_size(limit),
         )
-        .serve(listener, shutdown)
-        .await;
-    sweeper.abort();
-    served?;
-    Ok(())
+}
+
+/// Starts the control plane's background work (collecting expired uploads);
+/// abort the handle to stop it.
+pub fn spawn_background(
+    config: &ControlPlaneConfig,
+    catalog: Catalog,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(sweep(catalog, config.sweep_interval))
 }
 
 /// Collects expired upload sessions: their staged bytes become released content

@@ -1,0 +1,118 @@
+//! `imagestore serve`: a control plane and a blob node in one process, on one
+//! address, with embedded defaults (SQLite and a local directory) — for a laptop
+//! or a single server. The separate binaries remain for real deployments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use imagestore_blob_node::{BlobNode, BlobNodeConfig};
+use imagestore_control_plane::ControlPlaneConfig;
+use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig};
+use imagestore_telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args, Serialize)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    common: CommonArgs,
+}
+
+/// `imagestore serve`'s configuration: where to listen, where the data lives,
+/// and the two tiers' own settings in `[control_plane]` and `[blob_node]` (their
+/// `listen`, `data_dir`, `control_plane` and `advertise` are set by serve).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// HOST:PORT for every service.
+    pub listen: String,
+    /// Everything lives below: control-plane/, blob-node/, blobs/.
+    pub data_dir: PathBuf,
+    /// Logging and tracing.
+    pub log: LogConfig,
+    /// Control-plane settings.
+    pub control_plane: ControlPlaneConfig,
+    /// Blob-node settings (`store` empty means `{data_dir}/blobs`).
+    pub blob_node: BlobNodeConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7443".into(),
+            data_dir: dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("imagestore"),
+            log: LogConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
+            blob_node: BlobNodeConfig::default(),
+        }
+    }
+}
+
+impl HasLogConfig for ServeConfig {
+    fn log_config(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    ControlPlane(#[from] imagestore_control_plane::StartError),
+    #[error(transparent)]
+    BlobNode(#[from] imagestore_blob_node::StartError),
+    #[error(transparent)]
+    Serve(#[from] imagestore_server::ServeError),
+    #[error("cannot read the bound address: {0}")]
+    Bound(std::io::Error),
+}
+
+pub async fn run(args: ServeArgs) -> ExitCode {
+    imagestore_server::run_binary("imagestore", args.common.config.as_deref(), &args, serve).await
+}
+
+async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let shutdown = imagestore_server::shutdown::signal();
+    let control = ControlPlaneConfig {
+        listen: config.listen.clone(),
+        data_dir: config.data_dir.join("control-plane"),
+        ..config.control_plane.clone()
+    };
+    let catalog = imagestore_control_plane::open_catalog(&control).await?;
+    let listener = imagestore_server::bind(&config.listen).await?;
+    let bound = listener.local_addr().map_err(ServeError::Bound)?;
+    // The node reaches the control plane in this same process over loopback.
+    let mut reach = bound;
+    if reach.ip().is_unspecified() {
+        reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let node_config = BlobNodeConfig {
+        listen: config.listen.clone(),
+        data_dir: config.data_dir.join("blob-node"),
+        control_plane: format!("http://{reach}"),
+        store: if config.blob_node.store.is_empty() {
+            config.data_dir.join("blobs").display().to_string()
+        } else {
+            config.blob_node.store.clone()
+        },
+        ..config.blob_node.clone()
+    };
+    let node = BlobNode::prepare(&node_config, reach)?;
+    let server = node.add_services(imagestore_control_plane::add_services(
+        GrpcServer::new(),
+        &control,
+        catalog.clone(),
+    ));
+    let sweeper = imagestore_control_plane::spawn_background(&control, catalog);
+    let lifecycle = node.spawn_lifecycle(None);
+    eprintln!(
+        "imagestore: serving on http://{bound} (control plane and blob node); data in {}",
+        config.data_dir.display()
+    );
+    let served = server.serve(listener, shutdown).await;
+    lifecycle.abort();
+    sweeper.abort();
+    served?;
+    Ok(())
+}
