@@ -1159,3 +1159,70 @@ async fn sessions_expire_and_staging_is_limited() {
     node.stop().await;
     cp.stop().await;
 }
+
+/// Download speed against a plain read of the same stored bytes, for the notes:
+/// `cargo nextest run --release -p imagestore-tests --test blobs --run-ignored only download_speed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "moves a GiB; run by hand to measure"]
+async fn download_speed_against_a_plain_read() {
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreSpec::local(&dir.path().join("store"));
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let node = BlobNode::start(&cp.url(), &dir.path().join("node"), &store).await;
+    let image = upload_generated(&node.url(), 1 << 30).await;
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let mut stream = blobs_client(&node.url())
+            .await
+            .download(pb::DownloadRequest {
+                fingerprint: image.fingerprint.clone(),
+                part: pb::PartRole::Unified as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = 0u64;
+        while let Some(m) = stream.next().await {
+            got += m.unwrap().data.len() as u64;
+        }
+        let download = got as f64 / started.elapsed().as_secs_f64() / 1e6;
+        let started = std::time::Instant::now();
+        let mut read = 0u64;
+        for key in BlobStore::open(&store.url, &store.options)
+            .unwrap()
+            .keys(&image.parts[0].storage_key)
+            .await
+            .unwrap()
+        {
+            let mut f = tokio::fs::File::open(dir.path().join("store").join(&key))
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                read += n as u64;
+            }
+        }
+        let plain = read as f64 / started.elapsed().as_secs_f64() / 1e6;
+        assert_eq!(got, read);
+        eprintln!(
+            "download {download:.0} MB/s, plain read {plain:.0} MB/s, ratio {:.2}",
+            download / plain
+        );
+        ratios.push(download / plain);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "median download/plain-read ratio over 3 runs: {:.2}",
+        ratios[1]
+    );
+    node.stop().await;
+    cp.stop().await;
+}

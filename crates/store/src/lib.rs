@@ -214,7 +214,15 @@ impl BlobStore {
                         ..GetOptions::default()
                     };
                     let got = store.get_opts(&Path::from(key.as_str()), opts).await?;
-                    Ok::<_, StoreError>(got.into_stream().map_err(StoreError::from))
+                    let range = got.range.clone();
+                    Ok::<_, StoreError>(match got.payload {
+                        // object_store reads local files 8 KiB at a time, each on
+                        // the blocking pool: far below disk speed. Read 1 MiB.
+                        object_store::GetResultPayload::File(file, _) => file_chunks(file, range),
+                        object_store::GetResultPayload::Stream(s) => {
+                            coalesce(s.map_err(StoreError::from).boxed())
+                        }
+                    })
                 }
             })
             .try_flatten()
@@ -260,6 +268,60 @@ impl BlobStore {
         }
         Ok(())
     }
+}
+
+/// Reads `range` of a local file in [`READ_CHUNK`] pieces on the blocking pool.
+fn file_chunks(
+    file: std::fs::File,
+    range: std::ops::Range<u64>,
+) -> BoxStream<'static, Result<Bytes>> {
+    futures::stream::unfold((Some(file), range.start), move |(file, pos)| async move {
+        let mut file = file?;
+        if pos >= range.end {
+            return None;
+        }
+        let n = (range.end - pos).min(READ_CHUNK as u64) as usize;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::Start(pos))?;
+            let mut buf = vec![0u8; n];
+            file.read_exact(&mut buf)?;
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        Some(match read {
+            Ok((file, buf)) => (Ok(Bytes::from(buf)), (Some(file), pos + n as u64)),
+            Err(e) => (Err(e.into()), (None, pos)),
+        })
+    })
+    .boxed()
+}
+
+/// Joins small chunks (an HTTP body arrives in pieces of a few KiB) into pieces of
+/// about [`READ_CHUNK`], so that each message downstream carries real weight.
+fn coalesce(stream: BoxStream<'static, Result<Bytes>>) -> BoxStream<'static, Result<Bytes>> {
+    futures::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match stream.next().await {
+                Some(Ok(b)) if buf.is_empty() && b.len() >= READ_CHUNK => {
+                    return Some((Ok(b), Some(stream)));
+                }
+                Some(Ok(b)) => {
+                    buf.extend_from_slice(&b);
+                    if buf.len() >= READ_CHUNK {
+                        return Some((Ok(buf.freeze()), Some(stream)));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None if buf.is_empty() => return None,
+                None => return Some((Ok(buf.freeze()), None)),
+            }
+        }
+    })
+    .boxed()
 }
 
 fn rechunk(chunk: Result<Bytes>) -> Vec<Result<Bytes>> {
