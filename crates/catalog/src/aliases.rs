@@ -207,11 +207,7 @@ impl Catalog {
                 }
                 items.push(alias);
             }
-            let next_token = match (more, items.last()) {
-                (true, Some(last)) => page.next_token(&last.name),
-                _ => String::new(),
-            };
-            Ok(Page { items, next_token })
+            Ok(page.finish(items, more, |a| a.name.clone()))
         })
         .await
     }

@@ -455,11 +455,7 @@ impl Catalog {
                     )?
                     .query_row([&part.storage_key], |r| r.get(0))?;
                 if !still_used && !released.contains(&part.storage_key) {
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO released_content (storage_key, released_at) \
-                         VALUES (?1, ?2)",
-                    )?
-                    .execute(params![part.storage_key, now()])?;
+                    crate::uploads::release(tx, &part.storage_key)?;
                     released.push(part.storage_key.clone());
                 }
             }
@@ -550,11 +546,7 @@ fn list(
     for image in &mut items {
         image.parts = load_parts(conn, &image.fingerprint)?;
     }
-    let next_token = match (more, items.last()) {
-        (true, Some(last)) => page.next_token(&last.fingerprint),
-        _ => String::new(),
-    };
-    Ok(Page { items, next_token })
+    Ok(page.finish(items, more, |i| i.fingerprint.clone()))
 }
 
 fn aliases_between(

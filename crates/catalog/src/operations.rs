@@ -235,11 +235,7 @@ impl Catalog {
                 }
                 items.push(op);
             }
-            let next_token = match (more, items.last()) {
-                (true, Some(last)) => page.next_token(&format!("{}/{}", last.created_at, last.id)),
-                _ => String::new(),
-            };
-            Ok(Page { items, next_token })
+            Ok(page.finish(items, more, |o| format!("{}/{}", o.created_at, o.id)))
         })
         .await
     }

@@ -79,6 +79,18 @@ impl PageRequest {
     }
 }
 
+impl PageRequest {
+    /// The page made of `items`; `more` says whether anything follows, and `key`
+    /// gives an item's position for the next page's token.
+    pub fn finish<T>(&self, items: Vec<T>, more: bool, key: impl Fn(&T) -> String) -> Page<T> {
+        let next_token = match (more, items.last()) {
+            (true, Some(last)) => self.next_token(&key(last)),
+            _ => String::new(),
+        };
+        Page { items, next_token }
+    }
+}
+
 fn scope_digest(scope: &str) -> String {
     hex::encode(&Sha256::digest(scope.as_bytes())[..8])
 }

@@ -72,7 +72,9 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Upload> {
     Ok(upload)
 }
 
-fn release(tx: &Transaction<'_>, key: &str) -> Result<()> {
+/// Marks a storage key (or prefix ending in "/") as no longer referenced, so
+/// blob nodes delete its bytes.
+pub(crate) fn release(tx: &Transaction<'_>, key: &str) -> Result<()> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO released_content (storage_key, released_at) VALUES (?1, ?2)",
     )?

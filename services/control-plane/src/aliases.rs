@@ -3,10 +3,10 @@
 use imagestore_catalog::{AliasEdit, Catalog, PageRequest};
 use imagestore_proto::v1 as pb;
 use pb::aliases_server::Aliases;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 use crate::convert;
-use crate::error::{ApiError, invalid};
+use crate::error::{ApiError, Reply, invalid};
 use crate::images::public_only;
 use crate::names;
 
@@ -19,8 +19,6 @@ impl AliasesService {
         Self { catalog }
     }
 }
-
-type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl Aliases for AliasesService {

@@ -25,6 +25,9 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// What every RPC handler returns.
+pub type Reply<T> = Result<tonic::Response<T>, Status>;
+
 pub fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
 }

@@ -4,10 +4,10 @@ use imagestore_catalog::{self as cat, Catalog, ImageEdit, ImageFilter, PageReque
 use imagestore_image::{ExportRole, export_file_name};
 use imagestore_proto::v1 as pb;
 use pb::images_server::Images;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 use crate::convert;
-use crate::error::{ApiError, ApiResult, invalid};
+use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::names;
 use crate::nodes::NodePicker;
 
@@ -109,10 +109,7 @@ fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
 
 #[tonic::async_trait]
 impl Images for ImagesService {
-    async fn get_image(
-        &self,
-        req: Request<pb::GetImageRequest>,
-    ) -> Result<Response<pb::Image>, Status> {
+    async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Reply<pb::Image> {
         let public_only = public_only(&req);
         let r = req.into_inner();
         let image = self.lookup(&r.name, r.r#type, public_only).await?;
@@ -122,7 +119,7 @@ impl Images for ImagesService {
     async fn list_images(
         &self,
         req: Request<pb::ListImagesRequest>,
-    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+    ) -> Reply<pb::ListImagesResponse> {
         let public_only = public_only(&req);
         let r = req.into_inner();
         let filter = ImageFilter::parse(&r.filter).map_err(ApiError::from)?;
@@ -139,10 +136,7 @@ impl Images for ImagesService {
         }))
     }
 
-    async fn update_image(
-        &self,
-        req: Request<pb::UpdateImageRequest>,
-    ) -> Result<Response<pb::Image>, Status> {
+    async fn update_image(&self, req: Request<pb::UpdateImageRequest>) -> Reply<pb::Image> {
         let r = req.into_inner();
         let image = r.image.ok_or_else(|| invalid("image is required"))?;
         let what = names::image_ref("image.name", &image.name, None)?;
@@ -159,7 +153,7 @@ impl Images for ImagesService {
     async fn delete_image(
         &self,
         req: Request<pb::DeleteImageRequest>,
-    ) -> Result<Response<pb::DeleteImageResponse>, Status> {
+    ) -> Reply<pb::DeleteImageResponse> {
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, None)?;
         let (image, released) = self
@@ -177,7 +171,7 @@ impl Images for ImagesService {
     async fn export_image(
         &self,
         req: Request<pb::ExportImageRequest>,
-    ) -> Result<Response<pb::ExportImageResponse>, Status> {
+    ) -> Reply<pb::ExportImageResponse> {
         let public_only = public_only(&req);
         let r = req.into_inner();
         let image = self.lookup(&r.name, r.r#type, public_only).await?;
@@ -199,17 +193,14 @@ impl Images for ImagesService {
     async fn create_image_secret(
         &self,
         _req: Request<pb::CreateImageSecretRequest>,
-    ) -> Result<Response<pb::ImageSecret>, Status> {
+    ) -> Reply<pb::ImageSecret> {
         Err(
             ApiError::Unimplemented("image secrets are not available on this server yet".into())
                 .into(),
         )
     }
 
-    async fn refresh_image(
-        &self,
-        req: Request<pb::RefreshImageRequest>,
-    ) -> Result<Response<pb::Operation>, Status> {
+    async fn refresh_image(&self, req: Request<pb::RefreshImageRequest>) -> Reply<pb::Operation> {
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, None)?;
         let image = self

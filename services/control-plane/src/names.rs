@@ -64,3 +64,14 @@ pub fn operation<'a>(field: &str, name: &'a str) -> ApiResult<&'a str> {
     }
     Ok(id)
 }
+
+/// "uploads/{id}" → id.
+pub fn upload(field: &str, name: &str) -> ApiResult<String> {
+    match name.strip_prefix("uploads/") {
+        Some(id) if !id.is_empty() && id.len() <= 64 && !id.contains('/') => Ok(id.to_owned()),
+        _ => Err(invalid(format!(
+            "{field} {:?} is not a valid name: expected \"uploads/{{id}}\"",
+            name.chars().take(100).collect::<String>()
+        ))),
+    }
+}

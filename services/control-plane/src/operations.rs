@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::error::{ApiError, ApiResult, invalid};
+use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::names;
 
 /// The longest a WaitOperation stream follows an operation.
@@ -26,8 +26,6 @@ impl OperationsService {
         Self { catalog }
     }
 }
-
-type Reply<T> = Result<Response<T>, Status>;
 
 fn parse_filter(filter: &str) -> ApiResult<(Option<OperationState>, Option<bool>)> {
     let mut state = None;

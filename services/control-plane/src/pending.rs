@@ -3,13 +3,13 @@
 //! UNIMPLEMENTED with a sentence rather than a bare "unknown service".
 
 use imagestore_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
+
+use crate::error::Reply;
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("{what} are not available on this server yet"))
 }
-
-type Reply<T> = Result<Response<T>, Status>;
 
 pub struct PendingImports;
 

@@ -6,12 +6,13 @@ use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use ipb::registry_server::Registry;
 use tonic::codegen::http::Uri;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 use crate::convert;
-use crate::error::{ApiError, ApiResult, invalid};
+use crate::error::{ApiError, ApiResult, Reply, invalid};
+use crate::names;
 use crate::nodes::NodePicker;
-use crate::uploads::{UploadLimits, spec_to_pb, upload_id};
+use crate::uploads::{UploadLimits, spec_to_pb};
 
 pub struct RegistryService {
     catalog: Catalog,
@@ -47,8 +48,6 @@ impl RegistryService {
         self.nodes.heartbeat_interval().as_secs().max(1) as u32
     }
 }
-
-type Reply<T> = Result<Response<T>, Status>;
 
 fn validate_node_id(id: &str) -> ApiResult<()> {
     let ok = !id.is_empty()
@@ -218,7 +217,7 @@ impl Registry for RegistryService {
         let r = req.into_inner();
         let upload = match r.upload.as_str() {
             "" => None,
-            name => Some(upload_id("upload", name)?),
+            name => Some(names::upload("upload", name)?),
         };
         let registered = self
             .catalog
@@ -240,7 +239,7 @@ impl Registry for RegistryService {
         req: Request<ipb::OpenWriteRequest>,
     ) -> Reply<ipb::OpenWriteResponse> {
         let r = req.into_inner();
-        let id = upload_id("upload", &r.upload)?;
+        let id = names::upload("upload", &r.upload)?;
         validate_node_id(&r.node_id)?;
         let (u, lease) = self
             .catalog
@@ -278,7 +277,7 @@ impl Registry for RegistryService {
         req: Request<ipb::CommitSegmentRequest>,
     ) -> Reply<ipb::CommitSegmentResponse> {
         let r = req.into_inner();
-        let id = upload_id("upload", &r.upload)?;
+        let id = names::upload("upload", &r.upload)?;
         let seg = r.segment.ok_or_else(|| invalid("segment is required"))?;
         let hash = r.hash_state.unwrap_or_default();
         let commit = cat::SegmentCommit {
@@ -306,7 +305,7 @@ impl Registry for RegistryService {
         req: Request<ipb::FailWriteRequest>,
     ) -> Reply<ipb::FailWriteResponse> {
         let r = req.into_inner();
-        let id = upload_id("upload", &r.upload)?;
+        let id = names::upload("upload", &r.upload)?;
         let message: String = r.message.chars().take(4096).collect();
         self.catalog
             .fail_upload(id, r.lease, message)
@@ -320,7 +319,7 @@ impl Registry for RegistryService {
         req: Request<ipb::ReleaseWriteRequest>,
     ) -> Reply<ipb::ReleaseWriteResponse> {
         let r = req.into_inner();
-        let id = upload_id("upload", &r.upload)?;
+        let id = names::upload("upload", &r.upload)?;
         self.catalog
             .release_write(id, r.lease)
             .await

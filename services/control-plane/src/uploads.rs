@@ -6,10 +6,11 @@ use imagestore_catalog::{self as cat, Catalog, ImageRef, validate_alias_name};
 use imagestore_image::{Fingerprint, FingerprintQuery};
 use imagestore_proto::v1 as pb;
 use pb::uploads_server::Uploads;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 use crate::convert;
-use crate::error::{ApiError, ApiResult, invalid};
+use crate::error::{ApiError, ApiResult, Reply, invalid};
+use crate::names;
 use crate::nodes::NodePicker;
 
 /// What an upload session needs from the configuration.
@@ -167,19 +168,6 @@ pub fn spec_from_pb(s: pb::UploadSpec, max_bytes: u64) -> ApiResult<cat::UploadS
     })
 }
 
-/// "uploads/{id}" → id.
-pub fn upload_id(field: &str, name: &str) -> ApiResult<String> {
-    match name.strip_prefix("uploads/") {
-        Some(id) if !id.is_empty() && id.len() <= 64 && !id.contains('/') => Ok(id.to_owned()),
-        _ => Err(invalid(format!(
-            "{field} {:?} is not a valid name: expected \"uploads/{{id}}\"",
-            name.chars().take(100).collect::<String>()
-        ))),
-    }
-}
-
-type Reply<T> = Result<Response<T>, Status>;
-
 #[tonic::async_trait]
 impl Uploads for UploadsService {
     async fn create_upload(
@@ -219,7 +207,7 @@ impl Uploads for UploadsService {
     }
 
     async fn get_upload(&self, req: Request<pb::GetUploadRequest>) -> Reply<pb::UploadSession> {
-        let id = upload_id("name", &req.get_ref().name)?;
+        let id = names::upload("name", &req.get_ref().name)?;
         let upload = self.catalog.get_upload(id).await.map_err(ApiError::from)?;
         Ok(Response::new(self.session(upload).await?))
     }
@@ -228,7 +216,7 @@ impl Uploads for UploadsService {
         &self,
         req: Request<pb::CancelUploadRequest>,
     ) -> Reply<pb::UploadSession> {
-        let id = upload_id("name", &req.get_ref().name)?;
+        let id = names::upload("name", &req.get_ref().name)?;
         let upload = self
             .catalog
             .cancel_upload(id)
