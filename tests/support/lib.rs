@@ -493,14 +493,9 @@ impl BlobNode {
     }
 }
 
-/// A Blobs client with room for 4 MiB chunks.
+/// A Blobs client as the Rust client makes them (tuned windows, 8 MiB messages).
 pub async fn blobs_client(url: &str) -> pb::blobs_client::BlobsClient<Channel> {
-    let channel = Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pb::blobs_client::BlobsClient::new(channel).max_decoding_message_size(8 << 20)
+    imagestore_client::blobs_client(imagestore_client::connect(url).await.unwrap())
 }
 
 /// A real S3 API (moto's server, installed by ./tests/run) on 127.0.0.1, with one

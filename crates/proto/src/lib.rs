@@ -14,3 +14,15 @@ pub mod internal {
 
 /// The encoded file descriptor set of every imagestore service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("imagestore_descriptor");
+
+/// HTTP/2 settings that servers and clients share: image bytes move in messages of
+/// up to a few MiB, and the defaults (64 KiB windows, 16 KiB frames) would stall a
+/// stream every few frames waiting for window updates.
+pub mod transport {
+    /// Flow-control window per stream.
+    pub const STREAM_WINDOW: u32 = 8 << 20;
+    /// Flow-control window per connection: room for two busy streams.
+    pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+    /// HTTP/2 frame size: large frames cut per-frame work on bulk transfers.
+    pub const MAX_FRAME: u32 = 1 << 20;
+}

@@ -24,10 +24,7 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// HTTP/2 flow-control window per stream, for servers and clients alike.
-pub const STREAM_WINDOW: u32 = 8 << 20;
-/// HTTP/2 frame size: large frames cut per-frame work on bulk transfers.
-pub const MAX_FRAME: u32 = 1 << 20;
+pub use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Binds `addr` (port 0 picks a free port) and logs the bound address.
 pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
@@ -133,7 +130,7 @@ impl GrpcServer {
         // at disk speed; the connection window fits two streams at full speed.
         tonic::transport::Server::builder()
             .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(2 * STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -8,5 +8,5 @@ pub mod shutdown;
 
 pub use args::CommonArgs;
 pub use config::{ConfigError, load_config};
-pub use grpc::{GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeError, bind};
+pub use grpc::{CONNECTION_WINDOW, GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeError, bind};
 pub use main_helper::{HasLogConfig, run_binary};

@@ -270,32 +270,36 @@ impl BlobStore {
     }
 }
 
-/// Reads `range` of a local file in [`READ_CHUNK`] pieces on the blocking pool.
+/// How many chunks a local read may run ahead of the consumer: the disk read of
+/// the next chunks overlaps the network send of this one, in bounded memory.
+const READ_AHEAD: usize = 4;
+
+/// Reads `range` of a local file in [`READ_CHUNK`] pieces on one blocking thread
+/// that runs up to [`READ_AHEAD`] chunks ahead, and stops when the consumer goes.
 fn file_chunks(
-    file: std::fs::File,
+    mut file: std::fs::File,
     range: std::ops::Range<u64>,
 ) -> BoxStream<'static, Result<Bytes>> {
-    futures::stream::unfold((Some(file), range.start), move |(file, pos)| async move {
-        let mut file = file?;
-        if pos >= range.end {
-            return None;
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, SeekFrom};
+        if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
+            let _ = tx.blocking_send(Err(StoreError::from(e)));
+            return;
         }
-        let n = (range.end - pos).min(READ_CHUNK as u64) as usize;
-        let read = tokio::task::spawn_blocking(move || {
-            use std::io::{Seek, SeekFrom};
-            file.seek(SeekFrom::Start(pos))?;
-            let mut buf = vec![0u8; n];
-            file.read_exact(&mut buf)?;
-            Ok::<_, std::io::Error>((file, buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        Some(match read {
-            Ok((file, buf)) => (Ok(Bytes::from(buf)), (Some(file), pos + n as u64)),
-            Err(e) => (Err(e.into()), (None, pos)),
-        })
-    })
-    .boxed()
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = (range.end - pos).min(READ_CHUNK as u64) as usize;
+            let mut buf = bytes::BytesMut::zeroed(n);
+            let chunk = file.read_exact(&mut buf).map(|()| buf.freeze());
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk.map_err(StoreError::from)).is_err() || failed {
+                return;
+            }
+            pos += n as u64;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
 
 /// Joins small chunks (an HTTP body arrives in pieces of a few KiB) into pieces of

@@ -1,0 +1,268 @@
+//! Exports: the image's files as LXD names them, downloaded into `.partial` files
+//! that a later run (or an automatic retry) continues from their length. Every
+//! file is checked against its SHA-256 before it gets its final name.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use imagestore_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+
+use crate::{Client, Error, Progress};
+
+/// Where `export` puts the files (LXD's rules for `lxc image export <image> [target]`).
+#[derive(Debug, Clone)]
+pub enum ExportTarget {
+    /// Into a directory, under the names LXD gives them: `{fp}{ext}` for a unified
+    /// image; `meta-{fp}{ext}` and `{fp}{ext}` for a split one.
+    Directory(PathBuf),
+    /// As a file path `foo`: unified → `foo` with the image's extension appended
+    /// (unless it already ends with it); split → `foo` (metadata) and `foo.root`.
+    File(PathBuf),
+}
+
+impl ExportTarget {
+    /// A path as the user gave it: an existing directory (or one written with a
+    /// trailing slash) is a directory, anything else a file path.
+    pub fn from_path(path: &Path) -> Self {
+        let slash = path.as_os_str().to_string_lossy().ends_with('/');
+        if path.is_dir() || slash {
+            ExportTarget::Directory(path.to_path_buf())
+        } else {
+            ExportTarget::File(path.to_path_buf())
+        }
+    }
+
+    fn path_for(&self, file: &pb::ExportFile, split: bool) -> PathBuf {
+        match self {
+            ExportTarget::Directory(dir) => dir.join(&file.file_name),
+            ExportTarget::File(path) if split => {
+                if file.role == pb::PartRole::Rootfs as i32 {
+                    let mut p = path.clone().into_os_string();
+                    p.push(".root");
+                    p.into()
+                } else {
+                    path.clone()
+                }
+            }
+            ExportTarget::File(path) => {
+                // The extension is everything after the first dot of LXD's name.
+                let ext = file
+                    .file_name
+                    .split_once('.')
+                    .map(|(_, e)| format!(".{e}"))
+                    .unwrap_or_default();
+                let s = path.to_string_lossy();
+                if ext.is_empty() || s.ends_with(&ext) {
+                    path.clone()
+                } else {
+                    PathBuf::from(format!("{s}{ext}"))
+                }
+            }
+        }
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub image: pb::Image,
+    pub files: Vec<PathBuf>,
+}
+
+impl Client {
+    /// Exports the image named `name` (fingerprint, prefix or alias; resolve it
+    /// first for lxc's alias-before-prefix rule) to `target`.
+    pub async fn export(
+        &self,
+        name: &str,
+        vm: bool,
+        target: &ExportTarget,
+        retries: u32,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Exported, Error> {
+        let request = pb::ExportImageRequest {
+            name: name.to_owned(),
+            r#type: if vm {
+                pb::ImageType::VirtualMachine as i32
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let mut export = self
+            .images()
+            .export_image(request.clone())
+            .await?
+            .into_inner();
+        let split = export.files.len() == 2;
+        if let ExportTarget::Directory(dir) = target {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut written = Vec::new();
+        for i in 0..export.files.len() {
+            let file = export.files[i].clone();
+            let path = target.path_for(&file, split);
+            let mut attempt = 0;
+            loop {
+                match self.download_file(&export, &file, &path, &*progress).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() && attempt < retries => {
+                        attempt += 1;
+                        tracing::info!(error = %e, attempt, "download interrupted; resuming");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                        // A fresh ticket and a healthy node for the next try.
+                        if let Ok(fresh) = self.images().export_image(request.clone()).await {
+                            export = fresh.into_inner();
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            written.push(path);
+        }
+        Ok(Exported {
+            image: export.image.unwrap_or_default(),
+            files: written,
+        })
+    }
+
+    /// Downloads one file to `path` through `path.partial`, continuing a partial
+    /// file that an earlier attempt left.
+    async fn download_file(
+        &self,
+        export: &pb::ExportImageResponse,
+        file: &pb::ExportFile,
+        path: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), Error> {
+        let partial = partial_path(path);
+        let label = format!(
+            "Exporting {}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        progress.start(&label, file.size);
+        // Hash what is there already; anything longer than the file is not ours.
+        let (mut out, mut hasher, have) = open_partial(&partial, file.size)?;
+        progress.position(have);
+        if have < file.size {
+            let mut stream = self
+                .blobs(&export.blob_node)
+                .await?
+                .download(pb::DownloadRequest {
+                    fingerprint: export
+                        .image
+                        .as_ref()
+                        .map(|i| i.fingerprint.clone())
+                        .unwrap_or_default(),
+                    part: file.role,
+                    read_offset: have,
+                    read_limit: 0,
+                    ticket: export.ticket.clone(),
+                })
+                .await?
+                .into_inner();
+            // Hashing and writing run on one blocking thread, fed through a short
+            // queue, so the network keeps flowing while the disk writes.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+            let partial_for_writer = partial.clone();
+            let writer = tokio::task::spawn_blocking(move || {
+                while let Some(data) = rx.blocking_recv() {
+                    hasher.update(&data);
+                    out.write_all(&data)
+                        .map_err(|e| Error::io(&partial_for_writer, e))?;
+                }
+                out.sync_all()
+                    .map_err(|e| Error::io(&partial_for_writer, e))?;
+                Ok::<_, Error>(hasher)
+            });
+            let mut done = have;
+            let mut failure = None;
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(m) => {
+                        if m.data.is_empty() {
+                            continue;
+                        }
+                        done += m.data.len() as u64;
+                        if tx.send(m.data).await.is_err() {
+                            break;
+                        }
+                        progress.position(done);
+                    }
+                    Err(s) => {
+                        failure = Some(Error::from(s));
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            hasher = writer
+                .await
+                .map_err(|e| Error::Invalid(format!("writing the export: {e}")))??;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if done != file.size {
+                return Err(Error::Status(tonic::Status::unavailable(format!(
+                    "the download stopped after {done} of {} bytes",
+                    file.size
+                ))));
+            }
+            return finish(&partial, path, hasher, file);
+        }
+        finish(&partial, path, hasher, file)
+    }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".partial");
+    p.into()
+}
+
+/// Opens (or creates) the partial file for appending and hashes what it holds.
+fn open_partial(partial: &Path, size: u64) -> Result<(std::fs::File, Sha256, u64), Error> {
+    let mut hasher = Sha256::new();
+    let mut have = 0u64;
+    if let Ok(mut f) = std::fs::File::open(partial) {
+        let len = f.metadata().map_err(|e| Error::io(partial, e))?.len();
+        if len <= size {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| Error::io(partial, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                have += n as u64;
+            }
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true);
+    if have > 0 {
+        options.append(true);
+    } else {
+        options.truncate(true);
+    }
+    let out = options.open(partial).map_err(|e| Error::io(partial, e))?;
+    Ok((out, hasher, have))
+}
+
+fn finish(partial: &Path, path: &Path, hasher: Sha256, file: &pb::ExportFile) -> Result<(), Error> {
+    let actual = hex::encode(hasher.finalize());
+    if actual != file.sha256 {
+        // Never keep bytes that do not hash right: the next run starts afresh.
+        let _ = std::fs::remove_file(partial);
+        return Err(Error::Integrity(format!(
+            "{}: downloaded bytes hash to {actual}, expected {}; the partial file was removed, run the export again",
+            path.display(),
+            file.sha256
+        )));
+    }
+    std::fs::rename(partial, path).map_err(|e| Error::io(path, e))
+}
