@@ -1,15 +1,43 @@
-//! `imagestore`: the command operators and scripts use.
+//! `imagestore`: the command operators and scripts use, in the spirit of
+//! `lxc image`, plus `imagestore serve` to run the whole system in one process.
 
+mod alias;
+mod config;
+mod ctx;
+mod failure;
+mod import;
+mod list;
+mod manage;
+mod output;
+mod pack;
+mod progress;
+mod remote;
 mod serve;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::ctx::Ctx;
+use crate::failure::CliResult;
+
+const EXIT_CODES: &str = "\
+Images are named by alias, fingerprint or unique fingerprint prefix, with an
+optional `remote:` prefix, as lxc names them. IMAGESTORE_REMOTE (a remote name or
+a URL such as http://127.0.0.1:7443) picks the default remote;
+IMAGESTORE_CONFIG_DIR moves the config directory.
+
+Exit codes: 0 success, 1 failed, 2 bad usage or input, 3 not found,
+4 already exists, 5 server unreachable (run again to resume), 6 not trusted,
+7 bytes did not match their fingerprint.";
+
 /// imagestore: an image store in the model of LXD/Incus images.
 #[derive(Parser)]
-#[command(name = "imagestore", version)]
+#[command(name = "imagestore", version, after_help = EXIT_CODES)]
 struct Cli {
+    /// No progress bars or messages; only results and errors.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,11 +47,83 @@ enum Command {
     /// Run the whole system in one process: a control plane on SQLite and a blob
     /// node on a local directory, all services on one address.
     Serve(serve::ServeArgs),
+    /// Import an image from files, a directory or a URL.
+    Import(import::ImportArgs),
+    /// Copy an image from another server.
+    Copy(import::CopyArgs),
+    /// Export an image's files.
+    Export(manage::ExportArgs),
+    /// List images.
+    #[command(alias = "ls")]
+    List(list::ListArgs),
+    /// Show an image.
+    Info(list::InfoArgs),
+    /// Manage aliases.
+    #[command(subcommand)]
+    Alias(alias::AliasCommand),
+    /// Edit an image's properties, public flag and auto-update (YAML in $EDITOR,
+    /// or on stdin).
+    Edit { image: String },
+    /// Set an image property.
+    SetProperty {
+        image: String,
+        key: String,
+        value: String,
+    },
+    /// Remove an image property.
+    UnsetProperty { image: String, key: String },
+    /// Print an image property.
+    GetProperty { image: String, key: String },
+    /// Delete images.
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Refresh images from their source.
+    Refresh {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Manage the remote servers this command talks to.
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve(args) => serve::run(args).await,
+    let cli = Cli::parse();
+    let quiet = cli.quiet;
+    let result = match cli.command {
+        Command::Serve(args) => return serve::run(args).await,
+        Command::Remote(cmd) => remote::run(cmd),
+        other => match Ctx::load(quiet) {
+            Ok(ctx) => dispatch(&ctx, other).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}
+
+async fn dispatch(ctx: &Ctx, command: Command) -> CliResult {
+    match command {
+        Command::Import(a) => import::import(ctx, a).await,
+        Command::Copy(a) => import::copy(ctx, a).await,
+        Command::Export(a) => manage::export(ctx, a).await,
+        Command::List(a) => list::list(ctx, a).await,
+        Command::Info(a) => list::info(ctx, a).await,
+        Command::Alias(a) => alias::run(ctx, a).await,
+        Command::Edit { image } => manage::edit(ctx, &image).await,
+        Command::SetProperty { image, key, value } => {
+            manage::set_property(ctx, &image, &key, &value).await
+        }
+        Command::UnsetProperty { image, key } => manage::unset_property(ctx, &image, &key).await,
+        Command::GetProperty { image, key } => manage::get_property(ctx, &image, &key).await,
+        Command::Delete { images } => manage::delete(ctx, images).await,
+        Command::Refresh { images } => import::refresh(ctx, images).await,
+        Command::Serve(_) | Command::Remote(_) => unreachable!("handled before"),
     }
 }

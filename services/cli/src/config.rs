@@ -1,0 +1,157 @@
+//! The CLI's remotes, kept in `config.yml` in the user's config directory (or
+//! IMAGESTORE_CONFIG_DIR), in the shape `lxc` keeps them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::failure::{CliResult, Failure, exit};
+
+/// The address `imagestore serve` listens on by default.
+pub const LOCAL_ADDR: &str = "http://127.0.0.1:7443";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Remote {
+    pub addr: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn default_protocol() -> String {
+    "imagestore".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(rename = "default-remote")]
+    pub default_remote: String,
+    pub remotes: BTreeMap<String, Remote>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut remotes = BTreeMap::new();
+        remotes.insert(
+            "local".into(),
+            Remote {
+                addr: LOCAL_ADDR.into(),
+                protocol: default_protocol(),
+                public: false,
+            },
+        );
+        Self {
+            default_remote: "local".into(),
+            remotes,
+        }
+    }
+}
+
+/// The config directory: IMAGESTORE_CONFIG_DIR, else `~/.config/imagestore`.
+pub fn dir() -> PathBuf {
+    match std::env::var_os("IMAGESTORE_CONFIG_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => dirs::config_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("imagestore"),
+    }
+}
+
+impl Config {
+    fn path() -> PathBuf {
+        dir().join("config.yml")
+    }
+
+    pub fn load() -> CliResult<Self> {
+        let path = Self::path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_yaml_ng::from_slice(&bytes).map_err(|e| {
+                Failure::usage(format!(
+                    "{}: {e}; fix or remove the file to start with the defaults",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Failure::new(
+                exit::FAILED,
+                format!("{}: {e}", path.display()),
+            )),
+        }
+    }
+
+    pub fn save(&self) -> CliResult {
+        let path = Self::path();
+        write_private(
+            &path,
+            serde_yaml_ng::to_string(self)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+    }
+
+    /// The remote named `name`.
+    pub fn remote(&self, name: &str) -> CliResult<&Remote> {
+        self.remotes.get(name).ok_or_else(|| {
+            Failure::not_found(format!(
+                "The remote \"{name}\" does not exist (see `imagestore remote list`)"
+            ))
+        })
+    }
+
+    /// The default remote's name: IMAGESTORE_REMOTE when it names a remote, else
+    /// the configured default.
+    pub fn default_name(&self) -> String {
+        match std::env::var("IMAGESTORE_REMOTE") {
+            Ok(r) if !r.is_empty() && !r.contains("://") => r,
+            _ => self.default_remote.clone(),
+        }
+    }
+
+    /// The address of `remote` (None: the default remote, or IMAGESTORE_REMOTE's URL).
+    pub fn address(&self, remote: Option<&str>) -> CliResult<String> {
+        if remote.is_none()
+            && let Ok(url) = std::env::var("IMAGESTORE_REMOTE")
+            && url.contains("://")
+        {
+            return Ok(url);
+        }
+        let name = remote
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.default_name());
+        Ok(self.remote(&name)?.addr.clone())
+    }
+
+    /// Splits "remote:rest" when "remote" is a known remote (as lxc does);
+    /// otherwise the whole string is `rest` on the default remote.
+    pub fn split<'a>(&self, arg: &'a str) -> (Option<String>, &'a str) {
+        if let Some((remote, rest)) = arg.split_once(':')
+            && self.remotes.contains_key(remote)
+        {
+            return (Some(remote.to_owned()), rest);
+        }
+        (None, arg)
+    }
+}
+
+/// Writes a file only its owner can read (it may name tokens one day).
+pub fn write_private(path: &Path, data: &[u8]) -> CliResult {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Failure::new(exit::FAILED, format!("{}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(data).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}

@@ -1,0 +1,49 @@
+//! What every command needs: the remotes, a connection, image names with an
+//! optional `remote:` prefix, and progress bars.
+
+use std::sync::Arc;
+
+use imagestore_client::{Client, Progress};
+use imagestore_proto::v1 as pb;
+
+use crate::config::Config;
+use crate::failure::CliResult;
+
+pub struct Ctx {
+    pub config: Config,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    pub fn load(quiet: bool) -> CliResult<Self> {
+        Ok(Self {
+            config: Config::load()?,
+            quiet,
+        })
+    }
+
+    /// A connection to `remote` (None: the default remote).
+    pub async fn client(&self, remote: Option<&str>) -> CliResult<Client> {
+        let addr = self.config.address(remote)?;
+        Ok(Client::connect(&addr).await?)
+    }
+
+    /// "[remote:]image" → the connection and the image, named as lxc names them.
+    pub async fn image(&self, arg: &str, vm: bool) -> CliResult<(Client, pb::Image)> {
+        let (remote, name) = self.config.split(arg);
+        let client = self.client(remote.as_deref()).await?;
+        let image = client.resolve(name, vm).await?;
+        Ok((client, image))
+    }
+
+    pub fn progress(&self) -> Arc<dyn Progress> {
+        crate::progress::bars(self.quiet)
+    }
+
+    /// Prints a line for people, unless `--quiet`.
+    pub fn say(&self, line: impl std::fmt::Display) {
+        if !self.quiet {
+            println!("{line}");
+        }
+    }
+}

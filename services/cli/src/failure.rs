@@ -1,0 +1,93 @@
+//! What a failed command prints and which exit code it returns. Scripts can rely
+//! on the codes; people get a message that says what to do next.
+
+use std::process::ExitCode;
+
+use imagestore_client::Error as ClientError;
+use tonic::Code;
+
+/// Exit codes, as documented in README and `imagestore --help`.
+pub mod exit {
+    /// Anything else the server or the system refused.
+    pub const FAILED: u8 = 1;
+    /// Bad usage or bad input (wrong flag, malformed name or value).
+    pub const USAGE: u8 = 2;
+    /// The image, alias, remote or file does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// It exists already (an image with the same fingerprint, an alias name).
+    pub const EXISTS: u8 = 4;
+    /// The server could not be reached or went away; running again resumes.
+    pub const UNAVAILABLE: u8 = 5;
+    /// Not allowed: the server does not trust this client.
+    pub const DENIED: u8 = 6;
+    /// Bytes did not match their fingerprint.
+    pub const INTEGRITY: u8 = 7;
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(exit::USAGE, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(exit::NOT_FOUND, message)
+    }
+
+    pub fn report(self) -> ExitCode {
+        eprintln!("Error: {}", self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let mut message = e.to_string();
+        let code = match &e {
+            ClientError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                exit::NOT_FOUND
+            }
+            ClientError::Io { .. } => exit::FAILED,
+            _ => match e.code() {
+                Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
+                Code::NotFound => exit::NOT_FOUND,
+                Code::AlreadyExists => exit::EXISTS,
+                Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => exit::UNAVAILABLE,
+                Code::PermissionDenied | Code::Unauthenticated => exit::DENIED,
+                Code::DataLoss => exit::INTEGRITY,
+                Code::Unimplemented => {
+                    message = format!("{message} (this server does not offer it yet)");
+                    exit::FAILED
+                }
+                _ => exit::FAILED,
+            },
+        };
+        if let ClientError::Connect { .. } = e {
+            message.push_str(
+                "\nIs the server running? Start one with `imagestore serve`, or choose another \
+                 remote with `imagestore remote switch NAME` or IMAGESTORE_REMOTE.",
+            );
+        }
+        Self { code, message }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::from(s).into()
+    }
+}

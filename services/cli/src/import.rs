@@ -1,0 +1,332 @@
+//! `imagestore import`, `copy` and `refresh`: images that arrive by upload from
+//! this machine, or that the server fetches itself (an Operation to follow).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use imagestore_client::{Client, Source, UploadOptions};
+use imagestore_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+
+use crate::ctx::Ctx;
+use crate::failure::{CliResult, Failure};
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// A unified tarball, an image directory, a metadata tarball and a rootfs file,
+    /// or a URL (the server fetches it); optionally `remote:` and key=value
+    /// properties, as `lxc image import`.
+    #[arg(required = true)]
+    args: Vec<String>,
+    /// An alias for the new image (repeatable).
+    #[arg(long)]
+    alias: Vec<String>,
+    /// Make the image public.
+    #[arg(long)]
+    public: bool,
+    /// A property, key=value (repeatable).
+    #[arg(long = "prop", value_name = "KEY=VALUE")]
+    prop: Vec<String>,
+}
+
+pub async fn import(ctx: &Ctx, args: ImportArgs) -> CliResult {
+    let mut remote = None;
+    let mut files = Vec::new();
+    let mut properties = HashMap::new();
+    for a in &args.args {
+        if let Some(r) = a.strip_suffix(':')
+            && ctx.config.remotes.contains_key(r)
+        {
+            remote = Some(r.to_owned());
+        } else if a.contains('=') && !Path::new(a).exists() && !is_url(a) {
+            let (k, v) = key_value(a)?;
+            properties.insert(k, v);
+        } else {
+            files.push(a.clone());
+        }
+    }
+    for p in &args.prop {
+        let (k, v) = key_value(p)?;
+        properties.insert(k, v);
+    }
+    let client = ctx.client(remote.as_deref()).await?;
+    let aliases: Vec<pb::AliasSpec> = args
+        .alias
+        .iter()
+        .map(|a| pb::AliasSpec {
+            name: a.clone(),
+            description: String::new(),
+        })
+        .collect();
+    let image = match files.as_slice() {
+        [url] if is_url(url) => {
+            let req = pb::ImportImageRequest {
+                source: Some(pb::import_image_request::Source::Url(pb::UrlSource {
+                    url: url.clone(),
+                })),
+                aliases,
+                public: args.public,
+                properties,
+                ..Default::default()
+            };
+            let op = client.imports().import_image(req).await?.into_inner();
+            follow(ctx, &client, op).await?
+        }
+        [one] => {
+            let path = existing(one)?;
+            let packed;
+            let source = if path.is_dir() {
+                if !ctx.quiet {
+                    eprintln!("Packing {}", path.display());
+                }
+                packed = crate::pack::pack_directory(&path)?;
+                Source::Unified(packed.path().to_path_buf())
+            } else {
+                Source::Unified(path)
+            };
+            upload(ctx, &client, source, args.alias, args.public, properties).await?
+        }
+        [metadata, rootfs] => {
+            let source = Source::Split {
+                metadata: existing(metadata)?,
+                rootfs: existing(rootfs)?,
+            };
+            upload(ctx, &client, source, args.alias, args.public, properties).await?
+        }
+        _ => {
+            return Err(Failure::usage(
+                "import takes one file, directory or URL, or a metadata tarball and a rootfs file",
+            ));
+        }
+    };
+    ctx.say(format!(
+        "Image imported with fingerprint: {}",
+        image.fingerprint
+    ));
+    Ok(())
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+fn key_value(s: &str) -> CliResult<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(Failure::usage(format!(
+            "Bad property {s:?}: expected key=value"
+        ))),
+    }
+}
+
+fn existing(path: &str) -> CliResult<PathBuf> {
+    let p = PathBuf::from(path);
+    match std::fs::metadata(&p) {
+        Ok(_) => Ok(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::not_found(format!(
+            "{path}: no such file or directory"
+        ))),
+        Err(e) => Err(Failure::usage(format!("{path}: {e}"))),
+    }
+}
+
+async fn upload(
+    ctx: &Ctx,
+    client: &Client,
+    source: Source,
+    aliases: Vec<String>,
+    public: bool,
+    properties: HashMap<String, String>,
+) -> CliResult<pb::Image> {
+    let opts = UploadOptions {
+        resume_file: Some(resume_file(client.url(), &source, &aliases, public)),
+        aliases,
+        public,
+        properties,
+        ..Default::default()
+    };
+    Ok(client.upload(&source, &opts, ctx.progress()).await?)
+}
+
+/// Where an interrupted import of these exact files to this server keeps its
+/// session, so that running the same command again continues it.
+fn resume_file(url: &str, source: &Source, aliases: &[String], public: bool) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(url.as_bytes());
+    let files = match source {
+        Source::Unified(p) => vec![p],
+        Source::Split { metadata, rootfs } => vec![metadata, rootfs],
+    };
+    for f in files {
+        let canonical = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        h.update(canonical.as_os_str().as_encoded_bytes());
+        if let Ok(m) = std::fs::metadata(f) {
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m.modified()
+                && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+            {
+                h.update(d.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    h.update(aliases.join("\n").as_bytes());
+    h.update([public as u8]);
+    crate::config::dir()
+        .join("uploads")
+        .join(format!("{}.json", hex::encode(&h.finalize()[..16])))
+}
+
+/// Follows a server-side operation to its end with a progress bar; returns the
+/// image it made.
+pub async fn follow(ctx: &Ctx, client: &Client, op: pb::Operation) -> CliResult<pb::Image> {
+    let progress = ctx.progress();
+    progress.status(&op.description);
+    let mut last = op;
+    let mut stream = client
+        .operations()
+        .wait_operation(pb::WaitOperationRequest {
+            name: last.name.clone(),
+            timeout_seconds: 0,
+        })
+        .await?
+        .into_inner();
+    let mut started = false;
+    while !last.done {
+        let Some(next) = stream.next().await else {
+            break;
+        };
+        last = next?;
+        if let Some(p) = &last.progress
+            && p.bytes_total > 0
+        {
+            if !started {
+                progress.start(&p.stage, p.bytes_total);
+                started = true;
+            }
+            progress.position(p.bytes_done);
+        }
+    }
+    progress.finish();
+    match pb::OperationState::try_from(last.state).unwrap_or_default() {
+        pb::OperationState::Succeeded => {
+            let image = client
+                .images()
+                .get_image(pb::GetImageRequest {
+                    name: last.image.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(image)
+        }
+        state => {
+            let (code, message) = last
+                .error
+                .map(|e| (tonic::Code::from(e.code), e.message))
+                .unwrap_or((
+                    tonic::Code::Unknown,
+                    format!("operation {}", state.as_str_name()),
+                ));
+            Err(tonic::Status::new(code, message).into())
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    /// `[remote:]image` on the source server.
+    source: String,
+    /// `remote:` to copy to.
+    target: String,
+    /// An alias for the copy (repeatable).
+    #[arg(long)]
+    alias: Vec<String>,
+    /// Copy the source's aliases too (existing names are left alone).
+    #[arg(long)]
+    copy_aliases: bool,
+    /// Keep the copy up to date with the source.
+    #[arg(long)]
+    auto_update: bool,
+    /// When the alias names both a container and a VM image, copy the VM one.
+    #[arg(long)]
+    vm: bool,
+    /// Make the copy public.
+    #[arg(long)]
+    public: bool,
+}
+
+pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
+    let (src_remote, name) = ctx.config.split(&args.source);
+    let src_name = src_remote.unwrap_or_else(|| ctx.config.default_name());
+    let src = ctx.config.remote(&src_name)?.clone();
+    let target = args
+        .target
+        .strip_suffix(':')
+        .filter(|r| ctx.config.remotes.contains_key(*r))
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "{:?} is not a remote: the target is written `remote:` (see `imagestore remote list`)",
+                args.target
+            ))
+        })?;
+    let client = ctx.client(Some(target)).await?;
+    let source = if src.protocol == "simplestreams" {
+        pb::import_image_request::Source::Simplestreams(pb::SimplestreamsSource {
+            server: src.addr.clone(),
+            image: name.to_owned(),
+            architecture: String::new(),
+        })
+    } else {
+        pb::import_image_request::Source::Remote(pb::RemoteSource {
+            server: src.addr.clone(),
+            image: name.to_owned(),
+            copy_aliases: args.copy_aliases,
+            ..Default::default()
+        })
+    };
+    let req = pb::ImportImageRequest {
+        source: Some(source),
+        aliases: args
+            .alias
+            .iter()
+            .map(|a| pb::AliasSpec {
+                name: a.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        public: args.public,
+        auto_update: args.auto_update,
+        r#type: if args.vm {
+            pb::ImageType::VirtualMachine as i32
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    let op = client.imports().import_image(req).await?.into_inner();
+    follow(ctx, &client, op).await?;
+    ctx.say("Image copied successfully!");
+    Ok(())
+}
+
+/// `imagestore refresh <image>...`.
+pub async fn refresh(ctx: &Ctx, images: Vec<String>) -> CliResult {
+    for arg in images {
+        let (client, image) = ctx.image(&arg, false).await?;
+        let op = client
+            .images()
+            .refresh_image(pb::RefreshImageRequest {
+                name: format!("images/{}", image.fingerprint),
+            })
+            .await?
+            .into_inner();
+        let fresh = follow(ctx, &client, op).await?;
+        if fresh.fingerprint == image.fingerprint {
+            ctx.say(format!("Image {arg} is up to date"));
+        } else {
+            ctx.say(format!("Image {arg} was refreshed: {}", fresh.fingerprint));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Progress bars with bytes, rate and ETA on a terminal; nothing otherwise.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imagestore_client::{NoProgress, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Bars on stderr, shown only when it is a terminal and not `--quiet`.
+pub fn bars(quiet: bool) -> Arc<dyn Progress> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return Arc::new(NoProgress);
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    Arc::new(Bars { bar })
+}
+
+struct Bars {
+    bar: ProgressBar,
+}
+
+fn byte_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg:12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+impl Progress for Bars {
+    fn start(&self, label: &str, total: u64) {
+        self.bar.reset();
+        self.bar.set_style(byte_style());
+        self.bar.set_length(total);
+        self.bar.set_message(label.to_owned());
+        self.bar.disable_steady_tick();
+    }
+
+    fn position(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    fn status(&self, message: &str) {
+        self.bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        self.bar.set_message(message.to_owned());
+        self.bar.enable_steady_tick(Duration::from_millis(120));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,191 @@
+//! `imagestore remote add|list|remove|rename|switch|get-default`.
+
+use clap::Subcommand;
+
+use crate::config::{Config, Remote};
+use crate::failure::{CliResult, Failure, exit};
+use crate::output::{Format, Table};
+
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Add a remote server: `remote add NAME URL` (http://host:port).
+    Add {
+        name: String,
+        url: String,
+        /// imagestore (default) or simplestreams.
+        #[arg(long, default_value = "imagestore")]
+        protocol: String,
+        /// The remote is a public image server: no trust needed.
+        #[arg(long)]
+        public: bool,
+    },
+    /// List the remotes.
+    List {
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove a remote.
+    #[command(alias = "rm")]
+    Remove { name: String },
+    /// Rename a remote.
+    #[command(alias = "mv")]
+    Rename { old: String, new: String },
+    /// Make a remote the default.
+    Switch { name: String },
+    /// Print the default remote's name.
+    GetDefault,
+}
+
+pub fn run(cmd: RemoteCommand) -> CliResult {
+    let mut config = Config::load()?;
+    match cmd {
+        RemoteCommand::Add {
+            name,
+            url,
+            protocol,
+            public,
+        } => {
+            check_name(&name)?;
+            if config.remotes.contains_key(&name) {
+                return Err(Failure::new(
+                    exit::EXISTS,
+                    format!("Remote {name} exists already"),
+                ));
+            }
+            if !matches!(protocol.as_str(), "imagestore" | "simplestreams") {
+                return Err(Failure::usage(format!(
+                    "Invalid protocol {protocol:?}: use imagestore or simplestreams"
+                )));
+            }
+            let addr = normalise_url(&url)?;
+            config.remotes.insert(
+                name,
+                Remote {
+                    addr,
+                    protocol,
+                    public,
+                },
+            );
+            config.save()
+        }
+        RemoteCommand::List { format } => {
+            let default = config.default_name();
+            let mut table = Table::new(&["NAME", "URL", "PROTOCOL", "PUBLIC"]);
+            let mut items = Vec::new();
+            for (name, r) in &config.remotes {
+                let shown = if *name == default {
+                    format!("{name} (current)")
+                } else {
+                    name.clone()
+                };
+                table.row(vec![
+                    shown,
+                    r.addr.clone(),
+                    r.protocol.clone(),
+                    yes_no(r.public).into(),
+                ]);
+                items.push(serde_json::json!({
+                    "name": name, "addr": r.addr, "protocol": r.protocol, "public": r.public,
+                }));
+            }
+            table.print(format, &items);
+            Ok(())
+        }
+        RemoteCommand::Remove { name } => {
+            config.remote(&name)?;
+            if name == config.default_remote {
+                return Err(Failure::usage(format!(
+                    "Can't remove the default remote {name}: switch to another first"
+                )));
+            }
+            config.remotes.remove(&name);
+            config.save()
+        }
+        RemoteCommand::Rename { old, new } => {
+            check_name(&new)?;
+            let remote = config.remote(&old)?.clone();
+            if config.remotes.contains_key(&new) {
+                return Err(Failure::new(
+                    exit::EXISTS,
+                    format!("Remote {new} exists already"),
+                ));
+            }
+            config.remotes.remove(&old);
+            config.remotes.insert(new.clone(), remote);
+            if config.default_remote == old {
+                config.default_remote = new;
+            }
+            config.save()
+        }
+        RemoteCommand::Switch { name } => {
+            config.remote(&name)?;
+            config.default_remote = name;
+            config.save()
+        }
+        RemoteCommand::GetDefault => {
+            println!("{}", config.default_name());
+            Ok(())
+        }
+    }
+}
+
+pub fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn check_name(name: &str) -> CliResult {
+    if name.is_empty() || name.contains(':') || name.contains('/') || name.contains(' ') {
+        return Err(Failure::usage(format!(
+            "Invalid remote name {name:?}: it may not be empty or contain ':', '/' or spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// "host:port" or a URL; a missing scheme means http:// on loopback and https://
+/// elsewhere; a missing port means 7443.
+fn normalise_url(url: &str) -> CliResult<String> {
+    let url = url.trim_end_matches('/');
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (s.to_owned(), r),
+        None => {
+            let host = url.rsplit_once(':').map_or(url, |(h, _)| h);
+            let local = matches!(host, "localhost" | "[::1]") || host.starts_with("127.");
+            (if local { "http" } else { "https" }.to_owned(), url)
+        }
+    };
+    if !matches!(scheme.as_str(), "http" | "https") || rest.is_empty() || rest.contains('/') {
+        return Err(Failure::usage(format!(
+            "Invalid remote URL {url:?}: expected http://HOST:PORT or https://HOST:PORT"
+        )));
+    }
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let rest = if has_port {
+        rest.to_owned()
+    } else {
+        format!("{rest}:7443")
+    };
+    Ok(format!("{scheme}://{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_url;
+
+    #[test]
+    fn urls_get_a_scheme_and_a_port() {
+        assert_eq!(normalise_url("127.0.0.1:9").unwrap(), "http://127.0.0.1:9");
+        assert_eq!(
+            normalise_url("images.example.net").unwrap(),
+            "https://images.example.net:7443"
+        );
+        assert_eq!(
+            normalise_url("http://[::1]:80/").unwrap(),
+            "http://[::1]:80"
+        );
+        assert!(normalise_url("ftp://x:1").is_err());
+        assert!(normalise_url("http://x:1/path").is_err());
+    }
+}
