@@ -122,23 +122,6 @@ fn lxd_fingerprint(alias: &str) -> String {
         .to_owned()
 }
 
-/// Waits, bounded, until `check` holds: for background collection, which runs on
-/// its own schedule.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod local_store {

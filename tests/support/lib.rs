@@ -695,3 +695,20 @@ pub async fn download(
     }
     Ok((info.expect("the first message carries PartInfo"), data))
 }
+
+/// Polls `check` (every few milliseconds, for at most 20 s) until it holds: for
+/// states that another process reaches in its own time.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -48,6 +48,18 @@ impl Failure {
         Self::new(exit::NOT_FOUND, message)
     }
 
+    /// A transfer failed; when running again would continue it, say so.
+    pub fn resumable(e: ClientError, kept: &str) -> Self {
+        let transient = e.is_transient();
+        let mut failure = Self::from(e);
+        if transient {
+            failure.message.push_str(&format!(
+                "\nNothing is lost: {kept}; run the same command again to continue."
+            ));
+        }
+        failure
+    }
+
     pub fn report(self) -> ExitCode {
         eprintln!("Error: {}", self.message);
         ExitCode::from(self.code)

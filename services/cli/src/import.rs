@@ -139,14 +139,21 @@ async fn upload(
     public: bool,
     properties: HashMap<String, String>,
 ) -> CliResult<pb::Image> {
+    let resume = resume_file(client.url(), &source, &aliases, public);
+    if resume.exists() && !ctx.quiet {
+        eprintln!("Resuming the interrupted upload of the same files");
+    }
     let opts = UploadOptions {
-        resume_file: Some(resume_file(client.url(), &source, &aliases, public)),
+        resume_file: Some(resume),
         aliases,
         public,
         properties,
         ..Default::default()
     };
-    Ok(client.upload(&source, &opts, ctx.progress()).await?)
+    client
+        .upload(&source, &opts, ctx.progress())
+        .await
+        .map_err(|e| Failure::resumable(e, "the upload is kept on the server"))
 }
 
 /// Where an interrupted import of these exact files to this server keeps its

@@ -36,7 +36,8 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> CliResult {
             5,
             ctx.progress(),
         )
-        .await?;
+        .await
+        .map_err(|e| Failure::resumable(e, "what was downloaded is kept"))?;
     ctx.say("Image exported successfully!");
     for f in exported.files {
         ctx.say(f.display());

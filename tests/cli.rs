@@ -1,0 +1,781 @@
+//! The `imagestore` command, driven as a user drives it: the built binary against
+//! `imagestore serve` on loopback, with its own config directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use imagestore_proto::v1 as pb;
+use imagestore_tests::*;
+use serde_json::Value;
+
+/// `imagestore serve` on a free port, and a place for the CLI's config and files.
+struct Fixture {
+    server: Process,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With `extra` arguments for serve (e.g. a config file).
+    async fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let server = Process::start_until(
+            &binary("imagestore"),
+            &args,
+            &[],
+            Some("registered with the control plane"),
+        )
+        .await;
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        Self { server, dir }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(binary("imagestore"));
+        cmd.args(args)
+            .current_dir(self.work())
+            .env("IMAGESTORE_REMOTE", self.server.url())
+            .env("IMAGESTORE_CONFIG_DIR", self.dir.path().join("config"))
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the CLI to its end (bounded) and returns what it printed.
+    async fn run(&self, args: &[&str]) -> Ran {
+        self.run_with_stdin(args, None).await
+    }
+
+    async fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Ran {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.command(args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if stdin.is_some() {
+            cmd.stdin(std::process::Stdio::piped());
+        }
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(text.as_bytes()).await.unwrap();
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("imagestore {args:?} did not finish in 120 s"))
+            .unwrap();
+        Ran::from(args, out)
+    }
+
+    /// Runs and insists on success.
+    async fn ok(&self, args: &[&str]) -> String {
+        let ran = self.run(args).await;
+        assert_eq!(ran.code, 0, "imagestore {args:?} failed: {}", ran.stderr);
+        ran.stdout
+    }
+
+    async fn import(&self, args: &[&str]) -> String {
+        let mut all = vec!["import"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all).await;
+        out.trim()
+            .strip_prefix("Image imported with fingerprint: ")
+            .unwrap_or_else(|| panic!("import printed {out:?}"))
+            .to_owned()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed {out:?}: {e}"))
+    }
+}
+
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn from(args: &[&str], out: Output) -> Self {
+        Self {
+            code: out
+                .status
+                .code()
+                .unwrap_or_else(|| panic!("imagestore {args:?} was killed: {}", out.status)),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn fails(&self, code: i32, says: &str) {
+        assert_eq!(self.code, code, "exit code; stderr: {}", self.stderr);
+        assert!(
+            self.stderr.contains(says),
+            "expected {says:?} in stderr: {}",
+            self.stderr
+        );
+    }
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/lxd-fixtures")
+}
+
+fn fixture_path(name: &str) -> String {
+    fixtures_dir().join(name).to_str().unwrap().to_owned()
+}
+
+fn lxd_fingerprint(alias: &str) -> String {
+    fixtures_index()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["alias"] == alias)
+        .unwrap()["lxd_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// An image directory as LXD's `image import <dir>` takes it.
+fn image_directory(root: &Path) -> PathBuf {
+    let dir = root.join("image-dir");
+    std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("metadata.yaml"), fixture("metadata.yaml")).unwrap();
+    std::fs::write(dir.join("rootfs/bin/hello"), b"#!/bin/sh\necho hello\n").unwrap();
+    std::os::unix::fs::symlink("hello", dir.join("rootfs/bin/hi")).unwrap();
+    std::fs::write(
+        dir.join("templates/hostname.tpl"),
+        b"{{ container.name }}\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_list_info_export_and_delete_every_kind_of_image() {
+    let fx = Fixture::start().await;
+    let unified = fx
+        .import(&[
+            &fixture_path("busybox-unified.tar.gz"),
+            "--alias",
+            "fx-unified-targz",
+            "--prop",
+            "stage=test",
+        ])
+        .await;
+    assert_eq!(unified, lxd_fingerprint("fx-unified-targz"));
+    let split = fx
+        .import(&[
+            &fixture_path("busybox-split-meta.tar.xz"),
+            &fixture_path("busybox-split-rootfs.squashfs"),
+            "--alias",
+            "fx-split-squashfs",
+        ])
+        .await;
+    assert_eq!(split, lxd_fingerprint("fx-split-squashfs"));
+    let dir = image_directory(fx.dir.path());
+    let packed = fx
+        .import(&[dir.to_str().unwrap(), "--alias", "from-dir", "--public"])
+        .await;
+
+    // Every format lists the three; JSON and info agree on the object, which is
+    // LXD's own shape (compared with what a real LXD answered for the fixtures).
+    let listed = fx.json(&["list", "--format", "json"]).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    for (alias, fp) in [
+        ("fx-unified-targz", &unified),
+        ("fx-split-squashfs", &split),
+    ] {
+        let info = fx.json(&["info", alias, "--format", "json"]).await;
+        assert_eq!(
+            Some(&info),
+            listed.iter().find(|i| i["fingerprint"] == fp.as_str())
+        );
+        let lxd: Value =
+            serde_json::from_slice(&fixture(&format!("api/image-{alias}.json"))).unwrap();
+        for (key, want) in lxd.as_object().unwrap() {
+            if matches!(key.as_str(), "uploaded_at" | "profiles") {
+                continue;
+            }
+            let mut want = want.clone();
+            if alias == "fx-unified-targz" && key == "properties" {
+                want["stage"] = "test".into();
+            }
+            assert_eq!(info[key], want, "{alias}: {key}");
+        }
+    }
+    let from_dir = fx.json(&["info", "from-dir", "--format", "json"]).await;
+    assert_eq!(from_dir["fingerprint"], packed.as_str());
+    assert_eq!(from_dir["public"], true);
+    assert_eq!(from_dir["properties"]["os"], "busybox");
+
+    let table = fx.ok(&["list"]).await;
+    for needle in [
+        "ALIAS",
+        "FINGERPRINT",
+        "UPLOAD DATE",
+        "fx-unified-targz",
+        &unified[..12],
+        "CONTAINER",
+    ] {
+        assert!(table.contains(needle), "{needle} in\n{table}");
+    }
+    let compact = fx.ok(&["list", "--format", "compact"]).await;
+    assert!(
+        !compact.contains('|') && compact.contains("fx-split-squashfs"),
+        "{compact}"
+    );
+    let csv = fx.ok(&["list", "-f", "csv", "-c", "lF"]).await;
+    let mut rows: Vec<&str> = csv.lines().collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            format!("from-dir,{packed}"),
+            format!("fx-split-squashfs,{split}"),
+            format!("fx-unified-targz,{unified}"),
+        ]
+    );
+    let yaml: Value = serde_yaml_ng::from_str(&fx.ok(&["list", "--format", "yaml"]).await).unwrap();
+    assert_eq!(yaml.as_array().unwrap().len(), 3);
+
+    // Filters, as lxc: key=value on fields and properties, words on aliases.
+    let names = |v: Value| -> Vec<String> {
+        let mut n: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["aliases"][0]["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(fx.json(&["list", "stage=test", "-f", "json"]).await),
+        vec!["fx-unified-targz"]
+    );
+    assert_eq!(
+        names(fx.json(&["list", "public=true", "-f", "json"]).await),
+        vec!["from-dir"]
+    );
+    assert_eq!(
+        names(
+            fx.json(&["list", "fx-", "architecture=amd64", "-f", "json"])
+                .await
+        ),
+        vec!["fx-split-squashfs", "fx-unified-targz"]
+    );
+
+    // Exports are byte-identical and named as LXD names them.
+    fx.ok(&["export", "fx-unified-targz", "out/"]).await;
+    let got = std::fs::read(fx.work().join(format!("out/{unified}.tar.gz"))).unwrap();
+    assert_eq!(got, fixture("busybox-unified.tar.gz"));
+    fx.ok(&["export", &split[..12], "split"]).await;
+    assert_eq!(
+        std::fs::read(fx.work().join("split")).unwrap(),
+        fixture("busybox-split-meta.tar.xz")
+    );
+    assert_eq!(
+        std::fs::read(fx.work().join("split.root")).unwrap(),
+        fixture("busybox-split-rootfs.squashfs")
+    );
+    fx.ok(&["export", "from-dir", "packed"]).await;
+    let packed_bytes = std::fs::read(fx.work().join("packed.tar.xz")).unwrap();
+    assert_eq!(sha256_hex(&packed_bytes), packed);
+    // What was packed is what LXD packs: rootfs/, templates/, metadata.yaml.
+    let mut names_in_tar = Vec::new();
+    let mut archive = tar::Archive::new(liblzma::read::XzDecoder::new(&packed_bytes[..]));
+    for entry in archive.entries().unwrap() {
+        names_in_tar.push(
+            entry
+                .unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    for want in [
+        "metadata.yaml",
+        "rootfs/bin/hello",
+        "rootfs/bin/hi",
+        "templates/hostname.tpl",
+    ] {
+        assert!(
+            names_in_tar.iter().any(|n| n == want),
+            "{want} in {names_in_tar:?}"
+        );
+    }
+
+    fx.ok(&["delete", "fx-unified-targz", &split]).await;
+    fx.run(&["info", "fx-unified-targz"])
+        .await
+        .fails(3, "not found");
+    assert_eq!(
+        fx.json(&["list", "-f", "json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    fx.server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_and_properties_through_their_lifecycle() {
+    let fx = Fixture::start().await;
+    let fp = fx
+        .import(&[&fixture_path("busybox-unified.tar.gz"), "--alias", "bb"])
+        .await;
+    fx.ok(&[
+        "alias",
+        "create",
+        "debian/12",
+        &fp[..12],
+        "--description",
+        "first",
+    ])
+    .await;
+    let aliases = fx.json(&["alias", "list", "-f", "json"]).await;
+    let entry = aliases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "debian/12")
+        .unwrap()
+        .clone();
+    assert_eq!(entry["target"], fp.as_str());
+    assert_eq!(entry["description"], "first");
+    // Name resolution follows the alias.
+    assert_eq!(
+        fx.json(&["info", "debian/12", "-f", "json"]).await["fingerprint"],
+        fp.as_str()
+    );
+    fx.run(&["alias", "create", "debian/12", "bb"])
+        .await
+        .fails(4, "");
+    fx.ok(&["alias", "rename", "debian/12", "debian/bookworm"])
+        .await;
+    fx.run(&["info", "debian/12"]).await.fails(3, "not found");
+    fx.run_with_stdin(
+        &["alias", "edit", "debian/bookworm"],
+        Some(&format!("description: edited\ntarget: {fp}\n")),
+    )
+    .await;
+    let listed = fx.ok(&["alias", "list", "bookworm", "-f", "csv"]).await;
+    assert_eq!(
+        listed.trim(),
+        format!("debian/bookworm,{},CONTAINER,edited", &fp[..12])
+    );
+    fx.ok(&["alias", "delete", "debian/bookworm"]).await;
+    fx.run(&["alias", "delete", "debian/bookworm"])
+        .await
+        .fails(3, "");
+
+    // Properties: set, get, unset; get of a missing one fails.
+    fx.ok(&["set-property", "bb", "release", "edge"]).await;
+    assert_eq!(
+        fx.ok(&["get-property", "bb", "release"]).await.trim(),
+        "edge"
+    );
+    fx.ok(&["unset-property", "bb", "release"]).await;
+    fx.run(&["get-property", "bb", "release"])
+        .await
+        .fails(3, "Property not found");
+    // edit takes YAML on stdin when it is not a terminal.
+    let ran = fx
+        .run_with_stdin(
+            &["edit", "bb"],
+            Some("public: true\nauto_update: false\nproperties:\n  os: busybox\n  flavour: tiny\n"),
+        )
+        .await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let info = fx.json(&["info", "bb", "-f", "json"]).await;
+    assert_eq!(info["public"], true);
+    assert_eq!(
+        info["properties"],
+        serde_json::json!({"os": "busybox", "flavour": "tiny"})
+    );
+    fx.run_with_stdin(&["edit", "bb"], Some("public: [not a bool\n"))
+        .await
+        .fails(2, "not valid");
+    fx.server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gives_a_clear_message_and_a_nonzero_exit() {
+    let fx = Fixture::start().await;
+    fx.run(&["import", "no-such-file.tar.gz"])
+        .await
+        .fails(3, "no-such-file.tar.gz: no such file");
+    fx.run(&["info", "nothing-here"])
+        .await
+        .fails(3, "not found");
+    fx.run(&["export", "0123456789abcdef"])
+        .await
+        .fails(3, "not found");
+    fx.run(&["list", "--bogus"]).await.fails(2, "--bogus");
+    fx.run(&["list", "-c", "lz"])
+        .await
+        .fails(2, "Unknown column");
+    fx.run(&["info", "abc"]).await.fails(2, "too short");
+
+    // Two images whose fingerprints share 12 characters: the prefix is ambiguous.
+    let channel = imagestore_client::connect(&fx.server.url()).await.unwrap();
+    let mut registry =
+        imagestore_proto::internal::v1::registry_client::RegistryClient::new(channel);
+    for tail in ['1', '2'] {
+        let fp = format!("abcdefabcdef{}", tail.to_string().repeat(52));
+        registry
+            .register_content(unified_with_fingerprint(&fp, 10))
+            .await
+            .unwrap();
+    }
+    let ran = fx.run(&["info", "abcdefabcdef"]).await;
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(ran.stderr.contains("abcdefabcdef1111"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("abcdefabcdef2222"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("panicked"));
+
+    // Importing what exists is refused, as LXD refuses it.
+    let file = fixture_path("busybox-unified.tar.gz");
+    fx.import(&[&file]).await;
+    fx.run(&["import", &file])
+        .await
+        .fails(4, "Image with same fingerprint already exists");
+
+    // A server that is not there: exit 5 and a hint.
+    let url = fx.server.url();
+    fx.server.terminate().await;
+    let mut cmd = tokio::process::Command::new(binary("imagestore"));
+    let out = cmd
+        .args(["list"])
+        .env("IMAGESTORE_REMOTE", &url)
+        .env("IMAGESTORE_CONFIG_DIR", fx.dir.path().join("config"))
+        .output()
+        .await
+        .unwrap();
+    let ran = Ran::from(&["list"], out);
+    ran.fails(5, "imagestore serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remotes_are_kept_in_the_config_directory() {
+    let fx = Fixture::start().await;
+    let url = fx.server.url();
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    // Without IMAGESTORE_REMOTE the default remote decides.
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = fx.command(args);
+        cmd.env_remove("IMAGESTORE_REMOTE");
+        cmd.output()
+    };
+    let ran = Ran::from(&[], run(&["remote", "get-default"]).await.unwrap());
+    assert_eq!(ran.stdout.trim(), "local");
+    fx.ok(&["remote", "add", "lab", &format!("127.0.0.1:{port}")])
+        .await;
+    fx.run(&["remote", "add", "lab", &url])
+        .await
+        .fails(4, "exists");
+    fx.run(&["remote", "add", "bad", "ftp://x"])
+        .await
+        .fails(2, "Invalid remote URL");
+    let remotes = fx.json(&["remote", "list", "-f", "json"]).await;
+    let lab = remotes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "lab")
+        .unwrap()
+        .clone();
+    assert_eq!(lab["addr"], url.as_str());
+    let file = fixture_path("busybox-unified.tar.gz");
+    let out = fx.ok(&["import", &file, "lab:", "--alias", "on-lab"]).await;
+    assert!(out.contains("Image imported"));
+    // remote:image and `list remote:` name the lab server.
+    assert_eq!(
+        fx.json(&["info", "lab:on-lab", "-f", "json"]).await["fingerprint"],
+        sha256_hex(&fixture("busybox-unified.tar.gz")).as_str()
+    );
+    assert_eq!(
+        fx.json(&["list", "lab:", "-f", "json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    fx.ok(&["remote", "switch", "lab"]).await;
+    let ran = Ran::from(&[], run(&["remote", "get-default"]).await.unwrap());
+    assert_eq!(ran.stdout.trim(), "lab");
+    let ran = Ran::from(&[], run(&["info", "on-lab", "-f", "json"]).await.unwrap());
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    fx.run(&["remote", "remove", "lab"])
+        .await
+        .fails(2, "default");
+    fx.ok(&["remote", "rename", "lab", "lab2"]).await;
+    let ran = Ran::from(&[], run(&["remote", "get-default"]).await.unwrap());
+    assert_eq!(ran.stdout.trim(), "lab2");
+    fx.ok(&["remote", "switch", "local"]).await;
+    fx.ok(&["remote", "remove", "lab2"]).await;
+    fx.run(&["remote", "switch", "lab2"])
+        .await
+        .fails(3, "does not exist");
+    fx.server.terminate().await;
+}
+
+/// A valid unified image of about `size` bytes: metadata.yaml, then a rootfs
+/// file of `size` bytes (the same bytes for the same size and seed).
+fn big_image(path: &Path, size: u64, seed: u8) {
+    use std::io::Read;
+    let file = std::fs::File::create(path).unwrap();
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    let meta = fixture("metadata.yaml");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(meta.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "metadata.yaml", &meta[..])
+        .unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "rootfs/blob", std::io::repeat(seed).take(size))
+        .unwrap();
+    tar.into_inner()
+        .unwrap()
+        .into_inner()
+        .unwrap()
+        .sync_all()
+        .unwrap();
+}
+
+fn file_sha256(path: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf).unwrap() {
+            0 => break,
+            n => h.update(&buf[..n]),
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_show_in_a_terminal_and_nowhere_else() {
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use std::io::Read;
+    let fx = Fixture::start().await;
+    let image = fx.work().join("big.tar");
+    big_image(&image, 48 << 20, 1);
+
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 24,
+            cols: 120,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(binary("imagestore"));
+    cmd.args(["import", image.to_str().unwrap()]);
+    cmd.cwd(fx.work());
+    cmd.env("IMAGESTORE_REMOTE", fx.server.url());
+    cmd.env("IMAGESTORE_CONFIG_DIR", fx.dir.path().join("config"));
+    let mut child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let master = pair.master;
+    let screen = tokio::task::spawn_blocking(move || {
+        let _keep = master;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The master reads until the child's side closes (EOF or EIO on Linux).
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let status = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("import in a terminal did not finish")
+    .unwrap();
+    let screen = tokio::time::timeout(Duration::from_secs(30), screen)
+        .await
+        .expect("the terminal did not close")
+        .unwrap();
+    assert!(status.success(), "{screen}");
+    for needle in [
+        "Uploading",
+        "MiB",
+        "/s",
+        "ETA",
+        "Image imported with fingerprint",
+    ] {
+        assert!(
+            screen.contains(needle),
+            "{needle:?} on the terminal:\n{screen}"
+        );
+    }
+
+    // Not a terminal: no bars. --quiet: not even the result line.
+    let other = fx.work().join("other.tar");
+    big_image(&other, 8 << 20, 2);
+    let ran = fx.run(&["import", other.to_str().unwrap()]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(!ran.stderr.contains("ETA"), "{}", ran.stderr);
+    let ran = fx
+        .run(&["export", "--quiet", &file_sha256(&other), "out/"])
+        .await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (0, "", "")
+    );
+    fx.server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_import_continues_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, so that the session commits bytes early in the upload.
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "[blob_node]\nsegment_bytes = 262144\n").unwrap();
+    let fx = Fixture::start_with(&["--config", config.to_str().unwrap()]).await;
+    let image = fx.work().join("big.tar");
+    big_image(&image, 192 << 20, 3);
+    let args = ["import", image.to_str().unwrap(), "--alias", "big"];
+
+    let mut first = fx.command(&args);
+    first
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut first = first.spawn().unwrap();
+    let uploads = imagestore_client::Client::connect(&fx.server.url())
+        .await
+        .unwrap()
+        .uploads();
+    let sessions = fx.dir.path().join("config/uploads");
+    let saved_session = || -> Option<String> {
+        let entry = std::fs::read_dir(&sessions).ok()?.next()?.ok()?;
+        let saved: Value = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+        Some(saved["upload"].as_str()?.to_owned())
+    };
+    eventually("the import to open its session", || async {
+        saved_session().is_some()
+    })
+    .await;
+    let session = saved_session().unwrap();
+    eventually("the import to commit some bytes", || {
+        let mut uploads = uploads.clone();
+        let name = session.clone();
+        async move {
+            uploads
+                .get_upload(pb::GetUploadRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+                .committed_size
+                > 0
+        }
+    })
+    .await;
+    first.kill().await.unwrap();
+    let interrupted = uploads
+        .clone()
+        .get_upload(pb::GetUploadRequest {
+            name: session.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let total = std::fs::metadata(&image).unwrap().len();
+    assert_eq!(interrupted.state, pb::UploadState::Open as i32);
+    assert!(interrupted.committed_size < total);
+
+    let ran = fx.run(&args).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stderr.contains("Resuming"), "{}", ran.stderr);
+    let fingerprint = file_sha256(&image);
+    assert!(ran.stdout.contains(&fingerprint), "{}", ran.stdout);
+    // The same session finished: the bytes it had were not sent again.
+    let done = uploads
+        .clone()
+        .get_upload(pb::GetUploadRequest { name: session })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, pb::UploadState::Complete as i32);
+    assert_eq!(done.image.unwrap().fingerprint, fingerprint);
+    assert_eq!(
+        fx.json(&["info", "big", "-f", "json"]).await["fingerprint"],
+        fingerprint.as_str()
+    );
+    // Nothing is left to resume.
+    assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 0);
+    fx.server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_continues_from_its_partial_file_and_never_keeps_bad_bytes() {
+    let fx = Fixture::start().await;
+    let data = fixture("busybox-unified.tar.gz");
+    let fp = fx.import(&[&fixture_path("busybox-unified.tar.gz")]).await;
+    let name = format!("{fp}.tar.gz");
+    let half = data.len() / 2;
+
+    // What an interrupted export leaves: the first half, under .partial.
+    let out = fx.work().join("resumed");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(format!("{name}.partial")), &data[..half]).unwrap();
+    fx.ok(&["export", &fp, "resumed/"]).await;
+    assert_eq!(std::fs::read(out.join(&name)).unwrap(), data);
+    assert!(!out.join(format!("{name}.partial")).exists());
+
+    // A partial file with wrong bytes: the result would not hash right, so the
+    // export fails, says so, and removes it; the next run starts clean.
+    let out = fx.work().join("corrupt");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut bad = data[..half].to_vec();
+    bad[10] ^= 0xff;
+    std::fs::write(out.join(format!("{name}.partial")), &bad).unwrap();
+    fx.run(&["export", &fp, "corrupt/"]).await.fails(7, "hash");
+    assert!(!out.join(format!("{name}.partial")).exists());
+    assert!(!out.join(&name).exists());
+    fx.ok(&["export", &fp, "corrupt/"]).await;
+    assert_eq!(std::fs::read(out.join(&name)).unwrap(), data);
+    fx.server.terminate().await;
+}
