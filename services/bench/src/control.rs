@@ -1,0 +1,217 @@
+//! The control plane under load: GetImage by fingerprint and by alias with 64
+//! concurrent clients, ListImages over 10 000 images with a filter, content
+//! registration, and start-up time.
+
+use std::time::{Duration, Instant};
+
+use imagestore_client::connect;
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use sha2::Digest;
+use tonic::transport::Channel;
+
+use crate::procs::{Server, System};
+use crate::{BenchResult, Report, median, round2};
+
+const CLIENTS: usize = 64;
+const CONNECTIONS: usize = 8;
+/// Each load phase runs this long, or to this many requests, whichever is first.
+const PHASE: Duration = Duration::from_secs(3);
+const PHASE_MAX: usize = 500_000;
+const ALIASES: usize = 64;
+
+fn fingerprint(i: usize) -> String {
+    hex::encode(sha2::Sha256::digest(format!("bench-image-{i}").as_bytes()))
+}
+
+fn content(i: usize) -> ipb::RegisterContentRequest {
+    let fp = fingerprint(i);
+    ipb::RegisterContentRequest {
+        fingerprint: fp.clone(),
+        r#type: pb::ImageType::Container as i32,
+        architecture: "x86_64".into(),
+        filename: format!("image-{i}.tar.gz"),
+        layout: pb::ImageLayout::Unified as i32,
+        parts: vec![pb::ImagePart {
+            role: pb::PartRole::Unified as i32,
+            sha256: fp.clone(),
+            size: 1000 + i as u64,
+            storage_key: format!("bench/{fp}/"),
+            extension: ".tar.gz".into(),
+        }],
+        properties: [
+            ("os".to_owned(), if i % 2 == 0 { "debian" } else { "ubuntu" }.to_owned()),
+            ("release".to_owned(), format!("{}", i % 10)),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+pub async fn measure(report: &Report, system: &System, images: usize) -> BenchResult {
+    let channel = connect(&system.control.url).await?;
+    register(report, &channel, images.max(ALIASES)).await?;
+    let mut aliases = pb::aliases_client::AliasesClient::new(channel.clone());
+    for i in 0..ALIASES {
+        aliases
+            .create_alias(pb::CreateAliasRequest {
+                alias_id: format!("bench/{i}"),
+                alias: Some(pb::Alias {
+                    target: fingerprint(i),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+    }
+    let one = vec![channel.clone()];
+    let (rps1, _, _) = get_load(&one, images).await?;
+    report.put("get_image_rps_1conn", round2(rps1), "req/s");
+    let mut many = Vec::new();
+    for _ in 0..CONNECTIONS {
+        many.push(connect(&system.control.url).await?);
+    }
+    let (rps, p50, p99) = get_load(&many, images).await?;
+    report.put("get_image_rps", round2(rps), "req/s");
+    report.put("get_image_p50_ms", round2(p50), "ms");
+    report.put("get_image_p99_ms", round2(p99), "ms");
+    list(report, &channel).await
+}
+
+/// Registers `count` images, eight at a time; reports the median call.
+async fn register(report: &Report, channel: &Channel, count: usize) -> BenchResult {
+    let mut times = Vec::with_capacity(count);
+    let mut next = 0usize;
+    while next < count {
+        let batch: Vec<_> = (next..count.min(next + 8))
+            .map(|i| {
+                let mut registry = ipb::registry_client::RegistryClient::new(channel.clone());
+                async move {
+                    let started = Instant::now();
+                    registry.register_content(content(i)).await?;
+                    Ok::<_, tonic::Status>(started.elapsed().as_secs_f64() * 1e3)
+                }
+            })
+            .collect();
+        next += batch.len();
+        for t in futures::future::join_all(batch).await {
+            times.push(t?);
+        }
+    }
+    report.put("register_ms", round2(median(times)), "ms");
+    Ok(())
+}
+
+/// GetImage from CLIENTS tasks over the given connections, half by fingerprint
+/// and half by alias: (requests/s, p50 ms, p99 ms).
+async fn get_load(channels: &[Channel], images: usize) -> BenchResult<(f64, f64, f64)> {
+    let started = Instant::now();
+    let deadline = started + PHASE;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|t| {
+            let mut client = pb::images_client::ImagesClient::new(channels[t % channels.len()].clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = t;
+                while Instant::now() < deadline && lat.len() < PHASE_MAX / CLIENTS {
+                    let name = if i % 2 == 0 {
+                        format!("images/{}", fingerprint(i % images))
+                    } else {
+                        format!("aliases/bench/{}", i % ALIASES)
+                    };
+                    let t0 = Instant::now();
+                    client
+                        .get_image(pb::GetImageRequest {
+                            name,
+                            ..Default::default()
+                        })
+                        .await?;
+                    lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                    i += CLIENTS;
+                }
+                Ok::<_, tonic::Status>(lat)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok((
+        all.len() as f64 / secs,
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    ))
+}
+
+/// ListImages with a filter that matches half of the images, first pages.
+async fn list(report: &Report, channel: &Channel) -> BenchResult {
+    let mut images = pb::images_client::ImagesClient::new(channel.clone())
+        .max_decoding_message_size(imagestore_client::MAX_MESSAGE);
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        let page = images
+            .list_images(pb::ListImagesRequest {
+                page_size: 100,
+                filter: "os=debian architecture=x86_64".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        if page.images.is_empty() {
+            return Err("the filtered list came back empty".into());
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    report.put("list_p99_ms", round2(percentile(&lat, 0.99)), "ms");
+    Ok(())
+}
+
+/// From process start to the first SERVING health reply, median of `runs`.
+pub async fn startup(report: &Report, dir: &std::path::Path, runs: usize) -> BenchResult {
+    let mut times = Vec::new();
+    for r in 0..runs {
+        let data = dir.join(format!("startup-{r}"));
+        let server = Server::spawn(
+            "imagestore-control",
+            &["--listen", "127.0.0.1:0", "--data-dir", &data.to_string_lossy()],
+            None,
+        )
+        .await?;
+        let channel = connect(&server.url).await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Ok(r) = reply
+                && r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the control plane never reported SERVING".into());
+            }
+            tokio::task::yield_now().await;
+        }
+        times.push(server.spawned.elapsed().as_secs_f64() * 1e3);
+        server.stop().await;
+    }
+    report.put("startup_ms", round2(median(times)), "ms");
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Upload, two concurrent uploads, download and the blob node's memory: the real
+//! control plane and blob node as separate processes, images streamed from memory.
+
+use std::path::Path;
+use std::time::Instant;
+
+use imagestore_client::Client;
+use imagestore_proto::v1 as pb;
+use tokio_stream::StreamExt;
+
+use crate::procs::System;
+use crate::{BenchResult, Report, image, median, round2};
+
+/// One verified upload from the first byte to the registered image: (bytes, s).
+async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image, f64)> {
+    let client = Client::connect(&system.control.url).await?;
+    let total = image::total_size(size, seed);
+    let session = client
+        .uploads()
+        .create_upload(pb::CreateUploadRequest {
+            spec: Some(pb::UploadSpec {
+                layout: pb::ImageLayout::Unified as i32,
+                metadata_size: total,
+                filename: format!("bench-{seed}.tar"),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    // Any node continues any session; the current node is the one measured.
+    let mut blobs = client.blobs(&system.blob.url).await?;
+    let started = Instant::now();
+    let done = blobs
+        .upload(image::upload_messages(session.name, size, seed))
+        .await?
+        .into_inner();
+    let secs = started.elapsed().as_secs_f64();
+    let image = done.image.ok_or("the upload finished without an image")?;
+    if image.size != total {
+        return Err(format!("registered {} bytes, sent {total}", image.size).into());
+    }
+    Ok((image, secs))
+}
+
+async fn delete(system: &System, image: &pb::Image) -> BenchResult {
+    Client::connect(&system.control.url)
+        .await?
+        .images()
+        .delete_image(pb::DeleteImageRequest {
+            name: image.name.clone(),
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn measure(
+    report: &Report,
+    system: &mut System,
+    size: u64,
+    large: u64,
+    runs: usize,
+    limit: f64,
+) -> BenchResult {
+    let mut seed = 1u64;
+    let mut one = Vec::new();
+    let mut kept = None;
+    for _ in 0..runs {
+        let (image, secs) = upload(system, size, seed).await?;
+        seed += 1;
+        one.push(image.size as f64 / secs / 1e6);
+        match kept {
+            None => kept = Some(image),
+            Some(_) => delete(system, &image).await?,
+        }
+    }
+    let upload_mb_s = median(one);
+    report.put("upload_mb_s", round2(upload_mb_s), "MB/s");
+    report.put("upload_ratio", round2(upload_mb_s / limit), "x min(hash, sink)");
+    report.put("blob_rss_mib_1g", round2(system.blob.peak_rss_mib()), "MiB");
+
+    let mut two = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let (a, b) = tokio::join!(upload(system, size, seed), upload(system, size, seed + 1));
+        let secs = started.elapsed().as_secs_f64();
+        seed += 2;
+        let (a, b) = (a?.0, b?.0);
+        two.push((a.size + b.size) as f64 / secs / 1e6);
+        delete(system, &a).await?;
+        delete(system, &b).await?;
+    }
+    let upload2 = median(two);
+    report.put("upload2_mb_s", round2(upload2), "MB/s");
+    report.put("upload2_ratio", round2(upload2 / upload_mb_s), "x one stream");
+
+    let image = kept.ok_or("no image was kept")?;
+    download(report, system, &image, runs).await?;
+    delete(system, &image).await?;
+
+    // A fresh node process, so that its peak memory is this upload's alone.
+    system.restart_blob("node-2").await?;
+    let (image, secs) = upload(system, large, seed).await?;
+    report.put("upload_large_mb_s", round2(image.size as f64 / secs / 1e6), "MB/s");
+    report.put("blob_rss_mib_4g", round2(system.blob.peak_rss_mib()), "MiB");
+    delete(system, &image).await?;
+    Ok(())
+}
+
+async fn download(report: &Report, system: &System, image: &pb::Image, runs: usize) -> BenchResult {
+    let client = Client::connect(&system.control.url).await?;
+    let part = image.parts.first().ok_or("an image without parts")?;
+    let files = stored_files(&system.store().join(&part.storage_key))?;
+    let mut down = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..runs {
+        let mut blobs = client.blobs(&system.blob.url).await?;
+        let started = Instant::now();
+        let mut stream = blobs
+            .download(pb::DownloadRequest {
+                fingerprint: image.fingerprint.clone(),
+                part: pb::PartRole::Unified as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut got = 0u64;
+        while let Some(m) = stream.next().await {
+            got += m?.data.len() as u64;
+        }
+        down.push(got as f64 / started.elapsed().as_secs_f64() / 1e6);
+        if got != part.size {
+            return Err(format!("downloaded {got} of {} bytes", part.size).into());
+        }
+        let started = Instant::now();
+        let read = read_all(&files)?;
+        plain.push(read as f64 / started.elapsed().as_secs_f64() / 1e6);
+    }
+    let (down, plain) = (median(down), median(plain));
+    report.put("download_mb_s", round2(down), "MB/s");
+    report.put("plain_read_mb_s", round2(plain), "MB/s");
+    report.put("download_ratio", round2(down / plain), "x plain read");
+    if let Some(direct) = direct_read_mb_s(&files) {
+        report.put("disk_direct_read_mb_s", round2(direct), "MB/s");
+    }
+    Ok(())
+}
+
+/// The objects of one stored part, in offset order.
+fn stored_files(dir: &Path) -> BenchResult<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn read_all(files: &[std::path::PathBuf]) -> BenchResult<u64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    for f in files {
+        let mut file = std::fs::File::open(f)?;
+        loop {
+            match file.read(&mut buf)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The disk itself, bypassing the page cache (dd with O_DIRECT), when possible.
+fn direct_read_mb_s(files: &[std::path::PathBuf]) -> Option<f64> {
+    let mut bytes = 0u64;
+    let started = Instant::now();
+    for f in files {
+        let ok = std::process::Command::new("dd")
+            .arg(format!("if={}", f.display()))
+            .args(["of=/dev/null", "bs=4M", "iflag=direct"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        bytes += std::fs::metadata(f).ok()?.len();
+    }
+    Some(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
+}

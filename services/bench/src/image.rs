@@ -1,0 +1,73 @@
+//! Generated unified images of any size, streamed from one shared buffer so that
+//! the client costs next to nothing and never holds the image.
+
+use bytes::Bytes;
+use imagestore_proto::v1 as pb;
+
+use crate::limits::CHUNK;
+
+/// The upload messages of a valid unified image: an uncompressed tarball holding
+/// metadata.yaml (with `seed`, so each image is distinct) and a `size`-byte
+/// rootfs file. The first message names `session`.
+pub fn upload_messages(
+    session: String,
+    size: u64,
+    seed: u64,
+) -> impl futures::Stream<Item = pb::UploadRequest> + Send + 'static {
+    let head = head(size, seed);
+    let body = Bytes::from(
+        (0..CHUNK)
+            .map(|i| (i as u64).wrapping_mul(0x9e37_79b9) as u8 ^ seed as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let pad = ((512 - size % 512) % 512 + 1024) as usize;
+    let total = head.len() as u64 + size + pad as u64;
+    let mut pieces: Vec<Bytes> = vec![head];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        pieces.push(body.slice(..n));
+        left -= n as u64;
+    }
+    pieces.push(Bytes::from(vec![0u8; pad]));
+    let mut offset = 0u64;
+    let mut first = Some(pb::upload_request::FirstMessage::Upload(session));
+    tokio_stream::iter(pieces.into_iter().map(move |data| {
+        let m = pb::UploadRequest {
+            first_message: first.take(),
+            write_offset: offset,
+            finish_write: offset + data.len() as u64 == total,
+            data,
+            ..Default::default()
+        };
+        offset += m.data.len() as u64;
+        m
+    }))
+}
+
+/// The image's total size in bytes.
+pub fn total_size(size: u64, seed: u64) -> u64 {
+    head(size, seed).len() as u64 + size + (512 - size % 512) % 512 + 1024
+}
+
+fn head(size: u64, seed: u64) -> Bytes {
+    let meta = format!(
+        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  os: bench\n  seed: \"{seed}\"\n"
+    );
+    let mut out = Vec::new();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(meta.len() as u64);
+    h.set_mode(0o644);
+    h.set_path("metadata.yaml").expect("a short path");
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(meta.as_bytes());
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_path("rootfs/blob").expect("a short path");
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    Bytes::from(out)
+}

@@ -1,0 +1,118 @@
+//! `imagestore-bench`: starts the real services on loopback and measures the data
+//! path and the control plane, each figure beside the limit it is bounded by.
+//! Prints a table, or with `--json` one `{"name", "value", "unit"}` per line.
+
+mod control;
+mod datapath;
+mod image;
+mod limits;
+mod procs;
+
+use clap::Parser;
+
+/// Measures imagestore on this machine. Needs the other binaries built beside it:
+/// `cargo build --release --bins && target/release/imagestore-bench`.
+#[derive(Parser)]
+#[command(name = "imagestore-bench", version)]
+struct Args {
+    /// One JSON object per line per figure.
+    #[arg(long)]
+    json: bool,
+    /// Runs of each throughput figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Size of the upload and download image, MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Size of the large memory upload, MiB.
+    #[arg(long, default_value_t = 4096)]
+    large_mib: u64,
+    /// Images registered before measuring ListImages.
+    #[arg(long, default_value_t = 10_000)]
+    images: usize,
+    /// Where data goes (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// One measured figure.
+pub struct Figure {
+    pub name: &'static str,
+    pub value: serde_json::Value,
+    pub unit: &'static str,
+}
+
+/// Prints figures as they come, so a long run shows progress.
+pub struct Report {
+    json: bool,
+}
+
+impl Report {
+    pub fn put(&self, name: &'static str, value: impl Into<serde_json::Value>, unit: &'static str) {
+        let f = Figure {
+            name,
+            value: value.into(),
+            unit,
+        };
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"name": f.name, "value": f.value, "unit": f.unit})
+            );
+        } else {
+            let value = match &f.value {
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(x) if n.is_f64() => format!("{x:.2}"),
+                    _ => n.to_string(),
+                },
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!("{:<22} {:>12} {}", f.name, value, f.unit);
+        }
+    }
+}
+
+/// The median of some runs (the middle one; the lower middle for an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get((xs.len().max(1) - 1) / 2).copied().unwrap_or(0.0)
+}
+
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let report = Report { json: args.json };
+    match run(&args, &report).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imagestore-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn run(args: &Args, report: &Report) -> BenchResult {
+    let tmp = tempfile::Builder::new()
+        .prefix("imagestore-bench-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let runs = args.runs.max(1);
+    limits::machine(report);
+    let size = args.size_mib << 20;
+    let hash = limits::hash_mb_s(report, runs);
+    let sink = limits::grpc_sink_mb_s(report, size, runs).await?;
+    let limit = hash.min(sink);
+
+    let mut system = procs::System::start(tmp.path()).await?;
+    datapath::measure(report, &mut system, size, args.large_mib << 20, runs, limit).await?;
+    control::measure(report, &system, args.images).await?;
+    system.stop().await;
+    control::startup(report, tmp.path(), 5).await?;
+    Ok(())
+}

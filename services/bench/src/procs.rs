@@ -1,0 +1,160 @@
+//! The real binaries, started beside this one, on loopback with free ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::BenchResult;
+
+/// A binary built next to this one.
+pub fn sibling(name: &str) -> BenchResult<PathBuf> {
+    let path = std::env::current_exe()?
+        .parent()
+        .ok_or("no directory for this binary")?
+        .join(name);
+    if !path.exists() {
+        return Err(format!(
+            "{} is missing: build every binary first (cargo build --release --bins)",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+/// A running server process.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    /// When it was spawned and when it printed its address.
+    pub spawned: Instant,
+}
+
+impl Server {
+    /// Spawns `binary` and waits (bounded) for its "listening" line and, if
+    /// given, a line containing `ready`.
+    pub async fn spawn(binary: &str, args: &[&str], ready: Option<&str>) -> BenchResult<Self> {
+        let spawned = Instant::now();
+        let mut child = Command::new(sibling(binary)?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut url = None;
+            let mut is_ready = ready.is_none();
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.split("listening address=").nth(1) {
+                    url = Some(format!("http://{}", addr.trim()));
+                }
+                if ready.is_some_and(|r| line.contains(r)) {
+                    is_ready = true;
+                }
+                if let (Some(u), true) = (&url, is_ready) {
+                    return Ok::<_, std::io::Error>(u.clone());
+                }
+            }
+            Err(std::io::Error::other(format!("{binary} exited before it was ready")))
+        })
+        .await
+        .map_err(|_| format!("{binary} did not start within 60 s"))??;
+        // Keep draining its log so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            url,
+            spawned,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Peak resident memory so far (VmHWM), MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A control plane and one blob node on a local directory.
+pub struct System {
+    pub control: Server,
+    pub blob: Server,
+    pub dir: PathBuf,
+}
+
+impl System {
+    pub async fn start(dir: &Path) -> BenchResult<Self> {
+        let control = Server::spawn(
+            "imagestore-control",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &dir.join("control-plane").to_string_lossy(),
+            ],
+            None,
+        )
+        .await?;
+        let blob = Self::blob_node(dir, &control.url, "node-1").await?;
+        Ok(Self {
+            control,
+            blob,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The local directory the blob nodes store into.
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    async fn blob_node(dir: &Path, control: &str, name: &str) -> BenchResult<Server> {
+        Server::spawn(
+            "imagestore-blob",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &dir.join(name).to_string_lossy(),
+                "--control-plane",
+                control,
+                "--store",
+                &dir.join("store").to_string_lossy(),
+            ],
+            Some("registered with the control plane"),
+        )
+        .await
+    }
+
+    /// A fresh blob-node process (its peak memory starts from zero).
+    pub async fn restart_blob(&mut self, name: &str) -> BenchResult {
+        let fresh = Self::blob_node(&self.dir, &self.control.url, name).await?;
+        let old = std::mem::replace(&mut self.blob, fresh);
+        old.stop().await;
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        self.blob.stop().await;
+        self.control.stop().await;
+    }
+}
