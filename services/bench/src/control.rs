@@ -40,7 +40,15 @@ fn content(i: usize) -> ipb::RegisterContentRequest {
             extension: ".tar.gz".into(),
         }],
         properties: [
-            ("os".to_owned(), if i % 2 == 0 { "debian" } else { "ubuntu" }.to_owned()),
+            (
+                "os".to_owned(),
+                if i.is_multiple_of(2) {
+                    "debian"
+                } else {
+                    "ubuntu"
+                }
+                .to_owned(),
+            ),
             ("release".to_owned(), format!("{}", i % 10)),
         ]
         .into(),
@@ -116,12 +124,13 @@ async fn get_load(channels: &[Channel], images: usize) -> BenchResult<(f64, f64,
     let deadline = started + PHASE;
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|t| {
-            let mut client = pb::images_client::ImagesClient::new(channels[t % channels.len()].clone());
+            let mut client =
+                pb::images_client::ImagesClient::new(channels[t % channels.len()].clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut i = t;
                 while Instant::now() < deadline && lat.len() < PHASE_MAX / CLIENTS {
-                    let name = if i % 2 == 0 {
+                    let name = if i.is_multiple_of(2) {
                         format!("images/{}", fingerprint(i % images))
                     } else {
                         format!("aliases/bench/{}", i % ALIASES)
@@ -185,7 +194,12 @@ pub async fn startup(report: &Report, dir: &std::path::Path, runs: usize) -> Ben
         let data = dir.join(format!("startup-{r}"));
         let server = Server::spawn(
             "imagestore-control",
-            &["--listen", "127.0.0.1:0", "--data-dir", &data.to_string_lossy()],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data.to_string_lossy(),
+            ],
             None,
         )
         .await?;

@@ -75,7 +75,20 @@ pub async fn measure(
     }
     let upload_mb_s = median(one);
     report.put("upload_mb_s", round2(upload_mb_s), "MB/s");
-    report.put("upload_ratio", round2(upload_mb_s / limit), "x min(hash, sink)");
+    report.put(
+        "upload_ratio",
+        round2(upload_mb_s / limit),
+        "x min(hash, sink)",
+    );
+    // A verified upload is also durable: it can be no faster than the disk takes
+    // the same bytes with an fsync.
+    let disk = disk_write_mb_s(&system.dir, size, runs)?;
+    report.put("disk_write_mb_s", round2(disk), "MB/s");
+    report.put(
+        "upload_ratio_disk",
+        round2(upload_mb_s / limit.min(disk)),
+        "x min(hash, sink, disk)",
+    );
     report.put("blob_rss_mib_1g", round2(system.blob.peak_rss_mib()), "MiB");
 
     let mut two = Vec::new();
@@ -91,7 +104,11 @@ pub async fn measure(
     }
     let upload2 = median(two);
     report.put("upload2_mb_s", round2(upload2), "MB/s");
-    report.put("upload2_ratio", round2(upload2 / upload_mb_s), "x one stream");
+    report.put(
+        "upload2_ratio",
+        round2(upload2 / upload_mb_s),
+        "x one stream",
+    );
 
     let image = kept.ok_or("no image was kept")?;
     download(report, system, &image, runs).await?;
@@ -100,7 +117,11 @@ pub async fn measure(
     // A fresh node process, so that its peak memory is this upload's alone.
     system.restart_blob("node-2").await?;
     let (image, secs) = upload(system, large, seed).await?;
-    report.put("upload_large_mb_s", round2(image.size as f64 / secs / 1e6), "MB/s");
+    report.put(
+        "upload_large_mb_s",
+        round2(image.size as f64 / secs / 1e6),
+        "MB/s",
+    );
     report.put("blob_rss_mib_4g", round2(system.blob.peak_rss_mib()), "MiB");
     delete(system, &image).await?;
     Ok(())
@@ -143,6 +164,25 @@ async fn download(report: &Report, system: &System, image: &pb::Image, runs: usi
         report.put("disk_direct_read_mb_s", round2(direct), "MB/s");
     }
     Ok(())
+}
+
+/// Writes `size` bytes in 1 MiB pieces and fsyncs, as a segment is stored.
+fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64> {
+    use std::io::Write;
+    let buf = vec![0x5au8; 1 << 20];
+    let path = dir.join("disk-write-probe");
+    let mut figures = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let mut f = std::fs::File::create(&path)?;
+        for _ in 0..size.div_ceil(buf.len() as u64) {
+            f.write_all(&buf)?;
+        }
+        f.sync_all()?;
+        figures.push(size as f64 / started.elapsed().as_secs_f64() / 1e6);
+        std::fs::remove_file(&path)?;
+    }
+    Ok(median(figures))
 }
 
 /// The objects of one stored part, in offset order.

@@ -52,7 +52,10 @@ fn openssl_sha256() -> Option<f64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.to_lowercase().starts_with("sha256"))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.to_lowercase().starts_with("sha256"))?;
     // "sha256  …  1234567.89k" per block size; the last column is 16384 bytes.
     let last = line.split_whitespace().last()?;
     let kb: f64 = last.trim_end_matches('k').parse().ok()?;

@@ -61,7 +61,9 @@ impl Server {
                     return Ok::<_, std::io::Error>(u.clone());
                 }
             }
-            Err(std::io::Error::other(format!("{binary} exited before it was ready")))
+            Err(std::io::Error::other(format!(
+                "{binary} exited before it was ready"
+            )))
         })
         .await
         .map_err(|_| format!("{binary} did not start within 60 s"))??;
