@@ -110,18 +110,6 @@ fn unified_spec(data: &[u8]) -> pb::UploadSpec {
     }
 }
 
-fn lxd_fingerprint(alias: &str) -> String {
-    fixtures_index()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["alias"] == alias)
-        .unwrap()["lxd_fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod local_store {

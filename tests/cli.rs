@@ -144,18 +144,6 @@ fn fixture_path(name: &str) -> String {
     fixtures_dir().join(name).to_str().unwrap().to_owned()
 }
 
-fn lxd_fingerprint(alias: &str) -> String {
-    fixtures_index()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["alias"] == alias)
-        .unwrap()["lxd_fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// An image directory as LXD's `image import <dir>` takes it.
 fn image_directory(root: &Path) -> PathBuf {
     let dir = root.join("image-dir");

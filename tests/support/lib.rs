@@ -603,6 +603,19 @@ pub fn fixtures_index() -> serde_json::Value {
     serde_json::from_slice(&fixture("fixtures.json")).unwrap()
 }
 
+/// The fingerprint LXD reported for the fixture image with this alias.
+pub fn lxd_fingerprint(alias: &str) -> String {
+    fixtures_index()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["alias"] == alias)
+        .unwrap()["lxd_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Upload messages for `data` starting at stream offset `from`, in `chunk`-sized
 /// pieces. The first carries `first`.
 pub fn messages(

@@ -88,14 +88,7 @@ pub async fn run(ctx: &Ctx, cmd: AliasCommand) -> CliResult {
 }
 
 async fn list(ctx: &Ctx, args: Vec<String>, format: Format) -> CliResult {
-    let mut remote = None;
-    let mut filters = Vec::new();
-    for (i, a) in args.iter().enumerate() {
-        match a.strip_suffix(':') {
-            Some(r) if i == 0 && ctx.config.remotes.contains_key(r) => remote = Some(r.to_owned()),
-            _ => filters.push(a.clone()),
-        }
-    }
+    let (remote, filters) = ctx.config.remote_and_filters(&args);
     let client = ctx.client(remote.as_deref()).await?;
     let mut aliases = Vec::new();
     let mut page_token = String::new();

@@ -123,6 +123,21 @@ impl Config {
         Ok(self.remote(&name)?.addr.clone())
     }
 
+    /// `[remote:] [filter...]` as `list` commands take them: a first argument
+    /// "name:" naming a known remote picks it; the rest are filters.
+    pub fn remote_and_filters(&self, args: &[String]) -> (Option<String>, Vec<String>) {
+        match args.split_first() {
+            Some((first, rest))
+                if first
+                    .strip_suffix(':')
+                    .is_some_and(|r| self.remotes.contains_key(r)) =>
+            {
+                (Some(first.trim_end_matches(':').to_owned()), rest.to_vec())
+            }
+            _ => (None, args.to_vec()),
+        }
+    }
+
     /// Splits "remote:rest" when "remote" is a known remote (as lxc does);
     /// otherwise the whole string is `rest` on the default remote.
     pub fn split<'a>(&self, arg: &'a str) -> (Option<String>, &'a str) {

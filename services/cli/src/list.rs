@@ -21,14 +21,7 @@ pub struct ListArgs {
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> CliResult {
-    let mut remote = None;
-    let mut filters = Vec::new();
-    for (i, a) in args.args.iter().enumerate() {
-        match a.strip_suffix(':') {
-            Some(r) if i == 0 && ctx.config.remotes.contains_key(r) => remote = Some(r.to_owned()),
-            _ => filters.push(a.clone()),
-        }
-    }
+    let (remote, filters) = ctx.config.remote_and_filters(&args.args);
     let columns: Vec<Column> = args
         .columns
         .chars()

@@ -47,6 +47,13 @@ enum Command {
     /// Run the whole system in one process: a control plane on SQLite and a blob
     /// node on a local directory, all services on one address.
     Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that talk to a server.
+#[derive(Subcommand)]
+enum ClientCommand {
     /// Import an image from files, a directory or a URL.
     Import(import::ImportArgs),
     /// Copy an image from another server.
@@ -96,8 +103,7 @@ async fn main() -> ExitCode {
     let quiet = cli.quiet;
     let result = match cli.command {
         Command::Serve(args) => return serve::run(args).await,
-        Command::Remote(cmd) => remote::run(cmd),
-        other => match Ctx::load(quiet) {
+        Command::Client(other) => match Ctx::load(quiet) {
             Ok(ctx) => dispatch(&ctx, other).await,
             Err(e) => Err(e),
         },
@@ -108,7 +114,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(ctx: &Ctx, command: Command) -> CliResult {
+async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
+    use ClientCommand as Command;
     match command {
         Command::Import(a) => import::import(ctx, a).await,
         Command::Copy(a) => import::copy(ctx, a).await,
@@ -124,6 +131,6 @@ async fn dispatch(ctx: &Ctx, command: Command) -> CliResult {
         Command::GetProperty { image, key } => manage::get_property(ctx, &image, &key).await,
         Command::Delete { images } => manage::delete(ctx, images).await,
         Command::Refresh { images } => import::refresh(ctx, images).await,
-        Command::Serve(_) | Command::Remote(_) => unreachable!("handled before"),
+        Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd),
     }
 }

@@ -36,8 +36,7 @@ pub enum RemoteCommand {
     GetDefault,
 }
 
-pub fn run(cmd: RemoteCommand) -> CliResult {
-    let mut config = Config::load()?;
+pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
     match cmd {
         RemoteCommand::Add {
             name,
