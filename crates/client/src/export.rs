@@ -5,7 +5,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use imagestore_proto::v1 as pb;
@@ -113,7 +112,7 @@ impl Client {
                     Err(e) if e.is_transient() && attempt < retries => {
                         attempt += 1;
                         tracing::info!(error = %e, attempt, "download interrupted; resuming");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                        tokio::time::sleep(crate::backoff(attempt)).await;
                         // A fresh ticket and a healthy node for the next try.
                         if let Ok(fresh) = self.images().export_image(request.clone()).await {
                             export = fresh.into_inner();
@@ -146,7 +145,12 @@ impl Client {
         );
         progress.start(&label, file.size);
         // Hash what is there already; anything longer than the file is not ours.
-        let (mut out, mut hasher, have) = open_partial(&partial, file.size)?;
+        let (mut out, mut hasher, have) = {
+            let (partial, size) = (partial.clone(), file.size);
+            tokio::task::spawn_blocking(move || open_partial(&partial, size))
+                .await
+                .map_err(|e| Error::Invalid(format!("reading the partial file: {e}")))??
+        };
         progress.position(have);
         if have < file.size {
             let mut stream = self
@@ -212,7 +216,6 @@ impl Client {
                     file.size
                 ))));
             }
-            return finish(&partial, path, hasher, file);
         }
         finish(&partial, path, hasher, file)
     }

@@ -73,6 +73,11 @@ impl Client {
     }
 }
 
+/// How long to wait before retry `attempt` (1, 2, ...): 0.4 s doubling to 6.4 s.
+pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(200 << attempt.min(5))
+}
+
 /// A Blobs client that takes and sends chunks of up to [`MAX_MESSAGE`].
 pub fn blobs_client(channel: Channel) -> pb::blobs_client::BlobsClient<Channel> {
     pb::blobs_client::BlobsClient::new(channel)

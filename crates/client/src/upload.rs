@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use imagestore_proto::v1 as pb;
 
@@ -22,7 +21,8 @@ pub enum Source {
 }
 
 impl Source {
-    fn files(&self) -> Vec<&Path> {
+    /// The files, in the order their bytes make the fingerprint.
+    pub fn files(&self) -> Vec<&Path> {
         match self {
             Source::Unified(p) => vec![p],
             Source::Split { metadata, rootfs } => vec![metadata, rootfs],
@@ -114,21 +114,29 @@ impl Client {
             }
             progress.start("Uploading", total);
             progress.position(session.committed_size);
-            let sent = self.send(source, &session, opts, progress.clone()).await;
+            let sent = self
+                .send(source, &sizes, &session, opts, progress.clone())
+                .await;
             match sent {
                 Ok(resp) if resp.complete => {
                     break resp
                         .image
                         .ok_or_else(|| Error::Invalid("upload complete without an image".into()));
                 }
-                Ok(_) => {}
+                Ok(_) if attempt < opts.retries => {}
+                Ok(resp) => {
+                    break Err(Error::Invalid(format!(
+                        "upload {} stopped at {} bytes without completing",
+                        session.name, resp.committed_size
+                    )));
+                }
                 Err(e) if e.is_transient() && attempt < opts.retries => {
                     tracing::info!(error = %e, attempt, "upload interrupted; resuming");
                 }
                 Err(e) => break Err(e),
             }
             attempt += 1;
-            tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+            tokio::time::sleep(crate::backoff(attempt)).await;
             session = match self.get_upload(&session.name).await {
                 Ok(s) => s,
                 Err(e) if e.is_transient() && attempt < opts.retries => {
@@ -203,6 +211,7 @@ impl Client {
     async fn send(
         &self,
         source: &Source,
+        sizes: &[u64],
         session: &pb::UploadSession,
         opts: &UploadOptions,
         progress: Arc<dyn Progress>,
@@ -212,7 +221,12 @@ impl Client {
             max => opts.chunk_bytes.min(max),
         }
         .max(1);
-        let files: Vec<PathBuf> = source.files().iter().map(|p| p.to_path_buf()).collect();
+        let files: Vec<(PathBuf, u64)> = source
+            .files()
+            .iter()
+            .map(|p| p.to_path_buf())
+            .zip(sizes.iter().copied())
+            .collect();
         let first = pb::UploadRequest {
             first_message: Some(pb::upload_request::FirstMessage::Upload(
                 session.name.clone(),
@@ -242,9 +256,9 @@ impl Client {
     }
 }
 
-/// Which bytes one stream sends.
+/// Which bytes one stream sends: the files with the sizes declared for them.
 struct Plan {
-    files: Vec<PathBuf>,
+    files: Vec<(PathBuf, u64)>,
     from: u64,
     metadata_ended: bool,
     chunk: usize,
@@ -266,8 +280,7 @@ impl Plan {
         let mut base = 0u64;
         let mut offset = self.from;
         let send = |msg: pb::UploadRequest| tx.blocking_send(msg).is_ok();
-        for (i, path) in self.files.iter().enumerate() {
-            let size = file_size(path)?;
+        for (i, (path, size)) in self.files.iter().enumerate() {
             let end = base + size;
             let is_metadata = split && i == 0;
             if offset >= end {

@@ -11,7 +11,7 @@ use tokio_stream::StreamExt;
 use crate::procs::System;
 use crate::{BenchResult, Report, image, median, round2};
 
-/// One verified upload from the first byte to the registered image: (bytes, s).
+/// One verified upload from the first byte to the registered image: (image, s).
 async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image, f64)> {
     let client = Client::connect(&system.control.url).await?;
     let total = image::total_size(size, seed);

@@ -161,12 +161,8 @@ async fn upload(
 fn resume_file(url: &str, source: &Source, aliases: &[String], public: bool) -> PathBuf {
     let mut h = Sha256::new();
     h.update(url.as_bytes());
-    let files = match source {
-        Source::Unified(p) => vec![p],
-        Source::Split { metadata, rootfs } => vec![metadata, rootfs],
-    };
-    for f in files {
-        let canonical = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+    for f in source.files() {
+        let canonical = std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf());
         h.update(canonical.as_os_str().as_encoded_bytes());
         if let Ok(m) = std::fs::metadata(f) {
             h.update(m.len().to_le_bytes());

@@ -3,12 +3,13 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
-use imagestore_client::ExportTarget;
+use imagestore_client::{Client, ExportTarget};
 use imagestore_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
 use crate::failure::{CliResult, Failure, exit};
+use crate::output::datetime;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -58,14 +59,9 @@ pub async fn delete(ctx: &Ctx, images: Vec<String>) -> CliResult {
     Ok(())
 }
 
-/// Changes the fields in `mask` of `image` to the values in `image`.
-async fn update(
-    ctx: &Ctx,
-    arg: &str,
-    change: impl FnOnce(&mut pb::Image) -> Vec<String>,
-) -> CliResult {
-    let (client, mut image) = ctx.image(arg, false).await?;
-    let paths = change(&mut image);
+/// Sends `image` back; the server takes the fields named in `paths` (and checks
+/// the etag it carries).
+async fn update(client: &Client, mut image: pb::Image, paths: Vec<String>) -> CliResult {
     image.name = format!("images/{}", image.fingerprint);
     client
         .images()
@@ -78,25 +74,17 @@ async fn update(
 }
 
 pub async fn set_property(ctx: &Ctx, image: &str, key: &str, value: &str) -> CliResult {
-    let (key, value) = (key.to_owned(), value.to_owned());
-    update(ctx, image, move |i| {
-        i.properties.insert(key.clone(), value);
-        vec![format!("properties.{key}")]
-    })
-    .await
+    let (client, mut found) = ctx.image(image, false).await?;
+    found.properties.insert(key.to_owned(), value.to_owned());
+    update(&client, found, vec![format!("properties.{key}")]).await
 }
 
 pub async fn unset_property(ctx: &Ctx, image: &str, key: &str) -> CliResult {
-    let (_, found) = ctx.image(image, false).await?;
-    if !found.properties.contains_key(key) {
+    let (client, mut found) = ctx.image(image, false).await?;
+    if found.properties.remove(key).is_none() {
         return Err(Failure::not_found(format!("Property not found: {key}")));
     }
-    let key = key.to_owned();
-    update(ctx, image, move |i| {
-        i.properties.remove(&key);
-        vec![format!("properties.{key}")]
-    })
-    .await
+    update(&client, found, vec![format!("properties.{key}")]).await
 }
 
 pub async fn get_property(ctx: &Ctx, image: &str, key: &str) -> CliResult {
@@ -130,10 +118,8 @@ pub async fn edit(ctx: &Ctx, arg: &str) -> CliResult {
         auto_update: image.auto_update,
         properties: image.properties.clone().into_iter().collect(),
         public: image.public,
-        expires_at: image.expire_time.as_ref().and_then(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        }),
+        expires_at: datetime(&image.expire_time)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     };
     let text = serde_yaml_ng::to_string(&current).unwrap_or_default();
     let edited = edit_text(
@@ -148,12 +134,10 @@ pub async fn edit(ctx: &Ctx, arg: &str) -> CliResult {
         "properties".to_owned(),
     ];
     let mut updated = pb::Image {
-        name: format!("images/{}", image.fingerprint),
         public: new.public,
         auto_update: new.auto_update,
         properties: new.properties.into_iter().collect(),
-        etag: image.etag.clone(),
-        ..Default::default()
+        ..image
     };
     if let Some(e) = new.expires_at {
         let t = chrono::DateTime::parse_from_rfc3339(&e).map_err(|err| {
@@ -165,14 +149,7 @@ pub async fn edit(ctx: &Ctx, arg: &str) -> CliResult {
         });
         paths.push("expire_time".into());
     }
-    client
-        .images()
-        .update_image(pb::UpdateImageRequest {
-            image: Some(updated),
-            update_mask: Some(prost_types::FieldMask { paths }),
-        })
-        .await?;
-    Ok(())
+    update(&client, updated, paths).await
 }
 
 /// Text edited by the user: from stdin when it is not a terminal (scripts pipe the

@@ -72,9 +72,14 @@ pub fn yaml(v: &Value) -> String {
     serde_yaml_ng::to_string(v).unwrap_or_default()
 }
 
-fn time(t: &Option<prost_types::Timestamp>, unset: &str) -> String {
+/// A protobuf timestamp as a UTC time; None when unset or out of range.
+pub fn datetime(t: &Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
     t.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+}
+
+fn time(t: &Option<prost_types::Timestamp>, unset: &str) -> String {
+    datetime(t)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         .unwrap_or_else(|| unset.to_owned())
 }
@@ -138,8 +143,7 @@ pub fn mib(bytes: u64) -> String {
 
 /// A short human date, as `lxc image info` prints them.
 pub fn human_time(t: &Option<prost_types::Timestamp>, none: &str) -> String {
-    t.as_ref()
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+    datetime(t)
         .map(|d| d.format("%Y/%m/%d %H:%M UTC").to_string())
         .unwrap_or_else(|| none.to_owned())
 }
