@@ -73,6 +73,17 @@ impl Client {
     }
 }
 
+/// Aliases to create with a new image, by name (no descriptions, as `--alias`).
+pub fn alias_specs(names: &[String]) -> Vec<pb::AliasSpec> {
+    names
+        .iter()
+        .map(|name| pb::AliasSpec {
+            name: name.clone(),
+            description: String::new(),
+        })
+        .collect()
+}
+
 /// How long to wait before retry `attempt` (1, 2, ...): 0.4 s doubling to 6.4 s.
 pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(200 << attempt.min(5))

@@ -354,14 +354,7 @@ fn spec(source: &Source, sizes: &[u64], opts: &UploadOptions) -> pb::UploadSpec 
                 .unwrap_or_default()
         }),
         public: opts.public,
-        aliases: opts
-            .aliases
-            .iter()
-            .map(|a| pb::AliasSpec {
-                name: a.clone(),
-                description: String::new(),
-            })
-            .collect(),
+        aliases: crate::alias_specs(&opts.aliases),
         properties: opts.properties.clone(),
         ..Default::default()
     }

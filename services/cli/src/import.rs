@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use imagestore_client::{Client, Source, UploadOptions};
+use imagestore_client::{Client, Source, UploadOptions, alias_specs};
 use imagestore_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
@@ -51,21 +51,13 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> CliResult {
         properties.insert(k, v);
     }
     let client = ctx.client(remote.as_deref()).await?;
-    let aliases: Vec<pb::AliasSpec> = args
-        .alias
-        .iter()
-        .map(|a| pb::AliasSpec {
-            name: a.clone(),
-            description: String::new(),
-        })
-        .collect();
     let image = match files.as_slice() {
         [url] if is_url(url) => {
             let req = pb::ImportImageRequest {
                 source: Some(pb::import_image_request::Source::Url(pb::UrlSource {
                     url: url.clone(),
                 })),
-                aliases,
+                aliases: alias_specs(&args.alias),
                 public: args.public,
                 properties,
                 ..Default::default()
@@ -290,14 +282,7 @@ pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
     };
     let req = pb::ImportImageRequest {
         source: Some(source),
-        aliases: args
-            .alias
-            .iter()
-            .map(|a| pb::AliasSpec {
-                name: a.clone(),
-                description: String::new(),
-            })
-            .collect(),
+        aliases: alias_specs(&args.alias),
         public: args.public,
         auto_update: args.auto_update,
         r#type: if args.vm {
