@@ -195,8 +195,14 @@ impl Ingest {
         }
     }
 
+    /// Everything this upload stored lives below here (the catalog's
+    /// `upload_prefix` names the same place).
+    fn upload_prefix(&self) -> String {
+        format!("blobs/{}/", self.id)
+    }
+
     fn prefix(&self, role: Role) -> String {
-        format!("blobs/{}/{}/", self.id, role.dir())
+        format!("{}{}/", self.upload_prefix(), role.dir())
     }
 
     fn part_start(&self) -> u64 {
@@ -411,7 +417,7 @@ impl Ingest {
         if let Some(open) = self.open.take() {
             let _ = open.writer.abort().await;
         }
-        let prefix = format!("blobs/{}/", self.id);
+        let prefix = self.upload_prefix();
         if let Err(e) = self.node.store.delete(&prefix).await {
             tracing::warn!(prefix, error = %e, "could not delete an abandoned upload's bytes; the collector retries");
         }
