@@ -4,9 +4,11 @@ pub mod args;
 pub mod config;
 mod grpc;
 mod main_helper;
+mod memory;
 pub mod shutdown;
 
 pub use args::CommonArgs;
 pub use config::{ConfigError, load_config};
 pub use grpc::{CONNECTION_WINDOW, GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeError, bind};
 pub use main_helper::{HasLogConfig, run_binary};
+pub use memory::limit_malloc_arenas;

@@ -53,20 +53,19 @@ async fn delete(system: &System, image: &pb::Image) -> BenchResult {
     Ok(())
 }
 
-pub async fn measure(
+/// One stream, `runs` times: upload_mb_s and upload_ratio. Returns the median and
+/// the first image, kept for the download.
+pub async fn upload_figures(
     report: &Report,
-    system: &mut System,
+    system: &System,
     size: u64,
-    large: u64,
     runs: usize,
     limit: f64,
-) -> BenchResult {
-    let mut seed = 1u64;
+) -> BenchResult<(f64, pb::Image)> {
     let mut one = Vec::new();
     let mut kept = None;
-    for _ in 0..runs {
+    for seed in 1..=runs as u64 {
         let (image, secs) = upload(system, size, seed).await?;
-        seed += 1;
         one.push(image.size as f64 / secs / 1e6);
         match kept {
             None => kept = Some(image),
@@ -80,6 +79,19 @@ pub async fn measure(
         round2(upload_mb_s / limit),
         "x min(hash, sink)",
     );
+    Ok((upload_mb_s, kept.ok_or("no image was kept")?))
+}
+
+pub async fn measure(
+    report: &Report,
+    system: &mut System,
+    size: u64,
+    large: u64,
+    runs: usize,
+    limit: f64,
+) -> BenchResult {
+    let (upload_mb_s, kept) = upload_figures(report, system, size, runs, limit).await?;
+    let mut seed = runs as u64 + 1;
     // A verified upload is also durable: it can be no faster than the disk takes
     // the same bytes with an fsync.
     let disk = disk_write_mb_s(&system.dir, size, runs)?;
@@ -110,9 +122,8 @@ pub async fn measure(
         "x one stream",
     );
 
-    let image = kept.ok_or("no image was kept")?;
-    download(report, system, &image, runs).await?;
-    delete(system, &image).await?;
+    download(report, system, &kept, runs).await?;
+    delete(system, &kept).await?;
 
     // A fresh node process, so that its peak memory is this upload's alone.
     system.restart_blob("node-2").await?;

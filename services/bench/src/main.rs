@@ -33,6 +33,9 @@ struct Args {
     /// Where data goes (default: a temporary directory).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Only the limits and the one-stream upload (for tuning the upload path).
+    #[arg(long)]
+    upload_only: bool,
 }
 
 /// One measured figure.
@@ -110,6 +113,11 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
     let limit = hash.min(sink);
 
     let mut system = procs::System::start(tmp.path()).await?;
+    if args.upload_only {
+        datapath::upload_figures(report, &system, size, runs, limit).await?;
+        system.stop().await;
+        return Ok(());
+    }
     datapath::measure(report, &mut system, size, args.large_mib << 20, runs, limit).await?;
     control::measure(report, &system, args.images).await?;
     system.stop().await;

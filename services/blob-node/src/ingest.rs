@@ -1,6 +1,11 @@
 //! One upload's bytes on their way in: hashed as they arrive, written as segment
 //! objects, committed to the control plane with the SHA-256 state at each commit
 //! so that any node can continue, and verified, scanned and registered at the end.
+//!
+//! Three things overlap: the receive loop queues each chunk for the hashing thread
+//! and the segment writer and moves on; a full segment is made durable and
+//! committed by a task of its own while the next segment is being written (one
+//! commit in flight at a time, so the control plane sees them in order).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::NodeContext;
 use crate::error::{BlobError, BlobResult};
+use crate::hasher::{HashPipe, PendingState};
 
 fn save(h: &Sha256) -> Bytes {
     Bytes::copy_from_slice(h.serialize().as_slice())
@@ -75,9 +81,16 @@ pub struct Ingest {
     pos: u64,
     metadata_size: Option<u64>,
     metadata_sha: Option<String>,
-    image_hash: Sha256,
-    part_hash: Sha256,
+    image_hash: HashPipe,
+    /// The current part's hash (split images only; a unified image is one part).
+    part_hash: Option<HashPipe>,
     open: Option<OpenSegment>,
+    /// Where the last commit handed to `pending` ends.
+    recorded: u64,
+    /// The commit in flight: resolves to the committed size.
+    pending: Option<tokio::task::JoinHandle<BlobResult<u64>>>,
+    /// A commit failed: what followed it can never be committed.
+    broken: bool,
 }
 
 /// What opening an upload found.
@@ -122,10 +135,17 @@ impl Ingest {
         let spec = opened.spec.unwrap_or_default();
         let hash = opened.hash_state.unwrap_or_default();
         let metadata_size = (opened.metadata_size > 0).then_some(opened.metadata_size);
+        let split = spec.layout == pb::ImageLayout::Split as i32;
         Ok(Opened::Ready(Box::new(Self {
-            split: spec.layout == pb::ImageLayout::Split as i32,
-            image_hash: restore(&hash.image)?,
-            part_hash: restore(&hash.part)?,
+            split,
+            image_hash: HashPipe::start(restore(&hash.image)?)?,
+            part_hash: match split {
+                true => Some(HashPipe::start(restore(&hash.part)?)?),
+                false => None,
+            },
+            recorded: opened.committed_size,
+            pending: None,
+            broken: false,
             node,
             id,
             session: Some(name.to_owned()),
@@ -156,8 +176,9 @@ impl Ingest {
                 spec.expected_fingerprint
             )));
         }
+        let split = layout == pb::ImageLayout::Split;
         Ok(Self {
-            split: layout == pb::ImageLayout::Split,
+            split,
             max_size: node.config.max_upload_bytes,
             node,
             id: uuid::Uuid::new_v4().to_string(),
@@ -168,9 +189,15 @@ impl Ingest {
             pos: 0,
             metadata_size: None,
             metadata_sha: None,
-            image_hash: Sha256::new(),
-            part_hash: Sha256::new(),
+            image_hash: HashPipe::start(Sha256::new())?,
+            part_hash: match split {
+                true => Some(HashPipe::start(Sha256::new())?),
+                false => None,
+            },
             open: None,
+            recorded: 0,
+            pending: None,
+            broken: false,
         })
     }
 
@@ -246,44 +273,22 @@ impl Ingest {
             let writer = self.node.store.begin_segment(&key).await?;
             self.open = Some(OpenSegment { writer, key });
         }
-        // Hash on blocking threads while the store takes the same bytes (no copy):
-        // receiving (in hyper's connection task), hashing and storing overlap.
-        let split = self.split;
-        let mut image = std::mem::take(&mut self.image_hash);
-        let mut part = std::mem::take(&mut self.part_hash);
-        let for_image = data.clone();
-        let image_task = tokio::task::spawn_blocking(move || {
-            image.update(&for_image);
-            image
-        });
-        let part_task = split.then(|| {
-            let for_part = data.clone();
-            tokio::task::spawn_blocking(move || {
-                part.update(&for_part);
-                part
-            })
-        });
         let len = data.len() as u64;
-        let stored = match self.open.as_mut() {
-            Some(open) => open.writer.put(data).await,
-            None => Ok(()),
-        };
-        self.image_hash = image_task
-            .await
-            .map_err(|e| BlobError::Internal(format!("hashing task: {e}")))?;
-        if let Some(t) = part_task {
-            self.part_hash = t
-                .await
-                .map_err(|e| BlobError::Internal(format!("hashing task: {e}")))?;
+        // The hashers and the store share the chunk (no copy).
+        self.image_hash.update(data.clone()).await?;
+        if let Some(part) = &self.part_hash {
+            part.update(data.clone()).await?;
         }
-        stored?;
+        if let Some(open) = self.open.as_mut() {
+            open.writer.put(data).await?;
+        }
         self.pos += len;
         let full = self
             .open
             .as_ref()
             .is_some_and(|o| o.writer.written() >= self.node.config.segment_bytes);
         if full {
-            self.commit().await?;
+            self.commit_behind(0).await?;
         }
         Ok(())
     }
@@ -312,60 +317,99 @@ impl Ingest {
                 self.pos
             )));
         }
-        let finished = std::mem::take(&mut self.part_hash);
+        // The commit below records the boundary with an empty part hash: the
+        // rootfs starts from nothing.
+        let finished = self.part()?.take().await?;
         self.metadata_sha = Some(hex::encode(finished.finalize()));
         let end = self.pos;
-        let key = self.close_segment().await?;
+        self.commit_behind(end).await?;
         self.metadata_size = Some(end);
-        self.record(end, key).await
+        self.settle().await
     }
 
-    /// Closes the open segment (if any) and records it.
+    fn part(&self) -> BlobResult<&HashPipe> {
+        self.part_hash
+            .as_ref()
+            .ok_or_else(|| BlobError::Internal("a split upload without a part hash".into()))
+    }
+
+    /// Commits everything up to the position and waits until it is recorded.
     async fn commit(&mut self) -> BlobResult<()> {
-        let key = self.close_segment().await?;
-        self.record(0, key).await
+        self.commit_behind(0).await?;
+        self.settle().await
     }
 
-    /// Makes the open segment durable; returns its key, or the part's prefix when
-    /// no segment was open (a commit that only records a boundary).
-    async fn close_segment(&mut self) -> BlobResult<String> {
-        let Some(open) = self.open.take() else {
-            return Ok(self.prefix(self.role()));
-        };
-        open.writer.finish().await?;
-        Ok(open.key)
-    }
-
-    /// Tells the control plane that everything up to the position is stored.
-    async fn record(&mut self, metadata_size: u64, storage_key: String) -> BlobResult<()> {
-        let Some(session) = self.session.clone() else {
-            self.committed = self.pos;
+    /// Waits for the commit in flight, if any.
+    async fn settle(&mut self) -> BlobResult<()> {
+        let Some(task) = self.pending.take() else {
             return Ok(());
         };
-        if self.pos == self.committed && metadata_size == 0 {
+        let outcome = task
+            .await
+            .map_err(|e| BlobError::Internal(format!("commit task: {e}")))
+            .and_then(|r| r);
+        match outcome {
+            Ok(committed) => {
+                self.committed = committed;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the open segment and hands its commit to a task, after the one in
+    /// flight is done; the next segment can be written meanwhile. `metadata_size`
+    /// marks the end of a split image's metadata part.
+    async fn commit_behind(&mut self, metadata_size: u64) -> BlobResult<()> {
+        self.settle().await?;
+        if self.broken {
+            return Err(BlobError::Internal(
+                "an earlier commit of this upload failed".into(),
+            ));
+        }
+        let open = self.open.take();
+        if self.pos == self.recorded && metadata_size == 0 {
+            if let Some(open) = open {
+                let _ = open.writer.abort().await;
+            }
             return Ok(());
         }
+        // A commit that only records a boundary names the part's prefix.
+        let storage_key = match &open {
+            Some(o) => o.key.clone(),
+            None => self.prefix(self.role()),
+        };
+        let image = self.image_hash.state_later().await?;
+        let part = match &self.part_hash {
+            Some(p) => Some(p.state_later().await?),
+            None => None,
+        };
         let segment = ipb::Segment {
-            start: self.committed,
-            length: self.pos - self.committed,
+            start: self.recorded,
+            length: self.pos - self.recorded,
             storage_key,
         };
-        let reply = self
-            .node
-            .registry()
-            .commit_segment(ipb::CommitSegmentRequest {
-                upload: session,
-                lease: self.lease.clone(),
-                segment: Some(segment),
-                hash_state: Some(ipb::HashState {
-                    image: save(&self.image_hash),
-                    part: save(&self.part_hash),
-                }),
-                metadata_size,
-            })
-            .await?
-            .into_inner();
-        self.committed = reply.committed_size;
+        self.recorded = self.pos;
+        let end = self.pos;
+        let record = self.session.clone().map(|upload| Record {
+            upload,
+            lease: self.lease.clone(),
+            segment,
+            metadata_size,
+        });
+        let node = self.node.clone();
+        self.pending = Some(tokio::spawn(async move {
+            if let Some(open) = open {
+                open.writer.finish().await?;
+            }
+            match record {
+                Some(r) => r.send(&node, image, part).await,
+                None => Ok(end),
+            }
+        }));
         Ok(())
     }
 
@@ -380,7 +424,10 @@ impl Ingest {
                     .into(),
             ));
         }
-        self.commit().await?;
+        let outcome = self.commit().await;
+        if let Some(open) = self.open.take() {
+            let _ = open.writer.abort().await;
+        }
         if let Some(session) = &self.session {
             let _ = self
                 .node
@@ -391,11 +438,12 @@ impl Ingest {
                 })
                 .await;
         }
-        Ok(self.committed)
+        outcome.map(|()| self.committed)
     }
 
     /// Gives up: records why (sessions) and deletes what this upload stored.
     pub async fn fail(mut self, error: &BlobError) {
+        let _ = self.settle().await;
         if let Some(open) = self.open.take() {
             let _ = open.writer.abort().await;
         }
@@ -414,6 +462,8 @@ impl Ingest {
     }
 
     async fn discard(&mut self) {
+        // A commit in flight may still be writing below the prefix.
+        let _ = self.settle().await;
         if let Some(open) = self.open.take() {
             let _ = open.writer.abort().await;
         }
@@ -446,7 +496,7 @@ impl Ingest {
     async fn finish_inner(&mut self) -> BlobResult<pb::Image> {
         self.commit().await?;
         let total = self.pos;
-        let fingerprint = hex::encode(self.image_hash.clone().finalize());
+        let fingerprint = hex::encode(self.image_hash.state().await?.finalize());
         let mut parts = Vec::new();
         if self.split {
             let meta_size = self.metadata_size.ok_or_else(|| {
@@ -464,7 +514,7 @@ impl Ingest {
             }
             self.check_declared(self.spec.rootfs_size, rootfs_size, "rootfs part")?;
             parts.push((Role::Metadata, meta_size, None));
-            let rootfs_sha = hex::encode(self.part_hash.clone().finalize());
+            let rootfs_sha = hex::encode(self.part()?.state().await?.finalize());
             parts.push((Role::Rootfs, rootfs_size, Some(rootfs_sha)));
         } else {
             if total == 0 {
@@ -614,6 +664,44 @@ impl Ingest {
             )));
         }
         Ok(())
+    }
+}
+
+/// A commit to tell the control plane about, once its segment is durable.
+struct Record {
+    upload: String,
+    lease: String,
+    segment: ipb::Segment,
+    metadata_size: u64,
+}
+
+impl Record {
+    /// Records the segment with the hash states at its end; the committed size.
+    async fn send(
+        self,
+        node: &NodeContext,
+        image: PendingState,
+        part: Option<PendingState>,
+    ) -> BlobResult<u64> {
+        let part = match part {
+            Some(p) => save(&p.get().await?),
+            None => Bytes::new(),
+        };
+        let reply = node
+            .registry()
+            .commit_segment(ipb::CommitSegmentRequest {
+                upload: self.upload,
+                lease: self.lease,
+                segment: Some(self.segment),
+                hash_state: Some(ipb::HashState {
+                    image: save(&image.get().await?),
+                    part,
+                }),
+                metadata_size: self.metadata_size,
+            })
+            .await?
+            .into_inner();
+        Ok(reply.committed_size)
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod config;
 mod download;
 mod error;
+mod hasher;
 mod ingest;
 mod lifecycle;
 mod upload;
