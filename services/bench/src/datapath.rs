@@ -177,21 +177,28 @@ async fn download(report: &Report, system: &System, image: &pb::Image, runs: usi
     Ok(())
 }
 
-/// Writes `size` bytes in 1 MiB pieces and fsyncs, as a segment is stored.
+/// Writes `size` bytes in 1 MiB pieces and fsyncs, as a segment is stored. Each
+/// run writes a new file and all are removed at the end: rewriting one file would
+/// reuse the page cache the last run freed, which the store never gets (on a VM
+/// the first touch of a page costs more than the copy into it).
 fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64> {
     use std::io::Write;
     let buf = vec![0x5au8; 1 << 20];
-    let path = dir.join("disk-write-probe");
+    let paths: Vec<_> = (0..runs)
+        .map(|i| dir.join(format!("disk-write-probe-{i}")))
+        .collect();
     let mut figures = Vec::new();
-    for _ in 0..runs {
+    for path in &paths {
         let started = Instant::now();
-        let mut f = std::fs::File::create(&path)?;
+        let mut f = std::fs::File::create(path)?;
         for _ in 0..size.div_ceil(buf.len() as u64) {
             f.write_all(&buf)?;
         }
         f.sync_all()?;
         figures.push(size as f64 / started.elapsed().as_secs_f64() / 1e6);
-        std::fs::remove_file(&path)?;
+    }
+    for path in &paths {
+        std::fs::remove_file(path)?;
     }
     Ok(median(figures))
 }
