@@ -48,8 +48,11 @@ impl ControlPlane {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = catalog.clone();
+        let auth = imagestore_control_plane::Auth::open(catalog.clone(), data_dir)
+            .await
+            .unwrap();
         let task = tokio::spawn(async move {
-            imagestore_control_plane::serve_catalog(config, served, listener, async {
+            imagestore_control_plane::serve_catalog(config, served, auth, listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -209,6 +212,32 @@ pub async fn register(cp: &ControlPlane, req: ipb::RegisterContentRequest) -> pb
         .into_inner()
         .image
         .unwrap()
+}
+
+/// A Trust client that sends `token` (none: anonymous).
+pub async fn trust_client(
+    cp: &ControlPlane,
+    token: Option<&str>,
+) -> pb::trust_client::TrustClient<
+    tonic::service::interceptor::InterceptedService<Channel, imagestore_client::Bearer>,
+> {
+    pb::trust_client::TrustClient::with_interceptor(
+        cp.channel().await,
+        imagestore_client::Bearer::new(token).unwrap(),
+    )
+}
+
+impl ControlPlane {
+    /// The admin token the control plane wrote on its first start.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(
+            self.data_dir
+                .join(imagestore_control_plane::auth::ADMIN_TOKEN_FILE),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
 }
 
 /// Asserts that a call failed with `code` and a message containing `needle`.

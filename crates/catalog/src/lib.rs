@@ -14,6 +14,7 @@ mod nodes;
 mod operations;
 mod page;
 mod schema;
+mod trust;
 mod uploads;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use nodes::NodeAnnouncement;
 pub use operations::OperationUpdate;
 pub use page::{Page, PageRequest};
 pub use schema::latest_version as schema_version;
+pub use trust::{TrustEntry, TrustKind};
 pub use uploads::SegmentCommit;
 
 /// How long a connection waits for another process's write lock before failing.

@@ -108,6 +108,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upload_id, start)
     ) WITHOUT ROWID;
     "#,
+    // 2: trusted client certificates and bearer tokens (by hash).
+    r#"
+    CREATE TABLE trust (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,     -- certificate | token
+        description TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE, -- certificate SHA-256, or token SHA-256
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -2,6 +2,7 @@
 //! imagestore: connections tuned like the servers, image names resolved as `lxc`
 //! resolves them, and uploads and exports that resume where they stopped.
 
+mod bearer;
 mod connect;
 mod error;
 mod export;
@@ -12,6 +13,7 @@ mod upload;
 use imagestore_proto::v1 as pb;
 use tonic::transport::Channel;
 
+pub use bearer::Bearer;
 pub use connect::{MAX_MESSAGE, connect, endpoint};
 pub use error::Error;
 pub use export::{ExportTarget, Exported};

@@ -80,6 +80,9 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         ..config.control_plane.clone()
     };
     let catalog = imagestore_control_plane::open_catalog(&control).await?;
+    // The admin token sits at the top of the data directory, where its owner
+    // looks first.
+    let auth = imagestore_control_plane::Auth::open(catalog.clone(), &config.data_dir).await?;
     let listener = imagestore_server::bind(&config.listen).await?;
     let bound = listener.local_addr().map_err(ServeError::Bound)?;
     // The node reaches the control plane in this same process over loopback.
@@ -103,6 +106,7 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         GrpcServer::new(),
         &control,
         catalog.clone(),
+        auth,
     ));
     let sweeper = imagestore_control_plane::spawn_background(&control, catalog);
     let lifecycle = node.spawn_lifecycle(None);

@@ -21,6 +21,10 @@ pub enum ApiError {
     Unimplemented(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -43,6 +47,8 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::Unimplemented(_) => Status::unimplemented(msg),
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
+            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
             ApiError::Catalog(c) => match c {
                 CatalogError::NotFound(_) => Status::not_found(msg),
                 CatalogError::AlreadyExists(_) => Status::already_exists(msg),

@@ -2,6 +2,7 @@
 //! operations, blob nodes) and serves it over gRPC. Image bytes never come here.
 
 mod aliases;
+pub mod auth;
 pub mod config;
 mod convert;
 mod error;
@@ -11,6 +12,7 @@ mod nodes;
 mod operations;
 mod pending;
 mod registry;
+mod trust;
 mod uploads;
 
 use std::future::Future;
@@ -26,6 +28,7 @@ use imagestore_proto::v1::uploads_server::UploadsServer;
 use imagestore_server::{GrpcServer, ServeError};
 use tokio::net::TcpListener;
 
+pub use auth::Auth;
 pub use config::ControlPlaneConfig;
 
 /// Why the control plane could not start or stopped with an error.
@@ -64,7 +67,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let catalog = open_catalog(&config).await?;
-    serve_catalog(config, catalog, listener, shutdown).await
+    let auth = Auth::open(catalog.clone(), &config.data_dir).await?;
+    serve_catalog(config, catalog, auth, listener, shutdown).await
 }
 
 /// Serves an already open catalog. For callers that share the catalog with the
@@ -72,11 +76,12 @@ pub async fn serve(
 pub async fn serve_catalog(
     config: ControlPlaneConfig,
     catalog: Catalog,
+    auth: Auth,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let sweeper = spawn_background(&config, catalog.clone());
-    let served = add_services(GrpcServer::new(), &config, catalog)
+    let served = add_services(GrpcServer::new(), &config, catalog, auth)
         .serve(listener, shutdown)
         .await;
     sweeper.abort();
@@ -90,6 +95,7 @@ pub fn add_services(
     server: GrpcServer,
     config: &ControlPlaneConfig,
     catalog: Catalog,
+    auth: Auth,
 ) -> GrpcServer {
     let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
     let limit = config.max_request_bytes;
@@ -120,7 +126,9 @@ pub fn add_services(
             .max_decoding_message_size(limit),
         )
         .add_service(ImportsServer::new(pending::PendingImports).max_decoding_message_size(limit))
-        .add_service(TrustServer::new(pending::PendingTrust).max_decoding_message_size(limit))
+        .add_service(
+            TrustServer::new(trust::TrustService::new(auth)).max_decoding_message_size(limit),
+        )
         .add_service(
             RegistryServer::new(registry::RegistryService::new(
                 catalog,
@@ -160,6 +168,7 @@ pub async fn run(config: ControlPlaneConfig) -> Result<(), StartError> {
     // "listening" in the log means ready, SIGTERM included.
     let shutdown = imagestore_server::shutdown::signal();
     let catalog = open_catalog(&config).await?;
+    let auth = Auth::open(catalog.clone(), &config.data_dir).await?;
     let listener = imagestore_server::bind(&config.listen).await?;
-    serve_catalog(config, catalog, listener, shutdown).await
+    serve_catalog(config, catalog, auth, listener, shutdown).await
 }

@@ -19,30 +19,3 @@ impl pb::imports_server::Imports for PendingImports {
         Err(not_yet("server-side imports"))
     }
 }
-
-pub struct PendingTrust;
-
-#[tonic::async_trait]
-impl pb::trust_server::Trust for PendingTrust {
-    async fn add_certificate(
-        &self,
-        _: Request<pb::AddCertificateRequest>,
-    ) -> Reply<pb::TrustEntry> {
-        Err(not_yet("trust management calls"))
-    }
-    async fn create_token(
-        &self,
-        _: Request<pb::CreateTokenRequest>,
-    ) -> Reply<pb::CreateTokenResponse> {
-        Err(not_yet("trust management calls"))
-    }
-    async fn list_trust(&self, _: Request<pb::ListTrustRequest>) -> Reply<pb::ListTrustResponse> {
-        Err(not_yet("trust management calls"))
-    }
-    async fn remove_trust(
-        &self,
-        _: Request<pb::RemoveTrustRequest>,
-    ) -> Reply<pb::RemoveTrustResponse> {
-        Err(not_yet("trust management calls"))
-    }
-}

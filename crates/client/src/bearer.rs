@@ -1,0 +1,33 @@
+//! Credentials on every call: "authorization: Bearer <token>".
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Adds a bearer token to each request (none: the caller is anonymous).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// A token as given by an administrator or the admin-token file.
+    pub fn new(token: Option<&str>) -> Result<Self, crate::Error> {
+        match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(Self(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Self(Some(v)))
+                .map_err(|_| {
+                    crate::Error::Invalid("the token has characters a header cannot carry".into())
+                }),
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}

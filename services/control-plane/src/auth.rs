@@ -1,0 +1,183 @@
+//! Who is calling: trusted clients (a bearer token in the trust store), blob nodes
+//! (the cluster credential) and everyone else. Tokens are looked up by hash in a
+//! copy of the trust store kept in memory: the control plane is the store's only
+//! writer, so the copy changes exactly when the Trust service changes the table.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use imagestore_auth::{TicketKey, hash_token, load_or_create};
+use imagestore_catalog::{Catalog, TrustEntry, TrustKind, UnixNanos, now};
+use tonic::Request;
+
+use crate::error::{ApiError, ApiResult};
+
+/// The file holding the admin token, in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The file holding the credential blob nodes present, in the data directory.
+pub const CLUSTER_CREDENTIAL_FILE: &str = "cluster-credential";
+
+/// The caller of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    Trusted,
+    /// A blob node, by the cluster credential.
+    Node,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    catalog: Catalog,
+    /// Trusted fingerprints (token hashes, certificate digests) → expiry.
+    trusted: Arc<RwLock<HashMap<String, Option<UnixNanos>>>>,
+    cluster_hash: String,
+    pub tickets: TicketKey,
+    pub ticket_ttl: Duration,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth(..)")
+    }
+}
+
+impl Auth {
+    /// Loads the trust store, and the admin token and cluster credential from
+    /// `dir`, creating them (mode 0600) on the first start; a new admin token is
+    /// trusted at once.
+    pub async fn open(catalog: Catalog, dir: &Path) -> Result<Self, crate::StartError> {
+        let file_error = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| crate::StartError::DataDir { path, source }
+        };
+        let admin_path = dir.join(ADMIN_TOKEN_FILE);
+        let (admin, created) = load_or_create(&admin_path).map_err(file_error(&admin_path))?;
+        let cluster_path = dir.join(CLUSTER_CREDENTIAL_FILE);
+        let (cluster, _) = load_or_create(&cluster_path).map_err(file_error(&cluster_path))?;
+        if created {
+            catalog
+                .add_trust(
+                    TrustKind::Token,
+                    format!("admin token ({})", admin_path.display()),
+                    hash_token(&admin),
+                    None,
+                )
+                .await?;
+            tracing::info!(file = %admin_path.display(), "admin token written; it is trusted");
+        }
+        let auth = Self {
+            catalog,
+            trusted: Arc::default(),
+            cluster_hash: hash_token(&cluster),
+            tickets: TicketKey::derive(&cluster),
+            ticket_ttl: Duration::from_secs(15 * 60),
+        };
+        auth.reload().await?;
+        Ok(auth)
+    }
+
+    /// Copies the trust store into memory again.
+    pub async fn reload(&self) -> imagestore_catalog::Result<()> {
+        let entries = self.catalog.list_trust().await?;
+        let map = entries
+            .into_iter()
+            .map(|e| (e.fingerprint, e.expires_at))
+            .collect();
+        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = map;
+        Ok(())
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Who sent `req`. A credential that is present but not trusted is refused
+    /// rather than treated as anonymous, so that a mistyped or revoked token
+    /// says so instead of silently hiding private images.
+    pub fn caller<T>(&self, req: &Request<T>) -> ApiResult<Caller> {
+        let Some(value) = req.metadata().get("authorization") else {
+            return Ok(Caller::Anonymous);
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                unauthenticated("the authorization header must be \"Bearer <token>\"")
+            })?;
+        let hash = hash_token(token);
+        if hash == self.cluster_hash {
+            return Ok(Caller::Node);
+        }
+        let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
+        match trusted.get(&hash) {
+            Some(None) => Ok(Caller::Trusted),
+            Some(Some(expires)) if *expires > now() => Ok(Caller::Trusted),
+            Some(Some(_)) => Err(unauthenticated(
+                "the bearer token has expired: ask an administrator for a new one",
+            )),
+            None => Err(unauthenticated(
+                "the bearer token is not trusted by this server (unknown or removed); \
+                 check IMAGESTORE_TOKEN or the remote's token",
+            )),
+        }
+    }
+
+    /// Calls that change anything, or manage trust.
+    pub fn require_trusted<T>(&self, req: &Request<T>) -> ApiResult<()> {
+        match self.caller(req)? {
+            Caller::Trusted => Ok(()),
+            Caller::Anonymous => Err(unauthenticated(
+                "this call needs a trusted client: send \"authorization: Bearer <token>\" \
+                 (the server's admin-token file, or a token from `imagestore trust add`)",
+            )),
+            Caller::Node => Err(ApiError::PermissionDenied(
+                "the cluster credential is for blob nodes, not for client calls".into(),
+            )),
+        }
+    }
+
+    /// Calls from blob nodes.
+    pub fn require_node<T>(&self, req: &Request<T>) -> ApiResult<()> {
+        match self.caller(req)? {
+            Caller::Node => Ok(()),
+            _ => Err(ApiError::PermissionDenied(
+                "this call is for blob nodes holding the cluster credential".into(),
+            )),
+        }
+    }
+
+    /// Adds an entry to the store and to the copy in memory.
+    pub async fn add(
+        &self,
+        kind: TrustKind,
+        description: String,
+        fingerprint: String,
+        expires_at: Option<UnixNanos>,
+    ) -> ApiResult<TrustEntry> {
+        let entry = self
+            .catalog
+            .add_trust(kind, description, fingerprint, expires_at)
+            .await?;
+        self.trusted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry.fingerprint.clone(), entry.expires_at);
+        Ok(entry)
+    }
+
+    /// Removes an entry; it stops working at once.
+    pub async fn remove(&self, id: String) -> ApiResult<()> {
+        self.catalog.remove_trust(id).await?;
+        Ok(self.reload().await?)
+    }
+}
+
+fn unauthenticated(msg: &str) -> ApiError {
+    ApiError::Unauthenticated(msg.to_owned())
+}
