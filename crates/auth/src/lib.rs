@@ -5,5 +5,5 @@
 pub mod secret;
 pub mod ticket;
 
-pub use secret::{hash_token, load_or_create, new_secret};
+pub use secret::{hash_token, load_or_create, new_secret, read_secret, write_private};
 pub use ticket::{Scope, TicketError, TicketKey};

@@ -16,27 +16,40 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Reads the secret in `path`, or creates the file (mode 0600) with a new one.
-/// Returns the secret and whether it was created.
-pub fn load_or_create(path: &Path) -> std::io::Result<(String, bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+/// Writes `data` to `path` readable by its owner only (0600), whole or not at
+/// all: through a temporary file that is synced and renamed into place.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let secret = new_secret();
+    let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
+    let mut file = options.open(&tmp)?;
+    file.write_all(data)?;
     file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The secret kept in `path`, or None when there is no such file (or it is empty).
+pub fn read_secret(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the secret in `path`, or creates the file (mode 0600) with a new one.
+/// Returns the secret and whether it was created.
+pub fn load_or_create(path: &Path) -> std::io::Result<(String, bool)> {
+    if let Some(secret) = read_secret(path)? {
+        return Ok((secret, false));
+    }
+    let secret = new_secret();
+    write_private(path, format!("{secret}\n").as_bytes())?;
     Ok((secret, true))
 }
 

@@ -152,21 +152,6 @@ impl Config {
 
 /// Writes a file only its owner can read (it may name tokens one day).
 pub fn write_private(path: &Path, data: &[u8]) -> CliResult {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| Failure::new(exit::FAILED, format!("{}: {e}", path.display()));
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(fail)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(data).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    imagestore_auth::write_private(path, data)
+        .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", path.display())))
 }

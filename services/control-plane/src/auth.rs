@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use imagestore_auth::{TicketKey, hash_token, load_or_create};
+use imagestore_auth::{
+    TicketKey, hash_token, load_or_create, new_secret, read_secret, write_private,
+};
 use imagestore_catalog::{Catalog, TrustEntry, TrustKind, UnixNanos, now};
 use tonic::Request;
 
@@ -53,11 +55,16 @@ impl Auth {
             let path = path.display().to_string();
             move |source| crate::StartError::DataDir { path, source }
         };
-        let admin_path = dir.join(ADMIN_TOKEN_FILE);
-        let (admin, created) = load_or_create(&admin_path).map_err(file_error(&admin_path))?;
         let cluster_path = dir.join(CLUSTER_CREDENTIAL_FILE);
         let (cluster, _) = load_or_create(&cluster_path).map_err(file_error(&cluster_path))?;
-        if created {
+        let admin_path = dir.join(ADMIN_TOKEN_FILE);
+        if read_secret(&admin_path)
+            .map_err(file_error(&admin_path))?
+            .is_none()
+        {
+            // Trusted before its file appears: a crash in between leaves a hash
+            // nobody holds, never a token file the server does not trust.
+            let admin = new_secret();
             catalog
                 .add_trust(
                     TrustKind::Token,
@@ -66,6 +73,8 @@ impl Auth {
                     None,
                 )
                 .await?;
+            write_private(&admin_path, format!("{admin}\n").as_bytes())
+                .map_err(file_error(&admin_path))?;
             tracing::info!(file = %admin_path.display(), "admin token written; it is trusted");
         }
         let auth = Self {
