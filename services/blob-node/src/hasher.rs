@@ -70,27 +70,26 @@ impl HashPipe {
 
     /// Asks for the state after everything queued so far, without waiting for it.
     pub async fn state_later(&self) -> BlobResult<PendingState> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::State(reply))
-            .await
-            .map_err(|_| gone())?;
-        Ok(PendingState(rx))
+        self.ask(Command::State).await
     }
 
     /// The state after everything queued so far.
     pub async fn state(&self) -> BlobResult<Sha256> {
-        self.state_later().await?.get().await
+        self.ask(Command::State).await?.get().await
     }
 
     /// The state after everything queued so far; the hasher starts again empty.
     pub async fn take(&self) -> BlobResult<Sha256> {
+        self.ask(Command::Take).await?.get().await
+    }
+
+    async fn ask(
+        &self,
+        command: fn(oneshot::Sender<Sha256>) -> Command,
+    ) -> BlobResult<PendingState> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Take(reply))
-            .await
-            .map_err(|_| gone())?;
-        PendingState(rx).get().await
+        self.tx.send(command(reply)).await.map_err(|_| gone())?;
+        Ok(PendingState(rx))
     }
 }
 

@@ -36,6 +36,12 @@ fn restore(bytes: &[u8]) -> BlobResult<Sha256> {
     Sha256::deserialize(&state).map_err(|e| BlobError::Internal(format!("saved hash state: {e}")))
 }
 
+/// The hash of the current part, from its saved state (empty: a new part); a
+/// unified image has one part, hashed as the image.
+fn part_hash(split: bool, saved: &[u8]) -> BlobResult<Option<HashPipe>> {
+    split.then(|| HashPipe::start(restore(saved)?)).transpose()
+}
+
 /// Which file of the image the bytes at the current position belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -139,10 +145,7 @@ impl Ingest {
         Ok(Opened::Ready(Box::new(Self {
             split,
             image_hash: HashPipe::start(restore(&hash.image)?)?,
-            part_hash: match split {
-                true => Some(HashPipe::start(restore(&hash.part)?)?),
-                false => None,
-            },
+            part_hash: part_hash(split, &hash.part)?,
             recorded: opened.committed_size,
             pending: None,
             broken: false,
@@ -190,10 +193,7 @@ impl Ingest {
             metadata_size: None,
             metadata_sha: None,
             image_hash: HashPipe::start(Sha256::new())?,
-            part_hash: match split {
-                true => Some(HashPipe::start(Sha256::new())?),
-                false => None,
-            },
+            part_hash: part_hash(split, &[])?,
             open: None,
             recorded: 0,
             pending: None,
