@@ -77,6 +77,17 @@ impl ControlPlane {
         }
     }
 
+    /// The admin token the control plane wrote on its first start.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(
+            self.data_dir
+                .join(imagestore_control_plane::auth::ADMIN_TOKEN_FILE),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -225,19 +236,6 @@ pub async fn trust_client(
         cp.channel().await,
         imagestore_client::Bearer::new(token).unwrap(),
     )
-}
-
-impl ControlPlane {
-    /// The admin token the control plane wrote on its first start.
-    pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(
-            self.data_dir
-                .join(imagestore_control_plane::auth::ADMIN_TOKEN_FILE),
-        )
-        .unwrap()
-        .trim()
-        .to_owned()
-    }
 }
 
 /// Asserts that a call failed with `code` and a message containing `needle`.

@@ -27,7 +27,10 @@ fn entry(e: TrustEntry) -> pb::TrustEntry {
     let (kind, fingerprint) = match e.kind {
         TrustKind::Certificate => (pb::TrustKind::Certificate, e.fingerprint),
         // Enough of the hash to tell tokens apart, not enough to matter.
-        TrustKind::Token => (pb::TrustKind::Token, e.fingerprint[..12].to_owned()),
+        TrustKind::Token => (
+            pb::TrustKind::Token,
+            e.fingerprint.chars().take(12).collect(),
+        ),
     };
     pb::TrustEntry {
         name: format!("trust/{}", e.id),
