@@ -43,7 +43,7 @@ async fn setup_with(
         }
     };
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
-    let node = BlobNode::start_with(&cp.url(), &dir.path().join("node"), &store, tweak).await;
+    let node = BlobNode::start_with(&cp, &dir.path().join("node"), &store, tweak).await;
     Setup {
         _dir: dir,
         cp,
@@ -144,6 +144,7 @@ async fn unified_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend
     let session = s.session(spec).await;
     assert_eq!(session.blob_node, s.node.url());
     let reply = send_upload(
+        &s.cp,
         &session.blob_node,
         upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK),
     )
@@ -177,7 +178,7 @@ async fn unified_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend
             .into_inner();
     assert_eq!(export.files.len(), 1);
     assert_eq!(export.files[0].file_name, format!("{want}.tar.gz"));
-    let (info, bytes) = download(&export.blob_node, &want, pb::PartRole::Unified, 0)
+    let (info, bytes) = download(&s.cp, &export.blob_node, &want, pb::PartRole::Unified, 0)
         .await
         .unwrap();
     assert_eq!(info.file_name, format!("{want}.tar.gz"));
@@ -216,6 +217,7 @@ async fn split_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend: 
         })
         .await;
     let image = send_upload(
+        &s.cp,
         &session.blob_node,
         upload_messages(
             FirstMessage::Upload(session.name.clone()),
@@ -250,10 +252,10 @@ async fn split_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend: 
         names,
         [format!("meta-{want}.tar.xz"), format!("{want}.squashfs")]
     );
-    let (_, got_meta) = download(&export.blob_node, &want, pb::PartRole::Metadata, 0)
+    let (_, got_meta) = download(&s.cp, &export.blob_node, &want, pb::PartRole::Metadata, 0)
         .await
         .unwrap();
-    let (_, got_root) = download(&export.blob_node, &want, pb::PartRole::Rootfs, 0)
+    let (_, got_root) = download(&s.cp, &export.blob_node, &want, pb::PartRole::Rootfs, 0)
         .await
         .unwrap();
     assert!(
@@ -263,7 +265,7 @@ async fn split_upload_gets_lxds_fingerprint_and_exports_byte_identical(backend: 
     let mut joined = got_meta.clone();
     joined.extend_from_slice(&got_root);
     assert_eq!(sha256_hex(&joined), want);
-    let wrong_part = download(&export.blob_node, &want, pb::PartRole::Unified, 0).await;
+    let wrong_part = download(&s.cp, &export.blob_node, &want, pb::PartRole::Unified, 0).await;
     assert_status(wrong_part, Code::NotFound, "has no PART_ROLE_UNIFIED part");
     s.stop().await;
 }
@@ -278,6 +280,7 @@ async fn wrong_expected_fingerprint_is_data_loss_and_leaves_nothing(backend: Bac
     let session = s.session(spec).await;
     let status = assert_status(
         send_upload(
+            &s.cp,
             &session.blob_node,
             upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK),
         )
@@ -297,7 +300,7 @@ async fn wrong_expected_fingerprint_is_data_loss_and_leaves_nothing(backend: Bac
 async fn upload_resumes_from_the_committed_offset_on_another_node(backend: Backend) {
     let s = setup_with(backend, |c| c.segment_bytes = 100 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let other = BlobNode::start(&s.cp.url(), dir.path(), &s.store).await;
+    let other = BlobNode::start(&s.cp, dir.path(), &s.store).await;
     let data = fixture("busybox-unified.tar.gz");
     let mut spec = unified_spec(&data);
     spec.expected_fingerprint = sha256_hex(&data);
@@ -311,7 +314,7 @@ async fn upload_resumes_from_the_committed_offset_on_another_node(backend: Backe
         0,
         CHUNK,
     );
-    let reply = send_upload(&s.node.url(), first).await.unwrap();
+    let reply = send_upload(&s.cp, &s.node.url(), first).await.unwrap();
     assert!(!reply.complete);
     assert_eq!(reply.committed_size, cut as u64);
     assert_eq!(s.get_upload(&session.name).await.committed_size, cut as u64);
@@ -324,7 +327,7 @@ async fn upload_resumes_from_the_committed_offset_on_another_node(backend: Backe
         CHUNK,
     );
     assert_status(
-        send_upload(&other.url(), ahead).await,
+        send_upload(&s.cp, &other.url(), ahead).await,
         Code::OutOfRange,
         &format!("continue from {cut}"),
     );
@@ -339,21 +342,36 @@ async fn upload_resumes_from_the_committed_offset_on_another_node(backend: Backe
         CHUNK,
     );
     rest.last_mut().unwrap().finish_write = true;
-    let done = send_upload(&other.url(), rest).await.unwrap();
+    let done = send_upload(&s.cp, &other.url(), rest).await.unwrap();
     assert!(done.complete);
     assert_eq!(done.image.as_ref().unwrap().fingerprint, sha256_hex(&data));
-    let (_, back) = download(&s.node.url(), &sha256_hex(&data), pb::PartRole::Unified, 0)
-        .await
-        .unwrap();
+    let (_, back) = download(
+        &s.cp,
+        &s.node.url(),
+        &sha256_hex(&data),
+        pb::PartRole::Unified,
+        0,
+    )
+    .await
+    .unwrap();
     assert!(back == data);
     // A finished session answers a late stream with its image.
-    let late = messages(
-        Some(FirstMessage::Upload(session.name.clone())),
-        &[],
-        0,
-        CHUNK,
+    // (with the ticket it was given while open: a finished session gets none).
+    let late = ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &[],
+            0,
+            CHUNK,
+        ),
+        &session.ticket,
     );
-    assert!(send_upload(&other.url(), late).await.unwrap().complete);
+    assert!(
+        send_upload(&s.cp, &other.url(), late)
+            .await
+            .unwrap()
+            .complete
+    );
     other.stop().await;
     s.stop().await;
 }
@@ -363,6 +381,7 @@ async fn download_resumes_from_an_offset(backend: Backend) {
     let data = fixture("busybox-unified.tar.gz");
     let fp = sha256_hex(&data);
     let reply = send_upload(
+        &s.cp,
         &s.node.url(),
         upload_messages(FirstMessage::Spec(unified_spec(&data)), &[&data], 1 << 20),
     )
@@ -370,21 +389,28 @@ async fn download_resumes_from_an_offset(backend: Backend) {
     .unwrap();
     assert_eq!(reply.image.unwrap().fingerprint, fp);
     let broken_at = 654_321;
-    let (_, head) = download(&s.node.url(), &fp, pb::PartRole::Unified, 0)
+    let (_, head) = download(&s.cp, &s.node.url(), &fp, pb::PartRole::Unified, 0)
         .await
         .unwrap();
-    let (info, tail) = download(&s.node.url(), &fp, pb::PartRole::Unified, broken_at)
+    let (info, tail) = download(&s.cp, &s.node.url(), &fp, pb::PartRole::Unified, broken_at)
         .await
         .unwrap();
     assert_eq!(info.size, data.len() as u64);
     let mut joined = head[..broken_at as usize].to_vec();
     joined.extend_from_slice(&tail);
     assert!(joined == data);
-    let (_, empty) = download(&s.node.url(), &fp, pb::PartRole::Unified, data.len() as u64)
-        .await
-        .unwrap();
+    let (_, empty) = download(
+        &s.cp,
+        &s.node.url(),
+        &fp,
+        pb::PartRole::Unified,
+        data.len() as u64,
+    )
+    .await
+    .unwrap();
     assert!(empty.is_empty());
     let past = download(
+        &s.cp,
         &s.node.url(),
         &fp,
         pb::PartRole::Unified,
@@ -392,8 +418,18 @@ async fn download_resumes_from_an_offset(backend: Backend) {
     )
     .await;
     assert_status(past, Code::OutOfRange, "past the end");
-    let unknown = download(&s.node.url(), &"e".repeat(64), pb::PartRole::Unified, 0).await;
-    assert_status(unknown, Code::NotFound, "not found");
+    // The control plane issues no ticket for an image it does not have, and a
+    // node serves nothing without one.
+    assert_eq!(s.cp.download_ticket(&"e".repeat(64)).await, None);
+    let unknown = download(
+        &s.cp,
+        &s.node.url(),
+        &"e".repeat(64),
+        pb::PartRole::Unified,
+        0,
+    )
+    .await;
+    assert_status(unknown, Code::Unauthenticated, "no ticket");
     s.stop().await;
 }
 
@@ -406,6 +442,7 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
         let data_dir = dir.path().join(name);
         let store = store.clone();
         let cp_url = cp.url();
+        let credential = cp.cluster_credential_file();
         async move {
             Process::start_until(
                 &binary("imagestore-blob"),
@@ -418,6 +455,8 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
                     &cp_url,
                     "--store",
                     store.to_str().unwrap(),
+                    "--cluster-credential-file",
+                    credential.to_str().unwrap(),
                 ],
                 &[("IMAGESTORE_SEGMENT_BYTES", "65536")],
                 Some("registered with the control plane"),
@@ -449,11 +488,14 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
             .await
     });
     let sent = 600 * 1024;
-    for m in messages(
-        Some(FirstMessage::Upload(session.name.clone())),
-        &data[..sent],
-        0,
-        CHUNK,
+    for m in ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &data[..sent],
+            0,
+            CHUNK,
+        ),
+        &session.ticket,
     ) {
         tx.send(m).await.unwrap();
     }
@@ -483,13 +525,13 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
         CHUNK,
     );
     rest.last_mut().unwrap().finish_write = true;
-    let done = send_upload(&b.url(), rest).await.unwrap();
+    let done = send_upload(&cp, &b.url(), rest).await.unwrap();
     assert_eq!(
         done.image.unwrap().fingerprint,
         fp,
         "LXD's fingerprint, verified"
     );
-    let (_, back) = download(&b.url(), &fp, pb::PartRole::Unified, 0)
+    let (_, back) = download(&cp, &b.url(), &fp, pb::PartRole::Unified, 0)
         .await
         .unwrap();
     assert!(back == data);
@@ -506,7 +548,15 @@ async fn two_clients_uploading_the_same_image_store_one_copy() {
         let session = s.session(unified_spec(&data)).await;
         let url = session.blob_node.clone();
         let msgs = upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK);
-        calls.push(tokio::spawn(async move { send_upload(&url, msgs).await }));
+        let mut msgs = msgs;
+        msgs[0].ticket = session.ticket.clone();
+        calls.push(tokio::spawn(async move {
+            blobs_client(&url)
+                .await
+                .upload(tokio_stream::iter(msgs))
+                .await
+                .map(tonic::Response::into_inner)
+        }));
     }
     let results: Vec<_> = futures::future::join_all(calls)
         .await
@@ -544,14 +594,14 @@ async fn truncated_and_malformed_streams_are_refused() {
     let mut short = messages(Some(spec()), &data[..1000], 0, CHUNK);
     short.last_mut().unwrap().finish_write = true;
     assert_status(
-        send_upload(&url, short).await,
+        send_upload(&s.cp, &url, short).await,
         Code::InvalidArgument,
         "declared as",
     );
     // A one-shot stream that ends without finish_write.
     let cut = messages(Some(spec()), &data[..1000], 0, CHUNK);
     assert_status(
-        send_upload(&url, cut).await,
+        send_upload(&s.cp, &url, cut).await,
         Code::InvalidArgument,
         "ended before finish_write",
     );
@@ -564,7 +614,7 @@ async fn truncated_and_malformed_streams_are_refused() {
     );
     long.last_mut().unwrap().finish_write = true;
     assert_status(
-        send_upload(&url, long).await,
+        send_upload(&s.cp, &url, long).await,
         Code::InvalidArgument,
         "more bytes than",
     );
@@ -572,7 +622,7 @@ async fn truncated_and_malformed_streams_are_refused() {
     let mut gap = messages(Some(spec()), &data[..2 * CHUNK], 0, CHUNK);
     gap[1].write_offset += 5;
     assert_status(
-        send_upload(&url, gap).await,
+        send_upload(&s.cp, &url, gap).await,
         Code::InvalidArgument,
         "leaves a gap",
     );
@@ -582,7 +632,7 @@ async fn truncated_and_malformed_streams_are_refused() {
         data: vec![0u8; (4 << 20) + 1].into(),
         ..Default::default()
     }];
-    let r = send_upload(&url, big).await.unwrap_err();
+    let r = send_upload(&s.cp, &url, big).await.unwrap_err();
     assert!(
         matches!(r.code(), Code::InvalidArgument | Code::OutOfRange),
         "{r:?}"
@@ -590,7 +640,7 @@ async fn truncated_and_malformed_streams_are_refused() {
     // No first message.
     let none = vec![pb::UploadRequest::default()];
     assert_status(
-        send_upload(&url, none).await,
+        send_upload(&s.cp, &url, none).await,
         Code::InvalidArgument,
         "first message must set",
     );
@@ -598,7 +648,7 @@ async fn truncated_and_malformed_streams_are_refused() {
     let mut eom = messages(Some(spec()), &data[..10], 0, CHUNK);
     eom[0].end_of_metadata = true;
     assert_status(
-        send_upload(&url, eom).await,
+        send_upload(&s.cp, &url, eom).await,
         Code::InvalidArgument,
         "for split images",
     );
@@ -609,7 +659,7 @@ async fn truncated_and_malformed_streams_are_refused() {
         ..Default::default()
     });
     assert_status(
-        send_upload(&url, after).await,
+        send_upload(&s.cp, &url, after).await,
         Code::InvalidArgument,
         "after finish_write",
     );
@@ -620,7 +670,11 @@ async fn truncated_and_malformed_streams_are_refused() {
         0,
         CHUNK,
     );
-    assert_status(send_upload(&url, ghost).await, Code::NotFound, "not found");
+    assert_status(
+        send_upload(&s.cp, &url, ghost).await,
+        Code::Unauthenticated,
+        "no ticket",
+    );
 
     assert_eq!(s.image_count().await, 0);
     assert!(
@@ -644,11 +698,14 @@ async fn a_cancelled_upload_registers_nothing_and_its_bytes_are_collected() {
             .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    for m in messages(
-        Some(FirstMessage::Upload(session.name.clone())),
-        &data[..300 * 1024],
-        0,
-        CHUNK,
+    for m in ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &data[..300 * 1024],
+            0,
+            CHUNK,
+        ),
+        &session.ticket,
     ) {
         tx.send(m).await.unwrap();
     }
@@ -670,15 +727,19 @@ async fn a_cancelled_upload_registers_nothing_and_its_bytes_are_collected() {
         s.stored().await.is_empty()
     })
     .await;
-    // A cancelled session takes no more bytes.
-    let more = messages(
-        Some(FirstMessage::Upload(session.name.clone())),
-        &data[..10],
-        0,
-        CHUNK,
+    // A cancelled session takes no more bytes, even with the ticket it had while
+    // it was open.
+    let more = ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &data[..10],
+            0,
+            CHUNK,
+        ),
+        &session.ticket,
     );
     assert_status(
-        send_upload(&s.node.url(), more).await,
+        send_upload(&s.cp, &s.node.url(), more).await,
         Code::FailedPrecondition,
         "is over",
     );
@@ -690,6 +751,7 @@ async fn deleting_an_image_deletes_its_bytes() {
     let s = setup(Backend::Local).await;
     let data = fixture("busybox-unified.tar.gz");
     let image = send_upload(
+        &s.cp,
         &s.node.url(),
         upload_messages(FirstMessage::Spec(unified_spec(&data)), &[&data], CHUNK),
     )
@@ -821,6 +883,7 @@ async fn bad_tarballs_are_refused_without_exhausting_anything() {
             ..Default::default()
         };
         let r = send_upload(
+            &s.cp,
             &s.node.url(),
             upload_messages(FirstMessage::Spec(spec), &[&bytes], CHUNK),
         )
@@ -843,6 +906,7 @@ async fn bad_tarballs_are_refused_without_exhausting_anything() {
         ..Default::default()
     };
     let ok = send_upload(
+        &s.cp,
         &s.node.url(),
         upload_messages(FirstMessage::Spec(spec), &[&good], CHUNK),
     )
@@ -866,6 +930,7 @@ async fn a_qcow2_rootfs_makes_a_virtual_machine_image() {
     let mut disk = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     disk.resize(200_000, 7);
     let image = send_upload(
+        &s.cp,
         &s.node.url(),
         upload_messages(
             FirstMessage::Spec(pb::UploadSpec {
@@ -890,6 +955,7 @@ async fn a_qcow2_rootfs_makes_a_virtual_machine_image() {
 /// rootfs file of a cheap pseudo-random pattern.
 fn generated_upload(
     first: FirstMessage,
+    ticket: String,
     size: u64,
 ) -> impl futures::Stream<Item = pb::UploadRequest> + Send + 'static {
     let meta: &[u8] = b"architecture: x86_64\ncreation_date: 1700000000\n";
@@ -909,6 +975,7 @@ fn generated_upload(
     let mut offset = 0u64;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut first = Some(first);
+    let mut ticket = Some(ticket);
     futures::stream::iter(std::iter::from_fn(move || {
         if offset >= total {
             return None;
@@ -933,6 +1000,7 @@ fn generated_upload(
         }
         let msg = pb::UploadRequest {
             first_message: first.take(),
+            ticket: ticket.take().unwrap_or_default(),
             write_offset: offset,
             data: data.into(),
             finish_write: offset + n == total,
@@ -954,14 +1022,19 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-async fn upload_generated(node_url: &str, size: u64) -> pb::Image {
+async fn upload_generated(cp: &ControlPlane, node_url: &str, size: u64) -> pb::Image {
     let spec = pb::UploadSpec {
         layout: pb::ImageLayout::Unified as i32,
         ..Default::default()
     };
+    let first = pb::UploadRequest {
+        first_message: Some(FirstMessage::Spec(spec.clone())),
+        ..Default::default()
+    };
+    let ticket = cp.upload_ticket(&first).await.unwrap();
     blobs_client(node_url)
         .await
-        .upload(generated_upload(FirstMessage::Spec(spec), size))
+        .upload(generated_upload(FirstMessage::Spec(spec), ticket, size))
         .await
         .unwrap()
         .into_inner()
@@ -981,6 +1054,8 @@ async fn memory_for_sizes(sizes: &[u64]) -> Vec<u64> {
             dir.path().join("node").to_str().unwrap(),
             "--control-plane",
             &cp.url(),
+            "--cluster-credential-file",
+            cp.cluster_credential_file().to_str().unwrap(),
         ],
         &[],
         Some("registered with the control plane"),
@@ -989,7 +1064,7 @@ async fn memory_for_sizes(sizes: &[u64]) -> Vec<u64> {
     let pid = node.child.id().unwrap();
     let mut peaks = Vec::new();
     for &size in sizes {
-        let image = upload_generated(&node.url(), size).await;
+        let image = upload_generated(&cp, &node.url(), size).await;
         assert!(image.size > size);
         peaks.push(peak_rss(pid));
         // Free the disk for the next round.
@@ -1049,7 +1124,7 @@ async fn sessions_expire_and_staging_is_limited() {
     })
     .await;
     let store = StoreSpec::local(&dir.path().join("store"));
-    let node = BlobNode::start(&cp.url(), &dir.path().join("node"), &store).await;
+    let node = BlobNode::start(&cp, &dir.path().join("node"), &store).await;
     let data = fixture("busybox-unified.tar.gz");
     let mut uploads = cp.uploads().await;
 
@@ -1085,7 +1160,7 @@ async fn sessions_expire_and_staging_is_limited() {
     );
     over.last_mut().unwrap().finish_write = true;
     assert_status(
-        send_upload(&node.url(), over).await,
+        send_upload(&cp, &node.url(), over).await,
         Code::ResourceExhausted,
         "staging limit",
     );
@@ -1099,7 +1174,10 @@ async fn sessions_expire_and_staging_is_limited() {
         CHUNK,
     );
     assert_eq!(
-        send_upload(&node.url(), part).await.unwrap().committed_size,
+        send_upload(&cp, &node.url(), part)
+            .await
+            .unwrap()
+            .committed_size,
         100 * 1024
     );
     let keys = || async {
@@ -1141,8 +1219,9 @@ async fn download_speed_against_a_plain_read() {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreSpec::local(&dir.path().join("store"));
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
-    let node = BlobNode::start(&cp.url(), &dir.path().join("node"), &store).await;
-    let image = upload_generated(&node.url(), 1 << 30).await;
+    let node = BlobNode::start(&cp, &dir.path().join("node"), &store).await;
+    let image = upload_generated(&cp, &node.url(), 1 << 30).await;
+    let ticket = cp.download_ticket(&image.fingerprint).await.unwrap();
     let mut ratios = Vec::new();
     for _ in 0..3 {
         let started = std::time::Instant::now();
@@ -1151,6 +1230,7 @@ async fn download_speed_against_a_plain_read() {
             .download(pb::DownloadRequest {
                 fingerprint: image.fingerprint.clone(),
                 part: pb::PartRole::Unified as i32,
+                ticket: ticket.clone(),
                 ..Default::default()
             })
             .await

@@ -47,11 +47,20 @@ impl Fixture {
         self.dir.path().join("work")
     }
 
+    /// The token `imagestore serve` wrote on its first start.
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(binary("imagestore"));
         cmd.args(args)
             .current_dir(self.work())
             .env("IMAGESTORE_REMOTE", self.server.url())
+            .env("IMAGESTORE_TOKEN", self.admin_token())
             .env("IMAGESTORE_CONFIG_DIR", self.dir.path().join("config"))
             .env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
@@ -432,9 +441,11 @@ async fn bad_input_gives_a_clear_message_and_a_nonzero_exit() {
     fx.run(&["info", "abc"]).await.fails(2, "too short");
 
     // Two images whose fingerprints share 12 characters: the prefix is ambiguous.
-    let channel = imagestore_client::connect(&fx.server.url()).await.unwrap();
-    let mut registry =
-        imagestore_proto::internal::v1::registry_client::RegistryClient::new(channel);
+    let served = External {
+        url: fx.server.url(),
+        data_dir: fx.dir.path().join("data"),
+    };
+    let mut registry = served.registry().await;
     for tail in ['1', '2'] {
         let fp = format!("abcdefabcdef{}", tail.to_string().repeat(52));
         registry
@@ -597,6 +608,7 @@ async fn progress_bars_show_in_a_terminal_and_nowhere_else() {
     cmd.args(["import", image.to_str().unwrap()]);
     cmd.cwd(fx.work());
     cmd.env("IMAGESTORE_REMOTE", fx.server.url());
+    cmd.env("IMAGESTORE_TOKEN", fx.admin_token());
     cmd.env("IMAGESTORE_CONFIG_DIR", fx.dir.path().join("config"));
     let mut child = pair.slave.spawn_command(cmd).unwrap();
     drop(pair.slave);
@@ -672,7 +684,7 @@ async fn an_interrupted_import_continues_when_run_again() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut first = first.spawn().unwrap();
-    let uploads = imagestore_client::Client::connect(&fx.server.url())
+    let uploads = imagestore_client::Client::connect(&fx.server.url(), Some(&fx.admin_token()))
         .await
         .unwrap()
         .uploads();

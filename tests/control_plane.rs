@@ -192,15 +192,13 @@ async fn register_content_is_idempotent_under_concurrent_calls() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path()).await;
     let req = unified("same bytes, many nodes");
-    let calls = (0..16).map(|_| {
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(cp.registry().await);
+    }
+    let calls = clients.into_iter().map(|mut c| {
         let req = req.clone();
-        let url = cp.url();
-        tokio::spawn(async move {
-            let mut c = ipb::registry_client::RegistryClient::connect(url)
-                .await
-                .unwrap();
-            c.register_content(req).await.unwrap().into_inner()
-        })
+        tokio::spawn(async move { c.register_content(req).await.unwrap().into_inner() })
     });
     let replies: Vec<ipb::RegisterContentResponse> = futures::future::join_all(calls)
         .await

@@ -3,7 +3,6 @@
 
 use std::process::Output;
 
-use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use imagestore_tests::*;
 
@@ -55,6 +54,12 @@ async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let addr = server.addr.to_string();
+    let served = External {
+        url: server.url(),
+        data_dir: dir.path().to_owned(),
+    };
+    let as_node = format!("authorization: Bearer {}", served.cluster_credential());
+    let as_admin = format!("authorization: Bearer {}", served.admin_token());
 
     // grpcurl 1.8.6 speaks reflection v1alpha only, so this proves v1alpha works.
     let list = grpcurl(&["-plaintext", &addr, "list"]).await;
@@ -88,6 +93,8 @@ async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
     );
     let reg = grpcurl(&[
         "-plaintext",
+        "-H",
+        &as_node,
         "-d",
         &body,
         &addr,
@@ -98,6 +105,8 @@ async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
     assert!(text(&reg).contains("\"created\": true"), "{}", text(&reg));
     let got = grpcurl(&[
         "-plaintext",
+        "-H",
+        &as_admin,
         "-d",
         r#"{"name":"aliases/from-grpcurl"}"#,
         &addr,
@@ -141,9 +150,11 @@ async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
 async fn sigterm_stops_gracefully_and_a_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let mut registry = ipb::registry_client::RegistryClient::connect(server.url())
-        .await
-        .unwrap();
+    let served = External {
+        url: server.url(),
+        data_dir: dir.path().to_owned(),
+    };
+    let mut registry = served.registry().await;
     let mut req = unified("survives restarts");
     req.aliases.push(pb::AliasSpec {
         name: "keeper".into(),
@@ -167,9 +178,11 @@ async fn sigterm_stops_gracefully_and_a_restart_keeps_everything() {
     assert!(stopped.log.iter().any(|l| l.contains("server stopped")));
 
     let server = start(dir.path()).await;
-    let mut images = pb::images_client::ImagesClient::connect(server.url())
-        .await
-        .unwrap();
+    let served = External {
+        url: server.url(),
+        data_dir: dir.path().to_owned(),
+    };
+    let mut images = served.images().await;
     let again = images
         .get_image(pb::GetImageRequest {
             name: "aliases/keeper".into(),
@@ -358,25 +371,29 @@ async fn every_rpc_gets_its_own_span_in_structured_logs() {
 async fn the_example_configurations_in_deploy_are_valid() {
     let dir = tempfile::tempdir().unwrap();
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+    // The blob node reads the credential the control plane wrote (first).
+    let credential = dir
+        .path()
+        .join("imagestore-control")
+        .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE);
     for (bin, file) in [
         ("imagestore-control", "control-plane.toml"),
         ("imagestore-blob", "blob-node.toml"),
     ] {
         let config = deploy.join(file);
         let data = dir.path().join(bin);
-        let server = Process::start(
-            &binary(bin),
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .await;
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        if bin == "imagestore-blob" {
+            args.extend(["--cluster-credential-file", credential.to_str().unwrap()]);
+        }
+        let server = Process::start(&binary(bin), &args, &[]).await;
         assert!(server.terminate().await.status.success(), "{file}");
     }
 }

@@ -40,12 +40,13 @@ async fn serve_runs_both_tiers_on_one_address() {
     }
 
     let data = fixture("busybox-unified.tar.gz");
-    let channel = tonic::transport::Channel::from_shared(url.clone())
-        .unwrap()
-        .connect()
+    let served = External {
+        url: url.clone(),
+        data_dir: dir.path().to_owned(),
+    };
+    let session = served
+        .uploads()
         .await
-        .unwrap();
-    let session = pb::uploads_client::UploadsClient::new(channel.clone())
         .create_upload(pb::CreateUploadRequest {
             spec: Some(pb::UploadSpec {
                 layout: pb::ImageLayout::Unified as i32,
@@ -64,13 +65,16 @@ async fn serve_runs_both_tiers_on_one_address() {
         "the one address serves the bytes too"
     );
     let reply = send_upload(
+        &served,
         &session.blob_node,
         upload_messages(FirstMessage::Upload(session.name), &[&data], 1 << 20),
     )
     .await
     .unwrap();
     assert_eq!(reply.image.unwrap().fingerprint, sha256_hex(&data));
-    let image = pb::images_client::ImagesClient::new(channel)
+    let image = served
+        .images()
+        .await
         .get_image(pb::GetImageRequest {
             name: "aliases/busybox".into(),
             ..Default::default()
@@ -78,7 +82,7 @@ async fn serve_runs_both_tiers_on_one_address() {
         .await
         .unwrap()
         .into_inner();
-    let (_, back) = download(&url, &image.fingerprint, pb::PartRole::Unified, 0)
+    let (_, back) = download(&served, &url, &image.fingerprint, pb::PartRole::Unified, 0)
         .await
         .unwrap();
     assert!(back == data);

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// An in-process control plane on 127.0.0.1 with a free port.
@@ -76,23 +77,55 @@ impl ControlPlane {
             t.await.unwrap();
         }
     }
+}
+
+/// A running control plane (in process, `imagestore serve`, or a binary) that the
+/// tests talk to as its clients and nodes do, with the credentials in its data
+/// directory.
+#[allow(async_fn_in_trait)]
+pub trait Cluster {
+    /// "http://127.0.0.1:PORT".
+    fn url(&self) -> String;
+
+    /// Where the admin-token and cluster-credential files are.
+    fn secrets_dir(&self) -> PathBuf;
 
     /// The admin token the control plane wrote on its first start.
-    pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(
-            self.data_dir
-                .join(imagestore_control_plane::auth::ADMIN_TOKEN_FILE),
+    fn admin_token(&self) -> String {
+        self.secret(imagestore_control_plane::auth::ADMIN_TOKEN_FILE)
+    }
+
+    /// The credential blob nodes present, from the control plane's data directory.
+    fn cluster_credential(&self) -> String {
+        self.secret(imagestore_auth::CLUSTER_CREDENTIAL_FILE)
+    }
+
+    fn cluster_credential_file(&self) -> PathBuf {
+        self.secrets_dir()
+            .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE)
+    }
+
+    fn secret(&self, file: &str) -> String {
+        std::fs::read_to_string(self.secrets_dir().join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A connection presenting `token` (none: anonymous).
+    async fn authed(&self, token: Option<&str>) -> Authed {
+        InterceptedService::new(
+            self.channel().await,
+            imagestore_client::Bearer::new(token).unwrap(),
         )
-        .unwrap()
-        .trim()
-        .to_owned()
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// A connection of a trusted client (the admin token).
+    async fn trusted(&self) -> Authed {
+        self.authed(Some(&self.admin_token())).await
     }
 
-    pub async fn channel(&self) -> Channel {
+    async fn channel(&self) -> Channel {
         Channel::from_shared(self.url())
             .unwrap()
             .connect()
@@ -100,26 +133,99 @@ impl ControlPlane {
             .unwrap()
     }
 
-    pub async fn images(&self) -> pb::images_client::ImagesClient<Channel> {
-        pb::images_client::ImagesClient::new(self.channel().await)
+    /// Images, as a trusted client.
+    async fn images(&self) -> pb::images_client::ImagesClient<Authed> {
+        pb::images_client::ImagesClient::new(self.trusted().await)
     }
 
-    pub async fn aliases(&self) -> pb::aliases_client::AliasesClient<Channel> {
-        pb::aliases_client::AliasesClient::new(self.channel().await)
+    /// Aliases, as a trusted client.
+    async fn aliases(&self) -> pb::aliases_client::AliasesClient<Authed> {
+        pb::aliases_client::AliasesClient::new(self.trusted().await)
     }
 
-    pub async fn operations(&self) -> pb::operations_client::OperationsClient<Channel> {
-        pb::operations_client::OperationsClient::new(self.channel().await)
+    /// Operations, as a trusted client.
+    async fn operations(&self) -> pb::operations_client::OperationsClient<Authed> {
+        pb::operations_client::OperationsClient::new(self.trusted().await)
     }
 
-    pub async fn registry(&self) -> ipb::registry_client::RegistryClient<Channel> {
-        ipb::registry_client::RegistryClient::new(self.channel().await)
+    /// The Registry, as a blob node (the cluster credential).
+    async fn registry(&self) -> ipb::registry_client::RegistryClient<Authed> {
+        ipb::registry_client::RegistryClient::new(
+            self.authed(Some(&self.cluster_credential())).await,
+        )
     }
 
-    pub async fn uploads(&self) -> pb::uploads_client::UploadsClient<Channel> {
-        pb::uploads_client::UploadsClient::new(self.channel().await)
+    /// Uploads, as a trusted client.
+    async fn uploads(&self) -> pb::uploads_client::UploadsClient<Authed> {
+        pb::uploads_client::UploadsClient::new(self.trusted().await)
+    }
+
+    /// A ticket for the first message of `msgs`, as a client gets it: GetUpload for
+    /// a session, CreateOneShotTicket for a spec. None when the control plane
+    /// issues none (an unknown session).
+    async fn upload_ticket(&self, first: &pb::UploadRequest) -> Option<String> {
+        use pb::upload_request::FirstMessage;
+        let mut uploads = self.uploads().await;
+        match first.first_message.as_ref()? {
+            FirstMessage::Upload(name) => uploads
+                .get_upload(pb::GetUploadRequest { name: name.clone() })
+                .await
+                .ok()
+                .map(|r| r.into_inner().ticket),
+            FirstMessage::Spec(spec) => uploads
+                .create_one_shot_ticket(pb::CreateOneShotTicketRequest {
+                    expected_fingerprint: spec.expected_fingerprint.clone(),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().ticket),
+        }
+    }
+
+    /// A download ticket for the image with this fingerprint, from ExportImage as
+    /// a trusted client; None for an image the control plane does not know.
+    async fn download_ticket(&self, fingerprint: &str) -> Option<String> {
+        self.images()
+            .await
+            .export_image(pb::ExportImageRequest {
+                name: format!("images/{fingerprint}"),
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().ticket)
     }
 }
+
+impl Cluster for ControlPlane {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn secrets_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+}
+
+/// A control plane in another process: `imagestore serve` keeps its secrets at
+/// the top of its data directory.
+pub struct External {
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Cluster for External {
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn secrets_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+}
+
+/// A connection that presents a bearer token.
+pub type Authed = InterceptedService<Channel, imagestore_client::Bearer>;
 
 /// The SHA-256 of `bytes` as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -227,15 +333,10 @@ pub async fn register(cp: &ControlPlane, req: ipb::RegisterContentRequest) -> pb
 
 /// A Trust client that sends `token` (none: anonymous).
 pub async fn trust_client(
-    cp: &ControlPlane,
+    cp: &impl Cluster,
     token: Option<&str>,
-) -> pb::trust_client::TrustClient<
-    tonic::service::interceptor::InterceptedService<Channel, imagestore_client::Bearer>,
-> {
-    pb::trust_client::TrustClient::with_interceptor(
-        cp.channel().await,
-        imagestore_client::Bearer::new(token).unwrap(),
-    )
+) -> pb::trust_client::TrustClient<Authed> {
+    pb::trust_client::TrustClient::new(cp.authed(token).await)
 }
 
 /// Asserts that a call failed with `code` and a message containing `needle`.
@@ -454,12 +555,12 @@ impl StoreSpec {
 }
 
 impl BlobNode {
-    pub async fn start(control_plane: &str, data_dir: &Path, store: &StoreSpec) -> Self {
+    pub async fn start(control_plane: &impl Cluster, data_dir: &Path, store: &StoreSpec) -> Self {
         Self::start_with(control_plane, data_dir, store, |_| {}).await
     }
 
     pub async fn start_with(
-        control_plane: &str,
+        control_plane: &impl Cluster,
         data_dir: &Path,
         store: &StoreSpec,
         tweak: impl FnOnce(&mut imagestore_blob_node::BlobNodeConfig),
@@ -467,7 +568,8 @@ impl BlobNode {
         let mut config = imagestore_blob_node::BlobNodeConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: data_dir.to_owned(),
-            control_plane: control_plane.to_owned(),
+            control_plane: control_plane.url(),
+            cluster_credential_file: control_plane.cluster_credential_file(),
             store: store.url.clone(),
             store_options: store.options.clone(),
             gc_interval: Duration::from_millis(50),
@@ -673,6 +775,14 @@ pub fn messages(
     out
 }
 
+/// `msgs` with `ticket` on the first message.
+pub fn ticketed(mut msgs: Vec<pb::UploadRequest>, ticket: &str) -> Vec<pb::UploadRequest> {
+    if let Some(first) = msgs.first_mut() {
+        first.ticket = ticket.to_owned();
+    }
+    msgs
+}
+
 /// A full upload of a unified image, or of a split one (metadata then rootfs).
 pub fn upload_messages(
     first: pb::upload_request::FirstMessage,
@@ -694,11 +804,18 @@ pub fn upload_messages(
     out
 }
 
-/// Sends messages as one upload stream.
+/// Sends messages as one upload stream; the first carries a ticket from `cp`
+/// unless it has one already.
 pub async fn send_upload(
+    cp: &impl Cluster,
     node_url: &str,
-    msgs: Vec<pb::UploadRequest>,
+    mut msgs: Vec<pb::UploadRequest>,
 ) -> Result<pb::UploadResponse, tonic::Status> {
+    if let Some(first) = msgs.first_mut()
+        && first.ticket.is_empty()
+    {
+        first.ticket = cp.upload_ticket(first).await.unwrap_or_default();
+    }
     blobs_client(node_url)
         .await
         .upload(tokio_stream::iter(msgs))
@@ -706,20 +823,24 @@ pub async fn send_upload(
         .map(tonic::Response::into_inner)
 }
 
-/// Downloads one part from an offset to the end, with the first message's info.
+/// Downloads one part from an offset to the end, with the first message's info,
+/// with a ticket from `cp` (none when it knows no such image).
 pub async fn download(
+    cp: &impl Cluster,
     node_url: &str,
     fingerprint: &str,
     part: pb::PartRole,
     offset: u64,
 ) -> Result<(pb::PartInfo, Vec<u8>), tonic::Status> {
     use tokio_stream::StreamExt;
+    let ticket = cp.download_ticket(fingerprint).await.unwrap_or_default();
     let mut stream = blobs_client(node_url)
         .await
         .download(pb::DownloadRequest {
             fingerprint: fingerprint.to_owned(),
             part: part as i32,
             read_offset: offset,
+            ticket,
             ..Default::default()
         })
         .await?

@@ -192,7 +192,7 @@ pub(crate) fn load(conn: &Connection, fp: &str) -> Result<Option<Image>> {
     Ok(Some(image))
 }
 
-fn must_load(conn: &Connection, fp: &str) -> Result<Image> {
+pub(crate) fn must_load(conn: &Connection, fp: &str) -> Result<Image> {
     load(conn, fp)?.ok_or_else(|| CatalogError::NotFound(format!("image {fp:?} not found")))
 }
 

@@ -14,6 +14,7 @@ mod nodes;
 mod operations;
 mod page;
 mod schema;
+mod secrets;
 mod trust;
 mod uploads;
 

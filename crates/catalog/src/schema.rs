@@ -119,6 +119,16 @@ const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 3: one-time image secrets (by hash), LXD's `POST /1.0/images/<fp>/secret`.
+    r#"
+    CREATE TABLE image_secrets (
+        secret_hash TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL REFERENCES images(fingerprint) ON DELETE CASCADE,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX image_secrets_fingerprint ON image_secrets(fingerprint);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

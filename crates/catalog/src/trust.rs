@@ -108,16 +108,14 @@ impl Catalog {
         .await
     }
 
-    /// Removes an entry by id; NOT_FOUND when there is none.
-    pub async fn remove_trust(&self, id: String) -> Result<()> {
+    /// Removes an entry by id and returns its fingerprint; NOT_FOUND when there
+    /// is none.
+    pub async fn remove_trust(&self, id: String) -> Result<String> {
         self.write(move |tx| {
-            let n = tx
-                .prepare_cached("DELETE FROM trust WHERE id = ?1")?
-                .execute([&id])?;
-            if n == 0 {
-                return Err(CatalogError::NotFound(format!("trust/{id} does not exist")));
-            }
-            Ok(())
+            tx.prepare_cached("DELETE FROM trust WHERE id = ?1 RETURNING fingerprint")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| CatalogError::NotFound(format!("trust/{id} does not exist")))
         })
         .await
     }

@@ -2,7 +2,6 @@
 //! imagestore: connections tuned like the servers, image names resolved as `lxc`
 //! resolves them, and uploads and exports that resume where they stopped.
 
-mod bearer;
 mod connect;
 mod error;
 mod export;
@@ -11,29 +10,41 @@ mod resolve;
 mod upload;
 
 use imagestore_proto::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use bearer::Bearer;
 pub use connect::{MAX_MESSAGE, connect, endpoint};
 pub use error::Error;
 pub use export::{ExportTarget, Exported};
+pub use imagestore_auth::Bearer;
 pub use progress::{NoProgress, Progress};
 pub use upload::{Source, UploadOptions};
+
+/// A connection that presents the caller's credentials on every call.
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// One connection to an imagestore control plane (or to `imagestore serve`).
 #[derive(Clone)]
 pub struct Client {
     url: String,
     channel: Channel,
+    bearer: Bearer,
 }
 
 impl Client {
-    /// Connects to `url`, e.g. "http://127.0.0.1:7443".
-    pub async fn connect(url: &str) -> Result<Self, Error> {
+    /// Connects to `url`, e.g. "http://127.0.0.1:7443", as the holder of `token`
+    /// (none: an untrusted caller, who sees public images only).
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, Error> {
+        let bearer = Bearer::new(token).map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
             channel: connect(url).await?,
+            bearer,
         })
+    }
+
+    fn authed(&self) -> Authed {
+        InterceptedService::new(self.channel.clone(), self.bearer.clone())
     }
 
     /// The address this client talks to.
@@ -41,25 +52,28 @@ impl Client {
         &self.url
     }
 
-    pub fn images(&self) -> pb::images_client::ImagesClient<Channel> {
-        pb::images_client::ImagesClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
+    pub fn images(&self) -> pb::images_client::ImagesClient<Authed> {
+        pb::images_client::ImagesClient::new(self.authed()).max_decoding_message_size(MAX_MESSAGE)
     }
 
-    pub fn aliases(&self) -> pb::aliases_client::AliasesClient<Channel> {
-        pb::aliases_client::AliasesClient::new(self.channel.clone())
+    pub fn aliases(&self) -> pb::aliases_client::AliasesClient<Authed> {
+        pb::aliases_client::AliasesClient::new(self.authed())
     }
 
-    pub fn uploads(&self) -> pb::uploads_client::UploadsClient<Channel> {
-        pb::uploads_client::UploadsClient::new(self.channel.clone())
+    pub fn uploads(&self) -> pb::uploads_client::UploadsClient<Authed> {
+        pb::uploads_client::UploadsClient::new(self.authed())
     }
 
-    pub fn operations(&self) -> pb::operations_client::OperationsClient<Channel> {
-        pb::operations_client::OperationsClient::new(self.channel.clone())
+    pub fn operations(&self) -> pb::operations_client::OperationsClient<Authed> {
+        pb::operations_client::OperationsClient::new(self.authed())
     }
 
-    pub fn imports(&self) -> pb::imports_client::ImportsClient<Channel> {
-        pb::imports_client::ImportsClient::new(self.channel.clone())
+    pub fn imports(&self) -> pb::imports_client::ImportsClient<Authed> {
+        pb::imports_client::ImportsClient::new(self.authed())
+    }
+
+    pub fn trust(&self) -> pb::trust_client::TrustClient<Authed> {
+        pb::trust_client::TrustClient::new(self.authed())
     }
 
     /// A Blobs client for the blob node at `node` (the control plane's own address

@@ -12,3 +12,12 @@ pub use config::{ConfigError, load_config};
 pub use grpc::{CONNECTION_WINDOW, GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeError, bind};
 pub use main_helper::{HasLogConfig, run_binary};
 pub use memory::limit_malloc_arenas;
+
+/// Where a tier keeps its data unless configured: the user's data directory
+/// (e.g. ~/.local/share) + "imagestore/{tier}".
+pub fn default_data_dir(tier: &str) -> std::path::PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+        .join("imagestore")
+        .join(tier)
+}

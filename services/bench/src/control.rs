@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use imagestore_client::connect;
+use imagestore_client::{Authed, Bearer, connect};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use sha2::Digest;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::procs::{Server, System};
@@ -64,10 +65,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[at.min(sorted.len() - 1)]
 }
 
+/// `channel` presenting `token`.
+fn authed(channel: &Channel, token: &str) -> BenchResult<Authed> {
+    Ok(InterceptedService::new(
+        channel.clone(),
+        Bearer::new(Some(token))?,
+    ))
+}
+
 pub async fn measure(report: &Report, system: &System, images: usize) -> BenchResult {
     let channel = connect(&system.control.url).await?;
-    register(report, &channel, images.max(ALIASES)).await?;
-    let mut aliases = pb::aliases_client::AliasesClient::new(channel.clone());
+    let node = authed(&channel, &system.cluster_credential)?;
+    register(report, &node, images.max(ALIASES)).await?;
+    let trusted = authed(&channel, &system.admin_token)?;
+    let mut aliases = pb::aliases_client::AliasesClient::new(trusted.clone());
     for i in 0..ALIASES {
         aliases
             .create_alias(pb::CreateAliasRequest {
@@ -79,22 +90,25 @@ pub async fn measure(report: &Report, system: &System, images: usize) -> BenchRe
             })
             .await?;
     }
-    let one = vec![channel.clone()];
+    let one = vec![trusted.clone()];
     let (rps1, _, _) = get_load(&one, images).await?;
     report.put("get_image_rps_1conn", round2(rps1), "req/s");
     let mut many = Vec::new();
     for _ in 0..CONNECTIONS {
-        many.push(connect(&system.control.url).await?);
+        many.push(authed(
+            &connect(&system.control.url).await?,
+            &system.admin_token,
+        )?);
     }
     let (rps, p50, p99) = get_load(&many, images).await?;
     report.put("get_image_rps", round2(rps), "req/s");
     report.put("get_image_p50_ms", round2(p50), "ms");
     report.put("get_image_p99_ms", round2(p99), "ms");
-    list(report, &channel).await
+    list(report, &trusted).await
 }
 
 /// Registers `count` images, eight at a time; reports the median call.
-async fn register(report: &Report, channel: &Channel, count: usize) -> BenchResult {
+async fn register(report: &Report, channel: &Authed, count: usize) -> BenchResult {
     let mut times = Vec::with_capacity(count);
     let mut next = 0usize;
     while next < count {
@@ -119,7 +133,7 @@ async fn register(report: &Report, channel: &Channel, count: usize) -> BenchResu
 
 /// GetImage from CLIENTS tasks over the given connections, half by fingerprint
 /// and half by alias: (requests/s, p50 ms, p99 ms).
-async fn get_load(channels: &[Channel], images: usize) -> BenchResult<(f64, f64, f64)> {
+async fn get_load(channels: &[Authed], images: usize) -> BenchResult<(f64, f64, f64)> {
     let started = Instant::now();
     let deadline = started + PHASE;
     let tasks: Vec<_> = (0..CLIENTS)
@@ -163,7 +177,7 @@ async fn get_load(channels: &[Channel], images: usize) -> BenchResult<(f64, f64,
 }
 
 /// ListImages with a filter that matches half of the images, first pages.
-async fn list(report: &Report, channel: &Channel) -> BenchResult {
+async fn list(report: &Report, channel: &Authed) -> BenchResult {
     let mut images = pb::images_client::ImagesClient::new(channel.clone())
         .max_decoding_message_size(imagestore_client::MAX_MESSAGE);
     let mut lat = Vec::new();

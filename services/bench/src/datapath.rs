@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use imagestore_client::Client;
 use imagestore_proto::v1 as pb;
 use tokio_stream::StreamExt;
 
@@ -13,7 +12,7 @@ use crate::{BenchResult, Report, image, median, round2};
 
 /// One verified upload from the first byte to the registered image: (image, s).
 async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image, f64)> {
-    let client = Client::connect(&system.control.url).await?;
+    let client = system.client().await?;
     let total = image::total_size(size, seed);
     let session = client
         .uploads()
@@ -31,7 +30,12 @@ async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image
     let mut blobs = client.blobs(&system.blob.url).await?;
     let started = Instant::now();
     let done = blobs
-        .upload(image::upload_messages(session.name, size, seed))
+        .upload(image::upload_messages(
+            session.name,
+            session.ticket,
+            size,
+            seed,
+        ))
         .await?
         .into_inner();
     let secs = started.elapsed().as_secs_f64();
@@ -43,7 +47,8 @@ async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image
 }
 
 async fn delete(system: &System, image: &pb::Image) -> BenchResult {
-    Client::connect(&system.control.url)
+    system
+        .client()
         .await?
         .images()
         .delete_image(pb::DeleteImageRequest {
@@ -139,8 +144,17 @@ pub async fn measure(
 }
 
 async fn download(report: &Report, system: &System, image: &pb::Image, runs: usize) -> BenchResult {
-    let client = Client::connect(&system.control.url).await?;
+    let client = system.client().await?;
     let part = image.parts.first().ok_or("an image without parts")?;
+    let ticket = client
+        .images()
+        .export_image(pb::ExportImageRequest {
+            name: image.name.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ticket;
     let files = stored_files(&system.store().join(&part.storage_key))?;
     let mut down = Vec::new();
     let mut plain = Vec::new();
@@ -151,6 +165,7 @@ async fn download(report: &Report, system: &System, image: &pb::Image, runs: usi
             .download(pb::DownloadRequest {
                 fingerprint: image.fingerprint.clone(),
                 part: pb::PartRole::Unified as i32,
+                ticket: ticket.clone(),
                 ..Default::default()
             })
             .await?

@@ -11,6 +11,7 @@ use crate::limits::CHUNK;
 /// rootfs file. The first message names `session`.
 pub fn upload_messages(
     session: String,
+    ticket: String,
     size: u64,
     seed: u64,
 ) -> impl futures::Stream<Item = pb::UploadRequest> + Send + 'static {
@@ -32,9 +33,11 @@ pub fn upload_messages(
     pieces.push(Bytes::from(vec![0u8; pad]));
     let mut offset = 0u64;
     let mut first = Some(pb::upload_request::FirstMessage::Upload(session));
+    let mut ticket = Some(ticket);
     tokio_stream::iter(pieces.into_iter().map(move |data| {
         let m = pb::UploadRequest {
             first_message: first.take(),
+            ticket: ticket.take().unwrap_or_default(),
             write_offset: offset,
             finish_write: offset + data.len() as u64 == total,
             data,

@@ -101,6 +101,10 @@ pub struct System {
     pub control: Server,
     pub blob: Server,
     pub dir: PathBuf,
+    /// The control plane's admin token: the benchmark is a trusted client.
+    pub admin_token: String,
+    /// What blob nodes present; the benchmark registers content as one.
+    pub cluster_credential: String,
 }
 
 impl System {
@@ -111,17 +115,34 @@ impl System {
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
-                &dir.join("control-plane").to_string_lossy(),
+                &Self::control_dir(dir).to_string_lossy(),
             ],
             None,
         )
         .await?;
         let blob = Self::blob_node(dir, &control.url, "node-1").await?;
+        let secret = |file: &str| {
+            let path = Self::control_dir(dir).join(file);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
         Ok(Self {
             control,
             blob,
             dir: dir.to_path_buf(),
+            admin_token: secret("admin-token")?,
+            cluster_credential: secret(imagestore_auth::CLUSTER_CREDENTIAL_FILE)?,
         })
+    }
+
+    fn control_dir(dir: &Path) -> PathBuf {
+        dir.join("control-plane")
+    }
+
+    /// A client of the control plane trusted by the admin token.
+    pub async fn client(&self) -> BenchResult<imagestore_client::Client> {
+        Ok(imagestore_client::Client::connect(&self.control.url, Some(&self.admin_token)).await?)
     }
 
     /// The local directory the blob nodes store into.
@@ -141,6 +162,10 @@ impl System {
                 control,
                 "--store",
                 &dir.join("store").to_string_lossy(),
+                "--cluster-credential-file",
+                &Self::control_dir(dir)
+                    .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE)
+                    .to_string_lossy(),
             ],
             Some("registered with the control plane"),
         )

@@ -17,6 +17,10 @@ pub struct BlobNodeConfig {
     pub data_dir: PathBuf,
     /// The control plane's address.
     pub control_plane: String,
+    /// The file holding the cluster credential, which the control plane writes in
+    /// its data directory: the node presents it to the control plane and checks
+    /// clients' tickets with a key derived from it.
+    pub cluster_credential_file: PathBuf,
     /// The address clients are told to reach this node at; empty means
     /// "http://" + the bound listen address.
     pub advertise: String,
@@ -44,11 +48,10 @@ impl Default for BlobNodeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:7444".into(),
-            data_dir: dirs::data_dir()
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join("imagestore")
-                .join("blob-node"),
+            data_dir: imagestore_server::default_data_dir("blob-node"),
             control_plane: "http://127.0.0.1:7443".into(),
+            cluster_credential_file: imagestore_server::default_data_dir("control-plane")
+                .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE),
             advertise: String::new(),
             store: String::new(),
             store_options: BTreeMap::new(),

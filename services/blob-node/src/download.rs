@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use imagestore_auth::Scope;
 use imagestore_image::{ExportRole, export_file_name};
 use imagestore_proto::v1 as pb;
 use tonic::Status;
@@ -19,6 +20,9 @@ pub async fn send(
 ) -> Result<DownloadStream, Status> {
     let fp = imagestore_image::Fingerprint::parse(&req.fingerprint)
         .map_err(|e| Status::invalid_argument(format!("fingerprint: {e}")))?;
+    node.tickets
+        .check(&req.ticket, &Scope::Download(fp.as_str().to_owned()))
+        .map_err(BlobError::from)?;
     let want = pb::PartRole::try_from(req.part)
         .ok()
         .filter(|r| *r != pb::PartRole::Unspecified)

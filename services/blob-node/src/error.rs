@@ -1,5 +1,6 @@
 //! The one place where blob-node errors become gRPC statuses.
 
+use imagestore_auth::TicketError;
 use imagestore_image::ScanError;
 use imagestore_store::StoreError;
 use tonic::{Code, Status};
@@ -30,6 +31,8 @@ pub enum BlobError {
     ControlPlane(Status),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Ticket(#[from] TicketError),
 }
 
 pub type BlobResult<T> = Result<T, BlobError>;
@@ -56,7 +59,17 @@ impl From<BlobError> for Status {
                 Status::unavailable(msg)
             }
             BlobError::Image(_) => Status::invalid_argument(msg),
+            BlobError::Ticket(TicketError::WrongScope { .. }) => Status::permission_denied(msg),
+            BlobError::Ticket(_) => Status::unauthenticated(msg),
             BlobError::ControlPlane(s) => match s.code() {
+                // Not the caller's fault: this node's credential is wrong.
+                Code::Unauthenticated | Code::PermissionDenied => {
+                    tracing::error!(error = %s.message(), "the control plane refused this node");
+                    Status::unavailable(
+                        "this blob node is not trusted by the control plane (its cluster \
+                         credential is wrong); try another node, and tell the operator",
+                    )
+                }
                 // The control plane being away is worth a retry, not a failure.
                 Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => Status::unavailable(
                     format!("the control plane did not answer: {}", s.message()),

@@ -15,11 +15,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use imagestore_auth::{Bearer, TicketKey, read_secret};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use imagestore_server::{GrpcServer, ServeError};
 use imagestore_store::{BlobStore, StoreError};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -35,6 +37,12 @@ pub enum StartError {
     },
     #[error("cannot open the object store: {0}")]
     Store(#[from] StoreError),
+    #[error(
+        "cannot read the cluster credential from {path}: {reason}; copy the control plane's \
+         {file} file here, or point cluster_credential_file at it",
+        file = imagestore_auth::CLUSTER_CREDENTIAL_FILE
+    )]
+    Credential { path: String, reason: String },
     #[error("control plane address {0:?} is not a valid URL")]
     ControlPlane(String),
     #[error(transparent)]
@@ -46,9 +54,16 @@ pub struct NodeContext {
     pub id: String,
     pub store: BlobStore,
     pub config: NodeLimits,
+    /// Checks the tickets clients bring.
+    pub tickets: TicketKey,
     channel: Channel,
+    /// The cluster credential, on every call to the control plane.
+    credential: Bearer,
     active: AtomicU32,
 }
+
+/// A connection to the control plane that presents the cluster credential.
+pub type ControlPlane = InterceptedService<Channel, Bearer>;
 
 /// The settings handlers need.
 #[derive(Debug, Clone)]
@@ -70,19 +85,25 @@ impl Drop for OwnedTransfer {
 }
 
 impl NodeContext {
-    pub fn registry(&self) -> ipb::registry_client::RegistryClient<Channel> {
-        ipb::registry_client::RegistryClient::new(self.channel.clone())
+    pub fn registry(&self) -> ipb::registry_client::RegistryClient<ControlPlane> {
+        ipb::registry_client::RegistryClient::with_interceptor(
+            self.channel.clone(),
+            self.credential.clone(),
+        )
     }
 
     /// The registered image with this fingerprint.
     pub async fn image(&self, fingerprint: &str) -> Result<pb::Image, Status> {
-        pb::images_client::ImagesClient::new(self.channel.clone())
-            .get_image(pb::GetImageRequest {
-                name: format!("images/{fingerprint}"),
-                ..Default::default()
-            })
-            .await
-            .map(Response::into_inner)
+        pb::images_client::ImagesClient::with_interceptor(
+            self.channel.clone(),
+            self.credential.clone(),
+        )
+        .get_image(pb::GetImageRequest {
+            name: format!("images/{fingerprint}"),
+            ..Default::default()
+        })
+        .await
+        .map(Response::into_inner)
     }
 
     /// The stored parts of an image.
@@ -209,6 +230,15 @@ impl BlobNode {
             config.store.clone()
         };
         let store = BlobStore::open(&store_url, &config.store_options)?;
+        let credential_path = &config.cluster_credential_file;
+        let credential_error = |reason: String| StartError::Credential {
+            path: credential_path.display().to_string(),
+            reason,
+        };
+        let credential = read_secret(credential_path)
+            .map_err(|e| credential_error(e.to_string()))?
+            .ok_or_else(|| credential_error("no such file".into()))?;
+        let bearer = Bearer::new(Some(&credential)).map_err(|e| credential_error(e.to_string()))?;
         let channel = Endpoint::from_shared(config.control_plane.clone())
             .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?
             .connect_lazy();
@@ -228,7 +258,9 @@ impl BlobNode {
                     scan_budget_bytes: config.scan_budget_bytes,
                     max_upload_bytes: 64 << 30,
                 },
+                tickets: TicketKey::derive(&credential),
                 channel,
+                credential: bearer,
                 active: AtomicU32::new(0),
             }),
             advertise,

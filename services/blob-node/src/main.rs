@@ -20,6 +20,10 @@ struct Args {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<String>,
+    /// The control plane's cluster-credential file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_credential_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]

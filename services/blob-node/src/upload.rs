@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use imagestore_auth::Scope;
 use imagestore_proto::v1 as pb;
 use tonic::{Status, Streaming};
 
@@ -22,12 +23,22 @@ pub async fn receive(
     })?;
     let mut ingest = match &first.first_message {
         Some(pb::upload_request::FirstMessage::Upload(name)) => {
+            node.tickets
+                .check(&first.ticket, &Scope::Upload(name.clone()))
+                .map_err(BlobError::from)?;
             match Ingest::resume(node.clone(), name).await? {
                 Opened::Ready(ingest) => *ingest,
                 Opened::AlreadyComplete(image) => return Ok(complete(*image)),
             }
         }
         Some(pb::upload_request::FirstMessage::Spec(spec)) => {
+            let fp = &spec.expected_fingerprint;
+            node.tickets
+                .check(
+                    &first.ticket,
+                    &Scope::OneShot((!fp.is_empty()).then(|| fp.clone())),
+                )
+                .map_err(BlobError::from)?;
             Ingest::one_shot(node.clone(), spec.clone())?
         }
         None => {

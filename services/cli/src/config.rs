@@ -18,6 +18,10 @@ pub struct Remote {
     pub protocol: String,
     #[serde(default)]
     pub public: bool,
+    /// A bearer token this server trusts (from `imagestore trust add`, or its
+    /// admin-token file); none for an untrusted client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 fn default_protocol() -> String {
@@ -40,6 +44,7 @@ impl Default for Config {
                 addr: LOCAL_ADDR.into(),
                 protocol: default_protocol(),
                 public: false,
+                token: None,
             },
         );
         Self {
@@ -109,18 +114,27 @@ impl Config {
         }
     }
 
-    /// The address of `remote` (None: the default remote, or IMAGESTORE_REMOTE's URL).
-    pub fn address(&self, remote: Option<&str>) -> CliResult<String> {
+    /// The address of `remote` (None: the default remote, or IMAGESTORE_REMOTE's
+    /// URL) and the token to present there: IMAGESTORE_TOKEN when set, else the
+    /// remote's own.
+    pub fn address(&self, remote: Option<&str>) -> CliResult<(String, Option<String>)> {
+        let from_env = std::env::var("IMAGESTORE_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
         if remote.is_none()
             && let Ok(url) = std::env::var("IMAGESTORE_REMOTE")
             && url.contains("://")
         {
-            return Ok(url);
+            return Ok((url, from_env));
         }
         let name = remote
             .map(str::to_owned)
             .unwrap_or_else(|| self.default_name());
-        Ok(self.remote(&name)?.addr.clone())
+        let remote = self.remote(&name)?;
+        Ok((
+            remote.addr.clone(),
+            from_env.or_else(|| remote.token.clone()),
+        ))
     }
 
     /// `[remote:] [filter...]` as `list` commands take them: a first argument
@@ -150,7 +164,7 @@ impl Config {
     }
 }
 
-/// Writes a file only its owner can read (it may name tokens one day).
+/// Writes a file only its owner can read (it holds tokens).
 pub fn write_private(path: &Path, data: &[u8]) -> CliResult {
     imagestore_auth::write_private(path, data)
         .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", path.display())))

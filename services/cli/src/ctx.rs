@@ -24,8 +24,8 @@ impl Ctx {
 
     /// A connection to `remote` (None: the default remote).
     pub async fn client(&self, remote: Option<&str>) -> CliResult<Client> {
-        let addr = self.config.address(remote)?;
-        Ok(Client::connect(&addr).await?)
+        let (addr, token) = self.config.address(remote)?;
+        Ok(Client::connect(&addr, token.as_deref()).await?)
     }
 
     /// "[remote:]image" → the connection and the image, named as lxc names them.

@@ -13,6 +13,7 @@ mod pack;
 mod progress;
 mod remote;
 mod serve;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -24,7 +25,8 @@ use crate::failure::CliResult;
 const EXIT_CODES: &str = "\
 Images are named by alias, fingerprint or unique fingerprint prefix, with an
 optional `remote:` prefix, as lxc names them. IMAGESTORE_REMOTE (a remote name or
-a URL such as http://127.0.0.1:7443) picks the default remote;
+a URL such as http://127.0.0.1:7443) picks the default remote; IMAGESTORE_TOKEN
+is the bearer token to present (else the remote's own, from `remote add --token`);
 IMAGESTORE_CONFIG_DIR moves the config directory.
 
 Exit codes: 0 success, 1 failed, 2 bad usage or input, 3 not found,
@@ -95,6 +97,9 @@ enum ClientCommand {
     /// Manage the remote servers this command talks to.
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
+    /// Manage which clients a server trusts (certificates and tokens).
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
 }
 
 #[tokio::main]
@@ -132,5 +137,6 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
         Command::Delete { images } => manage::delete(ctx, images).await,
         Command::Refresh { images } => import::refresh(ctx, images).await,
         Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd),
+        Command::Trust(cmd) => trust::run(ctx, cmd).await,
     }
 }

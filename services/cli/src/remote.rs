@@ -18,6 +18,22 @@ pub enum RemoteCommand {
         /// The remote is a public image server: no trust needed.
         #[arg(long)]
         public: bool,
+        /// A bearer token the server trusts (`imagestore trust add` on it, or its
+        /// admin-token file's content).
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        /// Read the token from this file (e.g. the server's admin-token).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
+    },
+    /// Set or clear the token presented to a remote:
+    /// `remote set-token NAME [--token T | --token-file F]` (neither: clear it).
+    SetToken {
+        name: String,
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// List the remotes.
     List {
@@ -43,8 +59,11 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
             url,
             protocol,
             public,
+            token,
+            token_file,
         } => {
             check_name(&name)?;
+            let token = read_token(token, token_file)?;
             if config.remotes.contains_key(&name) {
                 return Err(Failure::new(
                     exit::EXISTS,
@@ -63,13 +82,26 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
                     addr,
                     protocol,
                     public,
+                    token,
                 },
             );
             config.save()
         }
+        RemoteCommand::SetToken {
+            name,
+            token,
+            token_file,
+        } => {
+            let token = read_token(token, token_file)?;
+            config.remote(&name)?;
+            if let Some(r) = config.remotes.get_mut(&name) {
+                r.token = token;
+            }
+            config.save()
+        }
         RemoteCommand::List { format } => {
             let default = config.default_name();
-            let mut table = Table::new(&["NAME", "URL", "PROTOCOL", "PUBLIC"]);
+            let mut table = Table::new(&["NAME", "URL", "PROTOCOL", "PUBLIC", "TOKEN"]);
             let mut items = Vec::new();
             for (name, r) in &config.remotes {
                 let shown = if *name == default {
@@ -82,9 +114,11 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
                     r.addr.clone(),
                     r.protocol.clone(),
                     yes_no(r.public).into(),
+                    yes_no(r.token.is_some()).into(),
                 ]);
                 items.push(serde_json::json!({
                     "name": name, "addr": r.addr, "protocol": r.protocol, "public": r.public,
+                    "token": r.token.is_some(),
                 }));
             }
             table.print(format, &items);
@@ -126,6 +160,25 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
             Ok(())
         }
     }
+}
+
+/// `--token`, or the first line of `--token-file`.
+fn read_token(
+    token: Option<String>,
+    file: Option<std::path::PathBuf>,
+) -> CliResult<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
+        ),
+        None => token,
+    };
+    let token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        imagestore_client::Bearer::new(Some(t)).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    Ok(token)
 }
 
 pub fn yes_no(b: bool) -> &'static str {

@@ -94,6 +94,9 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         listen: config.listen.clone(),
         data_dir: config.data_dir.join("blob-node"),
         control_plane: format!("http://{reach}"),
+        cluster_credential_file: config
+            .data_dir
+            .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE),
         store: if config.blob_node.store.is_empty() {
             config.data_dir.join("blobs").display().to_string()
         } else {

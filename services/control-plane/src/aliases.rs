@@ -5,24 +5,26 @@ use imagestore_proto::v1 as pb;
 use pb::aliases_server::Aliases;
 use tonic::{Request, Response};
 
+use crate::auth::Auth;
 use crate::convert;
 use crate::error::{ApiError, Reply, invalid};
-use crate::images::public_only;
 use crate::names;
 
 pub struct AliasesService {
     catalog: Catalog,
+    auth: Auth,
 }
 
 impl AliasesService {
-    pub fn new(catalog: Catalog) -> Self {
-        Self { catalog }
+    pub fn new(catalog: Catalog, auth: Auth) -> Self {
+        Self { catalog, auth }
     }
 }
 
 #[tonic::async_trait]
 impl Aliases for AliasesService {
     async fn create_alias(&self, req: Request<pb::CreateAliasRequest>) -> Reply<pb::Alias> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let alias = r
             .alias
@@ -51,7 +53,7 @@ impl Aliases for AliasesService {
     }
 
     async fn get_alias(&self, req: Request<pb::GetAliasRequest>) -> Reply<pb::Alias> {
-        let public_only = public_only(&req);
+        let public_only = self.auth.public_only(&req)?;
         let r = req.into_inner();
         let name = names::alias("name", &r.name)?.to_owned();
         let alias = self
@@ -66,7 +68,7 @@ impl Aliases for AliasesService {
         &self,
         req: Request<pb::ListAliasesRequest>,
     ) -> Reply<pb::ListAliasesResponse> {
-        let public_only = public_only(&req);
+        let public_only = self.auth.public_only(&req)?;
         let r = req.into_inner();
         if r.filter.len() > 1024 {
             return Err(invalid("filter is longer than 1024 bytes").into());
@@ -85,6 +87,7 @@ impl Aliases for AliasesService {
     }
 
     async fn update_alias(&self, req: Request<pb::UpdateAliasRequest>) -> Reply<pb::Alias> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let alias = r.alias.ok_or_else(|| invalid("alias is required"))?;
         let name = names::alias("alias.name", &alias.name)?.to_owned();
@@ -119,6 +122,7 @@ impl Aliases for AliasesService {
     }
 
     async fn rename_alias(&self, req: Request<pb::RenameAliasRequest>) -> Reply<pb::Alias> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let name = names::alias("name", &r.name)?.to_owned();
         let new_name = r
@@ -137,6 +141,7 @@ impl Aliases for AliasesService {
         &self,
         req: Request<pb::DeleteAliasRequest>,
     ) -> Reply<pb::DeleteAliasResponse> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let name = names::alias("name", &r.name)?.to_owned();
         self.catalog

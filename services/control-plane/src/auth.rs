@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use imagestore_auth::{
-    TicketKey, hash_token, load_or_create, new_secret, read_secret, write_private,
+    Scope, TicketKey, hash_token, load_or_create, new_secret, read_secret, write_private,
 };
 use imagestore_catalog::{Catalog, TrustEntry, TrustKind, UnixNanos, now};
 use tonic::Request;
@@ -18,8 +18,7 @@ use crate::error::{ApiError, ApiResult};
 
 /// The file holding the admin token, in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
-/// The file holding the credential blob nodes present, in the data directory.
-pub const CLUSTER_CREDENTIAL_FILE: &str = "cluster-credential";
+pub use imagestore_auth::CLUSTER_CREDENTIAL_FILE;
 
 /// The caller of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +35,10 @@ pub struct Auth {
     /// Trusted fingerprints (token hashes, certificate digests) → expiry.
     trusted: Arc<RwLock<HashMap<String, Option<UnixNanos>>>>,
     cluster_hash: String,
-    pub tickets: TicketKey,
-    pub ticket_ttl: Duration,
+    tickets: TicketKey,
+    ticket_ttl: Duration,
+    /// How long an unused image secret works.
+    pub secret_ttl: Duration,
 }
 
 impl std::fmt::Debug for Auth {
@@ -83,6 +84,7 @@ impl Auth {
             cluster_hash: hash_token(&cluster),
             tickets: TicketKey::derive(&cluster),
             ticket_ttl: Duration::from_secs(15 * 60),
+            secret_ttl: Duration::from_secs(24 * 3600),
         };
         auth.reload().await?;
         Ok(auth)
@@ -97,6 +99,13 @@ impl Auth {
             .collect();
         *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = map;
         Ok(())
+    }
+
+    /// A ticket for `scope`, signed for blob nodes, and when it expires.
+    pub fn ticket(&self, scope: &Scope) -> (String, prost_types::Timestamp) {
+        let (ticket, expires) = self.tickets.issue(scope, self.ticket_ttl);
+        let seconds = i64::try_from(expires).unwrap_or(i64::MAX);
+        (ticket, prost_types::Timestamp { seconds, nanos: 0 })
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -155,9 +164,38 @@ impl Auth {
     pub fn require_node<T>(&self, req: &Request<T>) -> ApiResult<()> {
         match self.caller(req)? {
             Caller::Node => Ok(()),
-            _ => Err(ApiError::PermissionDenied(
-                "this call is for blob nodes holding the cluster credential".into(),
+            Caller::Anonymous => Err(unauthenticated(
+                "this call is for blob nodes: send the cluster credential as a bearer token",
             )),
+            Caller::Trusted => Err(ApiError::PermissionDenied(
+                "this call is for blob nodes holding the cluster credential, not for clients"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Whether the caller sees public images only: everyone but trusted clients
+    /// and blob nodes. A private image must look missing to them.
+    pub fn public_only<T>(&self, req: &Request<T>) -> ApiResult<bool> {
+        Ok(self.caller(req)? == Caller::Anonymous)
+    }
+
+    /// An interceptor that admits trusted clients only, for services where every
+    /// call needs trust.
+    pub fn trusted_only(&self) -> impl tonic::service::Interceptor + Clone + use<> {
+        let auth = self.clone();
+        move |req: Request<()>| match auth.require_trusted(&req) {
+            Ok(()) => Ok(req),
+            Err(e) => Err(tonic::Status::from(e)),
+        }
+    }
+
+    /// An interceptor that admits blob nodes only.
+    pub fn nodes_only(&self) -> impl tonic::service::Interceptor + Clone + use<> {
+        let auth = self.clone();
+        move |req: Request<()>| match auth.require_node(&req) {
+            Ok(()) => Ok(req),
+            Err(e) => Err(tonic::Status::from(e)),
         }
     }
 
@@ -182,8 +220,12 @@ impl Auth {
 
     /// Removes an entry; it stops working at once.
     pub async fn remove(&self, id: String) -> ApiResult<()> {
-        self.catalog.remove_trust(id).await?;
-        Ok(self.reload().await?)
+        let fingerprint = self.catalog.remove_trust(id).await?;
+        self.trusted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fingerprint);
+        Ok(())
     }
 }
 

@@ -53,10 +53,7 @@ impl Default for ControlPlaneConfig {
 }
 
 fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("imagestore")
-        .join("control-plane")
+    imagestore_server::default_data_dir("control-plane")
 }
 
 impl imagestore_server::HasLogConfig for ControlPlaneConfig {

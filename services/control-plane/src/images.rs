@@ -1,11 +1,13 @@
 //! imagestore.v1.Images.
 
+use imagestore_auth::{Scope, hash_token, new_secret};
 use imagestore_catalog::{self as cat, Catalog, ImageEdit, ImageFilter, PageRequest};
 use imagestore_image::{ExportRole, export_file_name};
 use imagestore_proto::v1 as pb;
 use pb::images_server::Images;
 use tonic::{Request, Response};
 
+use crate::auth::Auth;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::names;
@@ -14,11 +16,16 @@ use crate::nodes::NodePicker;
 pub struct ImagesService {
     catalog: Catalog,
     nodes: NodePicker,
+    auth: Auth,
 }
 
 impl ImagesService {
-    pub fn new(catalog: Catalog, nodes: NodePicker) -> Self {
-        Self { catalog, nodes }
+    pub fn new(catalog: Catalog, nodes: NodePicker, auth: Auth) -> Self {
+        Self {
+            catalog,
+            nodes,
+            auth,
+        }
     }
 
     /// Resolves a request's image name and wanted type to the record.
@@ -31,12 +38,29 @@ impl ImagesService {
         let what = names::image_ref("name", name, convert::want_type(image_type)?)?;
         Ok(self.catalog.get_image(what, public_only).await?)
     }
-}
 
-/// Whether the caller sees only public images. Every caller is trusted until the
-/// trust layer decides otherwise; this is the one place that will ask it.
-pub(crate) fn public_only<T>(_req: &Request<T>) -> bool {
-    false
+    /// The image a read names, as the caller may see it: trusted callers see every
+    /// image, others public ones, plus the private one an image secret opens
+    /// (`use_secret` spends the secret).
+    async fn visible(
+        &self,
+        public_only: bool,
+        name: &str,
+        image_type: i32,
+        secret: &str,
+        use_secret: bool,
+    ) -> ApiResult<cat::Image> {
+        if !public_only || secret.is_empty() {
+            return self.lookup(name, image_type, public_only).await;
+        }
+        let what = names::image_ref("name", name, convert::want_type(image_type)?)?;
+        let hash = hash_token(secret);
+        Ok(if use_secret {
+            self.catalog.use_image_secret(what, hash).await?
+        } else {
+            self.catalog.get_image_with_secret(what, hash).await?
+        })
+    }
 }
 
 /// The fields UpdateImage may change, as LXD's `ImagePut` (profiles aside: this
@@ -110,9 +134,11 @@ fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
 #[tonic::async_trait]
 impl Images for ImagesService {
     async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Reply<pb::Image> {
-        let public_only = public_only(&req);
+        let public_only = self.auth.public_only(&req)?;
         let r = req.into_inner();
-        let image = self.lookup(&r.name, r.r#type, public_only).await?;
+        let image = self
+            .visible(public_only, &r.name, r.r#type, &r.secret, false)
+            .await?;
         Ok(Response::new(convert::image(image)))
     }
 
@@ -120,7 +146,7 @@ impl Images for ImagesService {
         &self,
         req: Request<pb::ListImagesRequest>,
     ) -> Reply<pb::ListImagesResponse> {
-        let public_only = public_only(&req);
+        let public_only = self.auth.public_only(&req)?;
         let r = req.into_inner();
         let filter = ImageFilter::parse(&r.filter).map_err(ApiError::from)?;
         let scope = format!("images|{public_only}|{}", r.filter);
@@ -137,6 +163,7 @@ impl Images for ImagesService {
     }
 
     async fn update_image(&self, req: Request<pb::UpdateImageRequest>) -> Reply<pb::Image> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let image = r.image.ok_or_else(|| invalid("image is required"))?;
         let what = names::image_ref("image.name", &image.name, None)?;
@@ -154,6 +181,7 @@ impl Images for ImagesService {
         &self,
         req: Request<pb::DeleteImageRequest>,
     ) -> Reply<pb::DeleteImageResponse> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, None)?;
         let (image, released) = self
@@ -172,10 +200,15 @@ impl Images for ImagesService {
         &self,
         req: Request<pb::ExportImageRequest>,
     ) -> Reply<pb::ExportImageResponse> {
-        let public_only = public_only(&req);
+        let public_only = self.auth.public_only(&req)?;
         let r = req.into_inner();
-        let image = self.lookup(&r.name, r.r#type, public_only).await?;
+        let image = self
+            .visible(public_only, &r.name, r.r#type, &r.secret, true)
+            .await?;
         let node = self.nodes.pick().await?;
+        let (ticket, expires) = self
+            .auth
+            .ticket(&Scope::Download(image.fingerprint.clone()));
         let files = image
             .parts
             .iter()
@@ -185,22 +218,33 @@ impl Images for ImagesService {
             image: Some(convert::image(image)),
             files,
             blob_node: node.address,
-            ticket: String::new(),
-            ticket_expire_time: None,
+            ticket,
+            ticket_expire_time: Some(expires),
         }))
     }
 
     async fn create_image_secret(
         &self,
-        _req: Request<pb::CreateImageSecretRequest>,
+        req: Request<pb::CreateImageSecretRequest>,
     ) -> Reply<pb::ImageSecret> {
-        Err(
-            ApiError::Unimplemented("image secrets are not available on this server yet".into())
-                .into(),
-        )
+        self.auth.require_trusted(&req)?;
+        let what = names::image_ref("name", &req.get_ref().name, None)?;
+        let secret = new_secret();
+        let (image, expires) = self
+            .catalog
+            .create_image_secret(what, hash_token(&secret), self.auth.secret_ttl)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(fingerprint = %image.fingerprint, "image secret created");
+        Ok(Response::new(pb::ImageSecret {
+            image: format!("images/{}", image.fingerprint),
+            secret,
+            expire_time: Some(convert::timestamp(expires)),
+        }))
     }
 
     async fn refresh_image(&self, req: Request<pb::RefreshImageRequest>) -> Reply<pb::Operation> {
+        self.auth.require_trusted(&req)?;
         let r = req.into_inner();
         let what = names::image_ref("name", &r.name, None)?;
         let image = self

@@ -27,6 +27,7 @@ use imagestore_proto::v1::trust_server::TrustServer;
 use imagestore_proto::v1::uploads_server::UploadsServer;
 use imagestore_server::{GrpcServer, ServeError};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 pub use auth::Auth;
 pub use config::ControlPlaneConfig;
@@ -106,37 +107,58 @@ pub fn add_services(
     };
     server
         .add_service(
-            ImagesServer::new(images::ImagesService::new(catalog.clone(), nodes.clone()))
-                .max_decoding_message_size(limit),
+            ImagesServer::new(images::ImagesService::new(
+                catalog.clone(),
+                nodes.clone(),
+                auth.clone(),
+            ))
+            .max_decoding_message_size(limit),
         )
         .add_service(
-            AliasesServer::new(aliases::AliasesService::new(catalog.clone()))
+            AliasesServer::new(aliases::AliasesService::new(catalog.clone(), auth.clone()))
                 .max_decoding_message_size(limit),
         )
-        .add_service(
+        .add_service(trusted(
+            &auth,
             OperationsServer::new(operations::OperationsService::new(catalog.clone()))
                 .max_decoding_message_size(limit),
-        )
-        .add_service(
+        ))
+        .add_service(trusted(
+            &auth,
             UploadsServer::new(uploads::UploadsService::new(
                 catalog.clone(),
                 nodes.clone(),
                 upload_limits,
+                auth.clone(),
             ))
             .max_decoding_message_size(limit),
-        )
-        .add_service(ImportsServer::new(pending::PendingImports).max_decoding_message_size(limit))
-        .add_service(
-            TrustServer::new(trust::TrustService::new(auth)).max_decoding_message_size(limit),
-        )
-        .add_service(
+        ))
+        .add_service(trusted(
+            &auth,
+            ImportsServer::new(pending::PendingImports).max_decoding_message_size(limit),
+        ))
+        .add_service(trusted(
+            &auth,
+            TrustServer::new(trust::TrustService::new(auth.clone()))
+                .max_decoding_message_size(limit),
+        ))
+        .add_service(InterceptedService::new(
             RegistryServer::new(registry::RegistryService::new(
                 catalog,
                 nodes,
                 upload_limits,
             ))
             .max_decoding_message_size(limit),
-        )
+            auth.nodes_only(),
+        ))
+}
+
+/// `svc` behind the trust check: for services where every call needs trust.
+fn trusted<S>(
+    auth: &Auth,
+    svc: S,
+) -> InterceptedService<S, impl tonic::service::Interceptor + Clone + use<S>> {
+    InterceptedService::new(svc, auth.trusted_only())
 }
 
 /// Starts the control plane's background work (collecting expired uploads);

@@ -1,4 +1,5 @@
-//! imagestore.v1.Trust: the trust store, managed by trusted clients.
+//! imagestore.v1.Trust: the trust store, managed by trusted clients (the service
+//! is served behind the trust check).
 
 use imagestore_auth::{hash_token, new_secret};
 use imagestore_catalog::{TrustEntry, TrustKind, now};
@@ -48,7 +49,6 @@ impl Trust for TrustService {
         &self,
         req: Request<pb::AddCertificateRequest>,
     ) -> Reply<pb::TrustEntry> {
-        self.auth.require_trusted(&req)?;
         let req = req.into_inner();
         let der = CertificateDer::from_pem_slice(req.certificate_pem.as_bytes()).map_err(|e| {
             invalid(format!(
@@ -67,7 +67,6 @@ impl Trust for TrustService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Reply<pb::CreateTokenResponse> {
-        self.auth.require_trusted(&req)?;
         let req = req.into_inner();
         let expires_at = match req.ttl_seconds {
             0 => None,
@@ -96,8 +95,10 @@ impl Trust for TrustService {
         }))
     }
 
-    async fn list_trust(&self, req: Request<pb::ListTrustRequest>) -> Reply<pb::ListTrustResponse> {
-        self.auth.require_trusted(&req)?;
+    async fn list_trust(
+        &self,
+        _req: Request<pb::ListTrustRequest>,
+    ) -> Reply<pb::ListTrustResponse> {
         let entries = self
             .auth
             .catalog()
@@ -113,7 +114,6 @@ impl Trust for TrustService {
         &self,
         req: Request<pb::RemoveTrustRequest>,
     ) -> Reply<pb::RemoveTrustResponse> {
-        self.auth.require_trusted(&req)?;
         let name = req.into_inner().name;
         let id = name
             .strip_prefix("trust/")

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use imagestore_auth::Scope;
 use imagestore_catalog::{self as cat, Catalog, ImageRef, validate_alias_name};
 use imagestore_image::{Fingerprint, FingerprintQuery};
 use imagestore_proto::v1 as pb;
 use pb::uploads_server::Uploads;
 use tonic::{Request, Response};
 
+use crate::auth::Auth;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::names;
@@ -25,15 +27,35 @@ pub struct UploadsService {
     catalog: Catalog,
     nodes: NodePicker,
     limits: UploadLimits,
+    auth: Auth,
 }
 
 impl UploadsService {
-    pub fn new(catalog: Catalog, nodes: NodePicker, limits: UploadLimits) -> Self {
+    pub fn new(catalog: Catalog, nodes: NodePicker, limits: UploadLimits, auth: Auth) -> Self {
         Self {
             catalog,
             nodes,
             limits,
+            auth,
         }
+    }
+
+    /// The public form of a session; one still taking bytes carries a fresh
+    /// ticket for them.
+    fn reply(
+        &self,
+        upload: cat::Upload,
+        image: Option<pb::Image>,
+        blob_node: String,
+    ) -> pb::UploadSession {
+        let open = upload.state == cat::UploadState::Open;
+        let mut session = upload_session(upload, image, blob_node, self.limits.max_chunk_bytes);
+        if open {
+            let (ticket, expires) = self.auth.ticket(&Scope::Upload(session.name.clone()));
+            session.ticket = ticket;
+            session.ticket_expire_time = Some(expires);
+        }
+        session
     }
 
     async fn session(&self, upload: cat::Upload) -> ApiResult<pb::UploadSession> {
@@ -58,16 +80,11 @@ impl UploadsService {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        Ok(upload_session(
-            upload,
-            image,
-            blob_node,
-            self.limits.max_chunk_bytes,
-        ))
+        Ok(self.reply(upload, image, blob_node))
     }
 }
 
-/// The public form of a session.
+/// The public form of a session, without a ticket.
 pub fn upload_session(
     u: cat::Upload,
     image: Option<pb::Image>,
@@ -198,12 +215,7 @@ impl Uploads for UploadsService {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(upload = %upload.id, node = %node.node_id, "upload session opened");
-        Ok(Response::new(upload_session(
-            upload,
-            None,
-            node.address,
-            self.limits.max_chunk_bytes,
-        )))
+        Ok(Response::new(self.reply(upload, None, node.address)))
     }
 
     async fn get_upload(&self, req: Request<pb::GetUploadRequest>) -> Reply<pb::UploadSession> {
@@ -223,5 +235,25 @@ impl Uploads for UploadsService {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(self.session(upload).await?))
+    }
+
+    async fn create_one_shot_ticket(
+        &self,
+        req: Request<pb::CreateOneShotTicketRequest>,
+    ) -> Reply<pb::OneShotTicket> {
+        let fp = req.into_inner().expected_fingerprint;
+        if !fp.is_empty() {
+            Fingerprint::parse(&fp).map_err(|e| invalid(format!("expected_fingerprint: {e}")))?;
+        }
+        let node = self.nodes.pick().await?;
+        let (ticket, expires) = self
+            .auth
+            .ticket(&Scope::OneShot((!fp.is_empty()).then_some(fp)));
+        Ok(Response::new(pb::OneShotTicket {
+            ticket,
+            ticket_expire_time: Some(expires),
+            blob_node: node.address,
+            max_chunk_bytes: self.limits.max_chunk_bytes,
+        }))
     }
 }

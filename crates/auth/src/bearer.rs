@@ -10,15 +10,13 @@ pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Bearer {
     /// A token as given by an administrator or the admin-token file.
-    pub fn new(token: Option<&str>) -> Result<Self, crate::Error> {
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
         match token.map(str::trim).filter(|t| !t.is_empty()) {
             None => Ok(Self(None)),
             Some(t) => format!("Bearer {t}")
                 .parse()
                 .map(|v| Self(Some(v)))
-                .map_err(|_| {
-                    crate::Error::Invalid("the token has characters a header cannot carry".into())
-                }),
+                .map_err(|_| InvalidToken),
         }
     }
 }
@@ -31,3 +29,8 @@ impl Interceptor for Bearer {
         Ok(req)
     }
 }
+
+/// A token that cannot travel in a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the token has characters a header cannot carry (it must be printable ASCII)")]
+pub struct InvalidToken;
