@@ -7,14 +7,21 @@ use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
+use crate::tls::{TlsOptions, connector};
 
 /// The largest message a client accepts: a 4 MiB chunk plus framing.
 pub const MAX_MESSAGE: usize = 8 << 20;
 
-/// An endpoint for `url` ("http://host:port") with our window and frame sizes.
+/// An endpoint for `url` ("http://host:port" or "https://...") with our window
+/// and frame sizes. TLS is done by our own connector ([`connect_with`]), so the
+/// endpoint itself always speaks to a plain stream.
 pub fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    let plain = match url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_owned(),
+    };
     let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|e| Error::Address(format!("{url}: {e}")))?;
+        Endpoint::from_shared(plain).map_err(|e| Error::Address(format!("{url}: {e}")))?;
     Ok(endpoint
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
@@ -27,9 +34,31 @@ pub fn endpoint(url: &str) -> Result<Endpoint, Error> {
 
 /// Connects to `url` now, so that a wrong address fails here and says so.
 pub async fn connect(url: &str) -> Result<Channel, Error> {
-    endpoint(url)?.connect().await.map_err(|e| Error::Connect {
+    connect_with(url, &TlsOptions::default()).await
+}
+
+/// As [`connect`], with `tls` for an https:// URL.
+pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Channel, Error> {
+    let endpoint = endpoint(url)?;
+    let connected = if url.starts_with("https://") {
+        endpoint.connect_with_connector(connector(tls)?).await
+    } else {
+        endpoint.connect().await
+    };
+    connected.map_err(|e| Error::Connect {
         url: url.to_owned(),
         reason: source_chain(&e),
+    })
+}
+
+/// A channel to `url` that connects on first use (and reconnects), for servers
+/// that must start before their peer answers.
+pub fn connect_lazy(url: &str, tls: &TlsOptions) -> Result<Channel, Error> {
+    let endpoint = endpoint(url)?;
+    Ok(if url.starts_with("https://") {
+        endpoint.connect_with_connector_lazy(connector(tls)?)
+    } else {
+        endpoint.connect_lazy()
     })
 }
 

@@ -49,6 +49,9 @@ impl Error {
             Error::Connect { .. } => true,
             Error::Status(s) => match s.code() {
                 tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+                // A blob node's answer to a ticket that ran out mid-retry: the
+                // retry asks the control plane for a fresh one.
+                tonic::Code::Unauthenticated => s.message().contains("ticket expired"),
                 // A connection reset mid-stream surfaces as UNKNOWN or INTERNAL
                 // carrying the h2/transport error rather than a server's status.
                 tonic::Code::Unknown | tonic::Code::Internal => {

@@ -7,17 +7,19 @@ mod error;
 mod export;
 mod progress;
 mod resolve;
+mod tls;
 mod upload;
 
 use imagestore_proto::v1 as pb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use connect::{MAX_MESSAGE, connect, endpoint};
+pub use connect::{MAX_MESSAGE, connect, connect_lazy, connect_with, endpoint};
 pub use error::Error;
 pub use export::{ExportTarget, Exported};
 pub use imagestore_auth::Bearer;
 pub use progress::{NoProgress, Progress};
+pub use tls::{TlsOptions, server_fingerprint};
 pub use upload::{Source, UploadOptions};
 
 /// A connection that presents the caller's credentials on every call.
@@ -29,17 +31,29 @@ pub struct Client {
     url: String,
     channel: Channel,
     bearer: Bearer,
+    tls: TlsOptions,
 }
 
 impl Client {
     /// Connects to `url`, e.g. "http://127.0.0.1:7443", as the holder of `token`
     /// (none: an untrusted caller, who sees public images only).
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, Error> {
+        Self::connect_with(url, token, TlsOptions::default()).await
+    }
+
+    /// As [`Client::connect`], with `tls` for an https:// server (and its blob
+    /// nodes, which share the cluster's certificate).
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        tls: TlsOptions,
+    ) -> Result<Self, Error> {
         let bearer = Bearer::new(token).map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
-            channel: connect(url).await?,
+            channel: connect_with(url, &tls).await?,
             bearer,
+            tls,
         })
     }
 
@@ -83,7 +97,7 @@ impl Client {
         let channel = if node.is_empty() || node == self.url {
             self.channel.clone()
         } else {
-            connect(node).await?
+            connect_with(node, &self.tls).await?
         };
         Ok(blobs_client(channel))
     }

@@ -11,6 +11,8 @@ use tonic::service::Routes;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::tls::Tls;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
@@ -22,6 +24,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
@@ -44,6 +48,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
 pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
+    tls: Tls,
 }
 
 impl Default for GrpcServer {
@@ -57,6 +62,7 @@ impl GrpcServer {
         Self {
             routes: Routes::default(),
             names: Vec::new(),
+            tls: Tls::default(),
         }
     }
 
@@ -74,6 +80,12 @@ impl GrpcServer {
     {
         self.names.push(S::NAME);
         self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Serves with `tls` (the default is plaintext, allowed on loopback only).
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -122,11 +134,14 @@ impl GrpcServer {
             .on_response(DefaultOnResponse::new().level(Level::DEBUG))
             .on_failure(DefaultOnFailure::new().level(Level::WARN));
 
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: "the listener".into(),
+            source,
+        })?;
+        self.tls.check(bound)?;
         // Windows well above hyper's 1 MiB default let one stream carry image bytes
         // at disk speed; the connection window fits two streams at full speed.
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
@@ -134,9 +149,24 @@ impl GrpcServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(1024))
             .layer(trace)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .add_routes(routes);
+        match self.tls.server_config() {
+            Some(config) => {
+                let (incoming, acceptor) = crate::tls::incoming(listener, config);
+                let served = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await;
+                acceptor.abort();
+                served?;
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await?;
+            }
+        }
         tracing::info!("server stopped");
         Ok(())
     }

@@ -6,12 +6,14 @@ mod grpc;
 mod main_helper;
 mod memory;
 pub mod shutdown;
+mod tls;
 
 pub use args::CommonArgs;
 pub use config::{ConfigError, load_config};
 pub use grpc::{CONNECTION_WINDOW, GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeError, bind};
 pub use main_helper::{HasLogConfig, run_binary};
 pub use memory::limit_malloc_arenas;
+pub use tls::{Tls, TlsConfig, TlsError, TlsPeer};
 
 /// Where a tier keeps its data unless configured: the user's data directory
 /// (e.g. ~/.local/share) + "imagestore/{tier}".

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use imagestore_server::TlsConfig;
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +22,14 @@ pub struct BlobNodeConfig {
     /// its data directory: the node presents it to the control plane and checks
     /// clients' tickets with a key derived from it.
     pub cluster_credential_file: PathBuf,
+    /// The control plane's certificate fingerprint (SHA-256 hex) when it serves
+    /// https; empty: the node's own certificate (a cluster shares one, as LXD's
+    /// members do), else the system's CA roots.
+    pub control_plane_certificate_sha256: String,
+    /// TLS: certificate and key files; without them plaintext, on loopback only.
+    pub tls: TlsConfig,
     /// The address clients are told to reach this node at; empty means
-    /// "http://" + the bound listen address.
+    /// "http://" (or "https://" with TLS) + the bound listen address.
     pub advertise: String,
     /// Where image bytes live: a directory (or file:// URL), or s3://bucket/prefix
     /// and the other schemes object_store knows. Empty means `{data_dir}/blobs`.
@@ -52,6 +59,8 @@ impl Default for BlobNodeConfig {
             control_plane: "http://127.0.0.1:7443".into(),
             cluster_credential_file: imagestore_server::default_data_dir("control-plane")
                 .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE),
+            control_plane_certificate_sha256: String::new(),
+            tls: TlsConfig::default(),
             advertise: String::new(),
             store: String::new(),
             store_options: BTreeMap::new(),

@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use imagestore_auth::{Bearer, TicketKey, read_secret};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
-use imagestore_server::{GrpcServer, ServeError};
+use imagestore_server::{GrpcServer, ServeError, Tls};
 use imagestore_store::{BlobStore, StoreError};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use config::BlobNodeConfig;
@@ -43,6 +43,8 @@ pub enum StartError {
         file = imagestore_auth::CLUSTER_CREDENTIAL_FILE
     )]
     Credential { path: String, reason: String },
+    #[error("cannot read the certificate {path}: {reason}")]
+    Certificate { path: String, reason: String },
     #[error("control plane address {0:?} is not a valid URL")]
     ControlPlane(String),
     #[error(transparent)]
@@ -195,7 +197,7 @@ pub async fn serve_notifying(
     let node = BlobNode::prepare(&config, bound)?;
     let lifecycle = node.spawn_lifecycle(registered);
     let served = node
-        .add_services(GrpcServer::new())
+        .add_services(GrpcServer::new().with_tls(node.tls()))
         .serve(listener, shutdown)
         .await;
     lifecycle.abort();
@@ -207,6 +209,7 @@ pub async fn serve_notifying(
 pub struct BlobNode {
     node: Arc<NodeContext>,
     advertise: String,
+    tls: Tls,
     gc_interval: std::time::Duration,
     max_message: usize,
 }
@@ -239,11 +242,12 @@ impl BlobNode {
             .map_err(|e| credential_error(e.to_string()))?
             .ok_or_else(|| credential_error("no such file".into()))?;
         let bearer = Bearer::new(Some(&credential)).map_err(|e| credential_error(e.to_string()))?;
-        let channel = Endpoint::from_shared(config.control_plane.clone())
-            .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?
-            .connect_lazy();
+        let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
+        let channel =
+            imagestore_client::connect_lazy(&config.control_plane, &control_plane_tls(config)?)
+                .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?;
         let advertise = if config.advertise.is_empty() {
-            format!("http://{bound}")
+            format!("{}://{bound}", tls.scheme())
         } else {
             config.advertise.clone()
         };
@@ -264,9 +268,15 @@ impl BlobNode {
                 active: AtomicU32::new(0),
             }),
             advertise,
+            tls,
             gc_interval: config.gc_interval,
             max_message: config.max_chunk_bytes as usize + 64 * 1024,
         })
+    }
+
+    /// The TLS the node serves with.
+    pub fn tls(&self) -> Tls {
+        self.tls.clone()
     }
 
     /// Adds the Blobs service to `server`.
@@ -292,6 +302,27 @@ impl BlobNode {
             registered,
         ))
     }
+}
+
+/// How the node checks the control plane's certificate: the configured pin, else
+/// its own certificate's (the cluster's), else the system roots.
+fn control_plane_tls(config: &BlobNodeConfig) -> Result<imagestore_client::TlsOptions, StartError> {
+    let pin = if !config.control_plane_certificate_sha256.is_empty() {
+        Some(config.control_plane_certificate_sha256.to_ascii_lowercase())
+    } else if let Some(cert) = &config.tls.cert_file {
+        let bad = |reason: String| StartError::Certificate {
+            path: cert.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(cert).map_err(|e| bad(e.to_string()))?;
+        Some(imagestore_auth::fingerprint_pem(&pem).map_err(|e| bad(e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(imagestore_client::TlsOptions {
+        pin,
+        identity: None,
+    })
 }
 
 /// Binds `config.listen` and serves until SIGTERM or SIGINT.

@@ -22,6 +22,10 @@ pub struct Remote {
     /// admin-token file); none for an untrusted client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The SHA-256 of the server's certificate (https remotes), accepted on
+    /// `remote add` as lxc accepts a remote's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
 }
 
 fn default_protocol() -> String {
@@ -45,6 +49,7 @@ impl Default for Config {
                 protocol: default_protocol(),
                 public: false,
                 token: None,
+                certificate_sha256: None,
             },
         );
         Self {
@@ -114,27 +119,32 @@ impl Config {
         }
     }
 
-    /// The address of `remote` (None: the default remote, or IMAGESTORE_REMOTE's
-    /// URL) and the token to present there: IMAGESTORE_TOKEN when set, else the
-    /// remote's own.
-    pub fn address(&self, remote: Option<&str>) -> CliResult<(String, Option<String>)> {
-        let from_env = std::env::var("IMAGESTORE_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty());
+    /// The remote to talk to (None: the default remote, or IMAGESTORE_REMOTE's
+    /// URL, whose certificate is then pinned by IMAGESTORE_CERTIFICATE_SHA256), with
+    /// the token to present there: IMAGESTORE_TOKEN when set, else the remote's own.
+    pub fn target(&self, remote: Option<&str>) -> CliResult<Remote> {
+        let env = |name: &str| std::env::var(name).ok().filter(|t| !t.trim().is_empty());
+        let from_env = env("IMAGESTORE_TOKEN");
         if remote.is_none()
-            && let Ok(url) = std::env::var("IMAGESTORE_REMOTE")
+            && let Some(url) = env("IMAGESTORE_REMOTE")
             && url.contains("://")
         {
-            return Ok((url, from_env));
+            return Ok(Remote {
+                addr: url,
+                protocol: default_protocol(),
+                public: false,
+                token: from_env,
+                certificate_sha256: env("IMAGESTORE_CERTIFICATE_SHA256"),
+            });
         }
         let name = remote
             .map(str::to_owned)
             .unwrap_or_else(|| self.default_name());
-        let remote = self.remote(&name)?;
-        Ok((
-            remote.addr.clone(),
-            from_env.or_else(|| remote.token.clone()),
-        ))
+        let mut remote = self.remote(&name)?.clone();
+        if from_env.is_some() {
+            remote.token = from_env;
+        }
+        Ok(remote)
     }
 
     /// `[remote:] [filter...]` as `list` commands take them: a first argument
@@ -162,6 +172,16 @@ impl Config {
         }
         (None, arg)
     }
+}
+
+/// The certificate this client presents to https remotes: `client.crt` and
+/// `client.key` in the config directory, made on first use as lxc makes its own.
+pub fn client_certificate() -> CliResult<imagestore_auth::CertPair> {
+    let d = dir();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "imagestore-client".into());
+    imagestore_auth::load_or_generate(&d.join("client.crt"), &d.join("client.key"), &host, &[])
+        .map(|(pair, _)| pair)
+        .map_err(|e| Failure::new(exit::FAILED, format!("the client certificate: {e}")))
 }
 
 /// Writes a file only its owner can read (it holds tokens).

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use imagestore_client::{Client, Progress};
+use imagestore_client::{Client, Progress, TlsOptions};
 use imagestore_proto::v1 as pb;
 
-use crate::config::Config;
+use crate::config::{Config, Remote};
 use crate::failure::CliResult;
 
 pub struct Ctx {
@@ -24,8 +24,7 @@ impl Ctx {
 
     /// A connection to `remote` (None: the default remote).
     pub async fn client(&self, remote: Option<&str>) -> CliResult<Client> {
-        let (addr, token) = self.config.address(remote)?;
-        Ok(Client::connect(&addr, token.as_deref()).await?)
+        connect(&self.config.target(remote)?).await
     }
 
     /// "[remote:]image" → the connection and the image, named as lxc names them.
@@ -46,4 +45,18 @@ impl Ctx {
             println!("{line}");
         }
     }
+}
+
+/// A connection to `remote`: its token, and for https its pinned certificate and
+/// this client's own certificate.
+pub async fn connect(remote: &Remote) -> CliResult<Client> {
+    let tls = if remote.addr.starts_with("https://") {
+        TlsOptions {
+            pin: remote.certificate_sha256.clone(),
+            identity: Some(crate::config::client_certificate()?),
+        }
+    } else {
+        TlsOptions::default()
+    };
+    Ok(Client::connect_with(&remote.addr, remote.token.as_deref(), tls).await?)
 }

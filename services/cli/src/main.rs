@@ -136,7 +136,7 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
         Command::GetProperty { image, key } => manage::get_property(ctx, &image, &key).await,
         Command::Delete { images } => manage::delete(ctx, images).await,
         Command::Refresh { images } => import::refresh(ctx, images).await,
-        Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd),
+        Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd).await,
         Command::Trust(cmd) => trust::run(ctx, cmd).await,
     }
 }

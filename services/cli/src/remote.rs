@@ -1,5 +1,7 @@
 //! `imagestore remote add|list|remove|rename|switch|get-default`.
 
+use std::io::{IsTerminal, Write};
+
 use clap::Subcommand;
 
 use crate::config::{Config, Remote};
@@ -25,6 +27,14 @@ pub enum RemoteCommand {
         /// Read the token from this file (e.g. the server's admin-token).
         #[arg(long, value_name = "FILE")]
         token_file: Option<std::path::PathBuf>,
+        /// https: accept the server's certificate without asking (check the
+        /// fingerprint printed against the server's own).
+        #[arg(long)]
+        accept_certificate: bool,
+        /// Use the token once, to make the server trust this client's certificate
+        /// (mutual TLS), and keep no token: as `lxc remote add` with a trust token.
+        #[arg(long)]
+        trust_client_certificate: bool,
     },
     /// Set or clear the token presented to a remote:
     /// `remote set-token NAME [--token T | --token-file F]` (neither: clear it).
@@ -52,7 +62,7 @@ pub enum RemoteCommand {
     GetDefault,
 }
 
-pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
+pub async fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
     match cmd {
         RemoteCommand::Add {
             name,
@@ -61,6 +71,8 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
             public,
             token,
             token_file,
+            accept_certificate,
+            trust_client_certificate,
         } => {
             check_name(&name)?;
             let token = read_token(token, token_file)?;
@@ -76,15 +88,28 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
                 )));
             }
             let addr = normalise_url(&url)?;
-            config.remotes.insert(
-                name,
-                Remote {
-                    addr,
-                    protocol,
-                    public,
-                    token,
-                },
-            );
+            let certificate_sha256 = if addr.starts_with("https://") {
+                Some(accept(&addr, accept_certificate).await?)
+            } else {
+                None
+            };
+            let mut remote = Remote {
+                addr,
+                protocol,
+                public,
+                token,
+                certificate_sha256,
+            };
+            if trust_client_certificate {
+                if remote.token.is_none() {
+                    return Err(Failure::usage(
+                        "--trust-client-certificate needs --token or --token-file",
+                    ));
+                }
+                trust_this_client(&remote).await?;
+                remote.token = None;
+            }
+            config.remotes.insert(name, remote);
             config.save()
         }
         RemoteCommand::SetToken {
@@ -159,6 +184,55 @@ pub fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
             println!("{}", config.default_name());
             Ok(())
         }
+    }
+}
+
+/// The server's certificate fingerprint, once the user has accepted it.
+async fn accept(addr: &str, accepted: bool) -> CliResult<String> {
+    let fingerprint = imagestore_client::server_fingerprint(addr).await?;
+    println!("Certificate fingerprint: {fingerprint}");
+    if accepted {
+        return Ok(fingerprint);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(
+            "the server's certificate must be accepted: compare the fingerprint above with \
+             the server's (its log or `openssl x509 -fingerprint -sha256`), then run again \
+             with --accept-certificate",
+        ));
+    }
+    print!("ok (y/n)? ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(exit::FAILED, format!("reading the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(fingerprint)
+    } else {
+        Err(Failure::usage("Server certificate NACKed by user"))
+    }
+}
+
+/// Uses the remote's token to add this client's certificate to its trust store.
+async fn trust_this_client(remote: &Remote) -> CliResult {
+    let pair = crate::config::client_certificate()?;
+    let client = crate::ctx::connect(remote).await?;
+    let added = client
+        .trust()
+        .add_certificate(imagestore_proto::v1::AddCertificateRequest {
+            certificate_pem: pair.cert_pem,
+            description: format!(
+                "imagestore client ({})",
+                std::env::var("USER").unwrap_or_default()
+            ),
+        })
+        .await;
+    match added {
+        Ok(_) => Ok(()),
+        // Trusted already: what was asked for holds.
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(s.into()),
     }
 }
 

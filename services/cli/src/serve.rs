@@ -2,12 +2,13 @@
 //! address, with embedded defaults (SQLite and a local directory) — for a laptop
 //! or a single server. The separate binaries remain for real deployments.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use imagestore_blob_node::{BlobNode, BlobNodeConfig};
 use imagestore_control_plane::ControlPlaneConfig;
-use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig};
+use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig, Tls, TlsConfig};
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,10 @@ pub struct ServeConfig {
     pub listen: String,
     /// Everything lives below: control-plane/, blob-node/, blobs/.
     pub data_dir: PathBuf,
+    /// TLS for every service. Without certificate files, serve makes a
+    /// self-signed pair in the data directory on first start (as LXD does) and
+    /// uses it whenever it listens beyond loopback.
+    pub tls: TlsConfig,
     /// Logging and tracing.
     pub log: LogConfig,
     /// Control-plane settings.
@@ -43,6 +48,7 @@ impl Default for ServeConfig {
             data_dir: dirs::data_dir()
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("imagestore"),
+            tls: TlsConfig::default(),
             log: LogConfig::default(),
             control_plane: ControlPlaneConfig::default(),
             blob_node: BlobNodeConfig::default(),
@@ -66,6 +72,42 @@ enum ServeError {
     Serve(#[from] imagestore_server::ServeError),
     #[error("cannot read the bound address: {0}")]
     Bound(std::io::Error),
+    #[error("the server certificate: {0}")]
+    Certificate(#[from] imagestore_auth::CertError),
+}
+
+/// The TLS settings to serve with: the configured files, else the pair serve
+/// keeps in the data directory (made on first start), used beyond loopback.
+fn tls_for(config: &ServeConfig, bound: SocketAddr) -> Result<TlsConfig, ServeError> {
+    if config.tls.cert_file.is_some() || config.tls.key_file.is_some() {
+        return Ok(config.tls.clone());
+    }
+    let (cert, key) = (
+        config.data_dir.join("server.crt"),
+        config.data_dir.join("server.key"),
+    );
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !bound.ip().is_unspecified() && !bound.ip().is_loopback() {
+        names.push(bound.ip().to_string());
+    }
+    let (pair, made) = imagestore_auth::load_or_generate(&cert, &key, "imagestore", &names)?;
+    let fingerprint = imagestore_auth::fingerprint_pem(pair.cert_pem.as_bytes())?;
+    if made {
+        tracing::info!(file = %cert.display(), %fingerprint, "self-signed server certificate made");
+    }
+    if bound.ip().is_loopback() || config.tls.insecure {
+        return Ok(config.tls.clone());
+    }
+    eprintln!("imagestore: server certificate fingerprint {fingerprint}");
+    Ok(TlsConfig {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        insecure: false,
+    })
 }
 
 pub async fn run(args: ServeArgs) -> ExitCode {
@@ -90,10 +132,15 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     if reach.ip().is_unspecified() {
         reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    let tls = tls_for(&config, bound)?;
+    let scheme = Tls::load(&tls)
+        .map_err(imagestore_server::ServeError::from)?
+        .scheme();
     let node_config = BlobNodeConfig {
         listen: config.listen.clone(),
         data_dir: config.data_dir.join("blob-node"),
-        control_plane: format!("http://{reach}"),
+        control_plane: format!("{scheme}://{reach}"),
+        tls,
         cluster_credential_file: config
             .data_dir
             .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE),
@@ -106,7 +153,7 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     };
     let node = BlobNode::prepare(&node_config, reach)?;
     let server = node.add_services(imagestore_control_plane::add_services(
-        GrpcServer::new(),
+        GrpcServer::new().with_tls(node.tls()),
         &control,
         catalog.clone(),
         auth,
@@ -114,7 +161,7 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let sweeper = imagestore_control_plane::spawn_background(&control, catalog);
     let lifecycle = node.spawn_lifecycle(None);
     eprintln!(
-        "imagestore: serving on http://{bound} (control plane and blob node); data in {}",
+        "imagestore: serving on {scheme}://{bound} (control plane and blob node); data in {}",
         config.data_dir.display()
     );
     let served = server.serve(listener, shutdown).await;

@@ -12,6 +12,7 @@ use imagestore_auth::{
     Scope, TicketKey, hash_token, load_or_create, new_secret, read_secret, write_private,
 };
 use imagestore_catalog::{Catalog, TrustEntry, TrustKind, UnixNanos, now};
+use imagestore_server::TlsPeer;
 use tonic::Request;
 
 use crate::error::{ApiError, ApiResult};
@@ -117,7 +118,7 @@ impl Auth {
     /// says so instead of silently hiding private images.
     pub fn caller<T>(&self, req: &Request<T>) -> ApiResult<Caller> {
         let Some(value) = req.metadata().get("authorization") else {
-            return Ok(Caller::Anonymous);
+            return Ok(self.by_certificate(req));
         };
         let token = value
             .to_str()
@@ -132,11 +133,9 @@ impl Auth {
         if hash == self.cluster_hash {
             return Ok(Caller::Node);
         }
-        let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
-        match trusted.get(&hash) {
-            Some(None) => Ok(Caller::Trusted),
-            Some(Some(expires)) if *expires > now() => Ok(Caller::Trusted),
-            Some(Some(_)) => Err(unauthenticated(
+        match self.trust_of(&hash) {
+            Some(true) => Ok(Caller::Trusted),
+            Some(false) => Err(unauthenticated(
                 "the bearer token has expired: ask an administrator for a new one",
             )),
             None => Err(unauthenticated(
@@ -144,6 +143,32 @@ impl Auth {
                  check IMAGESTORE_TOKEN or the remote's token",
             )),
         }
+    }
+
+    /// A caller without a token: trusted when its TLS client certificate is in
+    /// the trust store. An unknown certificate is just anonymous, as in LXD: any
+    /// client may have one.
+    fn by_certificate<T>(&self, req: &Request<T>) -> Caller {
+        let fingerprint = req
+            .extensions()
+            .get::<TlsPeer>()
+            .and_then(|p| p.certificate_sha256.as_ref());
+        let Some(fingerprint) = fingerprint else {
+            return Caller::Anonymous;
+        };
+        match self.trust_of(fingerprint) {
+            Some(true) => Caller::Trusted,
+            _ => Caller::Anonymous,
+        }
+    }
+
+    /// Whether the credential with this fingerprint is trusted: None when the
+    /// store does not know it, Some(false) when it has expired.
+    fn trust_of(&self, fingerprint: &str) -> Option<bool> {
+        let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
+        trusted
+            .get(fingerprint)
+            .map(|expires| expires.is_none_or(|at| at > now()))
     }
 
     /// Calls that change anything, or manage trust.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use imagestore_server::TlsConfig;
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,8 @@ pub struct ControlPlaneConfig {
     /// How often expired upload sessions are collected.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// TLS: certificate and key files; without them plaintext, on loopback only.
+    pub tls: TlsConfig,
     /// Logging and tracing.
     pub log: LogConfig,
 }
@@ -47,6 +50,7 @@ impl Default for ControlPlaneConfig {
             max_upload_bytes: 64 << 30,
             max_chunk_bytes: 4 << 20,
             sweep_interval: Duration::from_secs(60),
+            tls: TlsConfig::default(),
             log: LogConfig::default(),
         }
     }

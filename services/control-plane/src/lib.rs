@@ -25,7 +25,7 @@ use imagestore_proto::v1::imports_server::ImportsServer;
 use imagestore_proto::v1::operations_server::OperationsServer;
 use imagestore_proto::v1::trust_server::TrustServer;
 use imagestore_proto::v1::uploads_server::UploadsServer;
-use imagestore_server::{GrpcServer, ServeError};
+use imagestore_server::{GrpcServer, ServeError, Tls};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
@@ -81,8 +81,9 @@ pub async fn serve_catalog(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
     let sweeper = spawn_background(&config, catalog.clone());
-    let served = add_services(GrpcServer::new(), &config, catalog, auth)
+    let served = add_services(GrpcServer::new().with_tls(tls), &config, catalog, auth)
         .serve(listener, shutdown)
         .await;
     sweeper.abort();

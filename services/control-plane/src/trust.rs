@@ -1,13 +1,10 @@
 //! imagestore.v1.Trust: the trust store, managed by trusted clients (the service
 //! is served behind the trust check).
 
-use imagestore_auth::{hash_token, new_secret};
+use imagestore_auth::{fingerprint_pem, hash_token, new_secret};
 use imagestore_catalog::{TrustEntry, TrustKind, now};
 use imagestore_proto::v1 as pb;
 use pb::trust_server::Trust;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response};
 
 use crate::auth::Auth;
@@ -50,12 +47,8 @@ impl Trust for TrustService {
         req: Request<pb::AddCertificateRequest>,
     ) -> Reply<pb::TrustEntry> {
         let req = req.into_inner();
-        let der = CertificateDer::from_pem_slice(req.certificate_pem.as_bytes()).map_err(|e| {
-            invalid(format!(
-                "certificate_pem is not a PEM certificate (-----BEGIN CERTIFICATE-----): {e}"
-            ))
-        })?;
-        let fingerprint = hex::encode(Sha256::digest(der.as_ref()));
+        let fingerprint = fingerprint_pem(req.certificate_pem.as_bytes())
+            .map_err(|e| invalid(format!("certificate_pem is {e}")))?;
         let added = self
             .auth
             .add(TrustKind::Certificate, req.description, fingerprint, None)
