@@ -24,6 +24,8 @@ pub struct ControlPlane {
     pub addr: std::net::SocketAddr,
     pub catalog: Catalog,
     pub data_dir: PathBuf,
+    /// With TLS: the fingerprint of its certificate, which clients pin.
+    pub pin: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -42,6 +44,7 @@ impl ControlPlane {
             ..ControlPlaneConfig::default()
         };
         tweak(&mut config);
+        let pin = config.tls.cert_file.as_ref().map(|c| pin_of(c));
         std::fs::create_dir_all(data_dir).unwrap();
         let catalog = Catalog::open(data_dir.join(CATALOG_FILE)).await.unwrap();
         // Bound before the server task starts, so clients can connect at once.
@@ -63,6 +66,7 @@ impl ControlPlane {
             addr,
             catalog,
             data_dir: data_dir.to_owned(),
+            pin,
             stop: Some(stop),
             task: Some(task),
         }
@@ -84,8 +88,13 @@ impl ControlPlane {
 /// directory.
 #[allow(async_fn_in_trait)]
 pub trait Cluster {
-    /// "http://127.0.0.1:PORT".
+    /// "http://127.0.0.1:PORT" (https with TLS).
     fn url(&self) -> String;
+
+    /// How a client reaches it: with TLS, the pinned certificate.
+    fn tls(&self) -> imagestore_client::TlsOptions {
+        imagestore_client::TlsOptions::default()
+    }
 
     /// Where the admin-token and cluster-credential files are.
     fn secrets_dir(&self) -> PathBuf;
@@ -126,9 +135,7 @@ pub trait Cluster {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .unwrap()
-            .connect()
+        imagestore_client::connect_with(&self.url(), &self.tls())
             .await
             .unwrap()
     }
@@ -199,7 +206,15 @@ pub trait Cluster {
 
 impl Cluster for ControlPlane {
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pin.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    fn tls(&self) -> imagestore_client::TlsOptions {
+        imagestore_client::TlsOptions {
+            pin: self.pin.clone(),
+            identity: None,
+        }
     }
 
     fn secrets_dir(&self) -> PathBuf {
@@ -222,6 +237,11 @@ impl Cluster for External {
     fn secrets_dir(&self) -> PathBuf {
         self.data_dir.clone()
     }
+}
+
+/// The SHA-256 fingerprint of the certificate in a PEM file.
+pub fn pin_of(cert: &Path) -> String {
+    imagestore_auth::fingerprint_pem(&std::fs::read(cert).unwrap()).unwrap()
 }
 
 /// A connection that presents a bearer token.
@@ -534,6 +554,7 @@ impl Process {
 pub struct BlobNode {
     pub addr: std::net::SocketAddr,
     pub id: String,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -576,6 +597,7 @@ impl BlobNode {
             ..Default::default()
         };
         tweak(&mut config);
+        let tls = config.tls.cert_file.is_some();
         let listener = TcpListener::bind(&config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -599,13 +621,15 @@ impl BlobNode {
         Self {
             addr,
             id,
+            tls,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn blobs(&self) -> pb::blobs_client::BlobsClient<Channel> {

@@ -38,8 +38,7 @@ pub struct Auth {
     cluster_hash: String,
     tickets: TicketKey,
     ticket_ttl: Duration,
-    /// How long an unused image secret works.
-    pub secret_ttl: Duration,
+    secret_ttl: Duration,
 }
 
 impl std::fmt::Debug for Auth {
@@ -100,6 +99,17 @@ impl Auth {
             .collect();
         *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = map;
         Ok(())
+    }
+
+    /// How long tickets and unused image secrets work.
+    pub fn with_lifetimes(mut self, ticket_ttl: Duration, secret_ttl: Duration) -> Self {
+        self.ticket_ttl = ticket_ttl;
+        self.secret_ttl = secret_ttl;
+        self
+    }
+
+    pub fn secret_ttl(&self) -> Duration {
+        self.secret_ttl
     }
 
     /// A ticket for `scope`, signed for blob nodes, and when it expires.

@@ -33,6 +33,14 @@ pub struct ControlPlaneConfig {
     /// How often expired upload sessions are collected.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// How long a ticket (for one upload session, one-shot upload or image
+    /// download on a blob node) works after it is issued. It is checked when a
+    /// stream starts; a client asks again for a fresh one.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// How long an unused image secret works.
+    #[serde(with = "humantime_serde")]
+    pub image_secret_ttl: Duration,
     /// TLS: certificate and key files; without them plaintext, on loopback only.
     pub tls: TlsConfig,
     /// Logging and tracing.
@@ -50,6 +58,8 @@ impl Default for ControlPlaneConfig {
             max_upload_bytes: 64 << 30,
             max_chunk_bytes: 4 << 20,
             sweep_interval: Duration::from_secs(60),
+            ticket_ttl: Duration::from_secs(15 * 60),
+            image_secret_ttl: Duration::from_secs(24 * 3600),
             tls: TlsConfig::default(),
             log: LogConfig::default(),
         }

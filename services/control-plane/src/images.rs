@@ -232,7 +232,7 @@ impl Images for ImagesService {
         let secret = new_secret();
         let (image, expires) = self
             .catalog
-            .create_image_secret(what, hash_token(&secret), self.auth.secret_ttl)
+            .create_image_secret(what, hash_token(&secret), self.auth.secret_ttl())
             .await
             .map_err(ApiError::from)?;
         tracing::info!(fingerprint = %image.fingerprint, "image secret created");

@@ -99,6 +99,7 @@ pub fn add_services(
     catalog: Catalog,
     auth: Auth,
 ) -> GrpcServer {
+    let auth = auth.with_lifetimes(config.ticket_ttl, config.image_secret_ttl);
     let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
     let limit = config.max_request_bytes;
     let upload_limits = uploads::UploadLimits {
