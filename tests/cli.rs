@@ -779,3 +779,160 @@ async fn an_export_continues_from_its_partial_file_and_never_keeps_bad_bytes() {
     assert_eq!(std::fs::read(out.join(&name)).unwrap(), data);
     fx.server.terminate().await;
 }
+
+/// Runs the CLI with only the given config directory: no IMAGESTORE_REMOTE and no
+/// IMAGESTORE_TOKEN, so the remotes in that directory decide.
+async fn run_in(fx: &Fixture, config: &Path, args: &[&str]) -> Ran {
+    let out = fx
+        .command(args)
+        .env_remove("IMAGESTORE_REMOTE")
+        .env_remove("IMAGESTORE_TOKEN")
+        .env("IMAGESTORE_CONFIG_DIR", config)
+        .output()
+        .await
+        .unwrap();
+    Ran::from(args, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_over_tls_by_client_certificate_and_by_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = imagestore_auth::self_signed("cli test", &["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert, &pair.cert_pem).unwrap();
+    std::fs::write(&key, &pair.key_pem).unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let fx = Fixture::start_with(&["--config", config.to_str().unwrap()]).await;
+    let url = format!("https://{}", fx.server.addr);
+    let token_file = fx.dir.path().join("data/admin-token");
+    let fingerprint = imagestore_auth::fingerprint_pem(pair.cert_pem.as_bytes()).unwrap();
+
+    // An operator adds the server: accepts its certificate, and uses the admin
+    // token once to have this client's certificate trusted (no token is kept).
+    let operator = dir.path().join("operator");
+    let ran = run_in(
+        &fx,
+        &operator,
+        &[
+            "remote",
+            "add",
+            "lab",
+            &url,
+            "--accept-certificate",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--trust-client-certificate",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stdout.contains(&fingerprint), "{}", ran.stdout);
+    let saved = std::fs::read_to_string(operator.join("config.yml")).unwrap();
+    assert!(
+        saved.contains(&fingerprint) && !saved.contains("token:"),
+        "{saved}"
+    );
+    run_in(&fx, &operator, &["remote", "switch", "lab"]).await;
+
+    // Trusted by certificate alone: import (bytes over TLS to the blob node), list.
+    let ran = run_in(
+        &fx,
+        &operator,
+        &[
+            "import",
+            &fixture_path("busybox-unified.tar.gz"),
+            "--alias",
+            "private-one",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = run_in(&fx, &operator, &["list", "--format", "csv"]).await;
+    assert!(ran.stdout.contains("private-one"), "{}", ran.stdout);
+    let ran = run_in(&fx, &operator, &["trust", "list", "--format", "csv"]).await;
+    assert!(ran.stdout.contains("certificate"), "{}", ran.stdout);
+
+    // A token for automation: shown once, works, and stops working when removed.
+    let ran = run_in(&fx, &operator, &["trust", "add", "--description", "ci"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let token = ran.stdout.lines().last().unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64);
+    let robot = dir.path().join("robot");
+    let ran = run_in(
+        &fx,
+        &robot,
+        &[
+            "remote",
+            "add",
+            "lab",
+            &url,
+            "--accept-certificate",
+            "--token",
+            &token,
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = run_in(&fx, &robot, &["list", "lab:", "--format", "csv"]).await;
+    assert!(ran.stdout.contains("private-one"), "{}", ran.stdout);
+    let listed = run_in(&fx, &operator, &["trust", "list", "--format", "json"]).await;
+    let entries: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let id = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["description"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run_in(&fx, &operator, &["trust", "remove", &id]).await;
+    run_in(&fx, &robot, &["list", "lab:"])
+        .await
+        .fails(6, "not trusted");
+
+    // A stranger sees no private image, and may not change anything.
+    let stranger = dir.path().join("stranger");
+    let ran = run_in(
+        &fx,
+        &stranger,
+        &["remote", "add", "lab", &url, "--accept-certificate"],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = run_in(&fx, &stranger, &["list", "lab:", "--format", "csv"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(!ran.stdout.contains("private-one"), "{}", ran.stdout);
+    run_in(&fx, &stranger, &["info", "lab:private-one"])
+        .await
+        .fails(3, "not found");
+    run_in(&fx, &stranger, &["delete", "lab:private-one"])
+        .await
+        .fails(3, "not found");
+    let file = fixture_path("busybox-unified.tar.gz");
+    run_in(&fx, &stranger, &["import", &file, "lab:"])
+        .await
+        .fails(6, "trusted");
+    // Without --accept-certificate (and no terminal to ask on) nothing is added.
+    let ran = run_in(
+        &fx,
+        &dir.path().join("careful"),
+        &["remote", "add", "lab", &url],
+    )
+    .await;
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("--accept-certificate"),
+        "{}",
+        ran.stderr
+    );
+}
