@@ -806,6 +806,22 @@ async fn tickets_open_exactly_what_they_name_and_only_while_they_last() {
         )))
         .await;
     assert_status(r, Code::PermissionDenied, "not for upload");
+    // A stolen upload ticket is no credential for the control plane: it cannot
+    // register content, nor read the session it names.
+    let stolen = imagestore_client::connect_with(&w.cp.url(), &w.cp.tls())
+        .await
+        .unwrap();
+    let stolen = InterceptedService::new(stolen, Bearer::new(Some(&a.ticket)).unwrap());
+    let r = ipb::registry_client::RegistryClient::new(stolen.clone())
+        .register_content(unified("arbitrary content"))
+        .await;
+    assert_status(r, Code::Unauthenticated, "not trusted");
+    let r = pb::uploads_client::UploadsClient::new(stolen)
+        .get_upload(pb::GetUploadRequest {
+            name: a.name.clone(),
+        })
+        .await;
+    assert_status(r, Code::Unauthenticated, "not trusted");
     let pinned = admin
         .uploads()
         .create_one_shot_ticket(pb::CreateOneShotTicketRequest {

@@ -131,6 +131,12 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut reach = bound;
     if reach.ip().is_unspecified() {
         reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        if config.blob_node.advertise.is_empty() {
+            tracing::warn!(
+                "listening on every address, but clients are told to send bytes to \
+                 {reach}: set [blob_node] advertise to the address they reach this server at"
+            );
+        }
     }
     let tls = tls_for(&config, bound)?;
     let scheme = Tls::load(&tls)
