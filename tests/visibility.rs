@@ -295,6 +295,16 @@ impl Calls {
     }
 }
 
+/// A download of one part with `ticket`.
+fn download_request(fingerprint: &str, part: pb::PartRole, ticket: &str) -> pb::DownloadRequest {
+    pb::DownloadRequest {
+        fingerprint: fingerprint.to_owned(),
+        part: part as i32,
+        ticket: ticket.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// Drains a download stream into its bytes.
 async fn drain(
     r: Result<tonic::Response<tonic::Streaming<pb::DownloadResponse>>, tonic::Status>,
@@ -632,22 +642,21 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
 
     // Blobs: a ticket decides, whoever holds it.
     let mut blobs = w.blobs(who).await;
-    let download = |fingerprint: &str, part: pb::PartRole, ticket: &str| pb::DownloadRequest {
-        fingerprint: fingerprint.to_owned(),
-        part: part as i32,
-        ticket: ticket.to_owned(),
-        ..Default::default()
-    };
     let none = Expect {
         trusted: Code::Unauthenticated,
         untrusted: Code::Unauthenticated,
         node: Code::Unauthenticated,
     };
-    let r = drain(blobs.download(download(p, pb::PartRole::Unified, "")).await).await;
+    let r = drain(
+        blobs
+            .download(download_request(p, pb::PartRole::Unified, ""))
+            .await,
+    )
+    .await;
     c.check_asked("Download(no ticket)", none, r.map(|b| b.len()), &[p]);
     let r = drain(
         blobs
-            .download(download(q, pb::PartRole::Rootfs, &public_ticket))
+            .download(download_request(q, pb::PartRole::Rootfs, &public_ticket))
             .await,
     )
     .await;
@@ -655,7 +664,7 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
     if !private_ticket.is_empty() {
         let r = drain(
             blobs
-                .download(download(p, pb::PartRole::Unified, &private_ticket))
+                .download(download_request(p, pb::PartRole::Unified, &private_ticket))
                 .await,
         )
         .await;
@@ -765,17 +774,11 @@ async fn tickets_open_exactly_what_they_name_and_only_while_they_last() {
             .unwrap()
             .into_inner(),
     );
-    let download = |fingerprint: &str, part: pb::PartRole, ticket: &str| pb::DownloadRequest {
-        fingerprint: fingerprint.to_owned(),
-        part: part as i32,
-        ticket: ticket.to_owned(),
-        ..Default::default()
-    };
 
     // A ticket for one image does not open another.
     let r = drain(
         blobs
-            .download(download(p, pb::PartRole::Unified, &public_ticket))
+            .download(download_request(p, pb::PartRole::Unified, &public_ticket))
             .await,
     )
     .await;
@@ -849,7 +852,7 @@ async fn tickets_open_exactly_what_they_name_and_only_while_they_last() {
     flipped.push(if last == '0' { '1' } else { '0' });
     let r = drain(
         blobs
-            .download(download(q, pb::PartRole::Rootfs, &flipped))
+            .download(download_request(q, pb::PartRole::Rootfs, &flipped))
             .await,
     )
     .await;
@@ -865,7 +868,7 @@ async fn tickets_open_exactly_what_they_name_and_only_while_they_last() {
     );
     let r = drain(
         blobs
-            .download(download(p, pb::PartRole::Unified, &swapped))
+            .download(download_request(p, pb::PartRole::Unified, &swapped))
             .await,
     )
     .await;
@@ -994,12 +997,11 @@ async fn an_image_secret_opens_one_private_image_once() {
     let bytes = drain(
         w.blobs(Who::Anonymous)
             .await
-            .download(pb::DownloadRequest {
-                fingerprint: p.clone(),
-                part: pb::PartRole::Unified as i32,
-                ticket: exported.ticket,
-                ..Default::default()
-            })
+            .download(download_request(
+                &p,
+                pb::PartRole::Unified,
+                &exported.ticket,
+            ))
             .await,
     )
     .await

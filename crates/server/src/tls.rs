@@ -39,6 +39,17 @@ pub struct TlsConfig {
     pub insecure: bool,
 }
 
+impl TlsConfig {
+    /// The scheme clients use to reach a server with this configuration.
+    pub fn scheme(&self) -> &'static str {
+        if self.cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// Why TLS could not be set up, or plaintext was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -60,6 +71,8 @@ pub enum TlsError {
 #[derive(Clone, Default)]
 pub struct Tls {
     config: Option<Arc<rustls::ServerConfig>>,
+    /// SHA-256 of the server certificate, which clients pin.
+    certificate_sha256: Option<String>,
     insecure: bool,
 }
 
@@ -83,6 +96,7 @@ impl Tls {
     /// From the configuration: reads and checks the certificate and key now, so
     /// that a bad file stops the start, not the first connection.
     pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
+        let mut certificate_sha256 = None;
         let server = match (&config.cert_file, &config.key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
@@ -94,29 +108,15 @@ impl Tls {
                     return Err(file_error(cert, "holds no PEM certificate"));
                 }
                 let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+                certificate_sha256 = Some(imagestore_auth::fingerprint_der(certs[0].as_ref()));
                 Some(Arc::new(server_config(certs, key)?))
             }
             _ => return Err(TlsError::Half),
         };
         Ok(Self {
             config: server,
+            certificate_sha256,
             insecure: config.insecure,
-        })
-    }
-
-    /// TLS with a certificate and key in memory (PEM).
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        let bad = |what: &str, e: rustls::pki_types::pem::Error| TlsError::File {
-            path: what.to_owned(),
-            reason: e.to_string(),
-        };
-        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", e))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad("key", e))?;
-        Ok(Self {
-            config: Some(Arc::new(server_config(certs, key)?)),
-            insecure: false,
         })
     }
 
@@ -124,9 +124,9 @@ impl Tls {
         self.config.is_some()
     }
 
-    /// The scheme clients use to reach a server with this TLS.
-    pub fn scheme(&self) -> &'static str {
-        if self.is_enabled() { "https" } else { "http" }
+    /// The fingerprint of the certificate served; None for plaintext.
+    pub fn certificate_sha256(&self) -> Option<&str> {
+        self.certificate_sha256.as_deref()
     }
 
     /// Plaintext only on loopback, unless insecure was asked for; says which.

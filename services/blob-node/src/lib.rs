@@ -43,8 +43,6 @@ pub enum StartError {
         file = imagestore_auth::CLUSTER_CREDENTIAL_FILE
     )]
     Credential { path: String, reason: String },
-    #[error("cannot read the certificate {path}: {reason}")]
-    Certificate { path: String, reason: String },
     #[error("control plane address {0:?} is not a valid URL")]
     ControlPlane(String),
     #[error(transparent)]
@@ -243,11 +241,13 @@ impl BlobNode {
             .ok_or_else(|| credential_error("no such file".into()))?;
         let bearer = Bearer::new(Some(&credential)).map_err(|e| credential_error(e.to_string()))?;
         let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
-        let channel =
-            imagestore_client::connect_lazy(&config.control_plane, &control_plane_tls(config)?)
-                .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?;
+        let channel = imagestore_client::connect_lazy(
+            &config.control_plane,
+            &control_plane_tls(config, &tls),
+        )
+        .map_err(|_| StartError::ControlPlane(config.control_plane.clone()))?;
         let advertise = if config.advertise.is_empty() {
-            format!("{}://{bound}", tls.scheme())
+            format!("{}://{bound}", config.tls.scheme())
         } else {
             config.advertise.clone()
         };
@@ -306,23 +306,16 @@ impl BlobNode {
 
 /// How the node checks the control plane's certificate: the configured pin, else
 /// its own certificate's (the cluster's), else the system roots.
-fn control_plane_tls(config: &BlobNodeConfig) -> Result<imagestore_client::TlsOptions, StartError> {
-    let pin = if !config.control_plane_certificate_sha256.is_empty() {
-        Some(config.control_plane_certificate_sha256.to_ascii_lowercase())
-    } else if let Some(cert) = &config.tls.cert_file {
-        let bad = |reason: String| StartError::Certificate {
-            path: cert.display().to_string(),
-            reason,
-        };
-        let pem = std::fs::read(cert).map_err(|e| bad(e.to_string()))?;
-        Some(imagestore_auth::fingerprint_pem(&pem).map_err(|e| bad(e.to_string()))?)
+fn control_plane_tls(config: &BlobNodeConfig, own: &Tls) -> imagestore_client::TlsOptions {
+    let pin = if config.control_plane_certificate_sha256.is_empty() {
+        own.certificate_sha256().map(str::to_owned)
     } else {
-        None
+        Some(config.control_plane_certificate_sha256.to_ascii_lowercase())
     };
-    Ok(imagestore_client::TlsOptions {
+    imagestore_client::TlsOptions {
         pin,
         identity: None,
-    })
+    }
 }
 
 /// Binds `config.listen` and serves until SIGTERM or SIGINT.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use imagestore_blob_node::{BlobNode, BlobNodeConfig};
 use imagestore_control_plane::ControlPlaneConfig;
-use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig, Tls, TlsConfig};
+use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig, TlsConfig};
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -95,14 +95,13 @@ fn tls_for(config: &ServeConfig, bound: SocketAddr) -> Result<TlsConfig, ServeEr
         names.push(bound.ip().to_string());
     }
     let (pair, made) = imagestore_auth::load_or_generate(&cert, &key, "imagestore", &names)?;
-    let fingerprint = imagestore_auth::fingerprint_pem(pair.cert_pem.as_bytes())?;
     if made {
+        let fingerprint = imagestore_auth::fingerprint_pem(pair.cert_pem.as_bytes())?;
         tracing::info!(file = %cert.display(), %fingerprint, "self-signed server certificate made");
     }
     if bound.ip().is_loopback() || config.tls.insecure {
         return Ok(config.tls.clone());
     }
-    eprintln!("imagestore: server certificate fingerprint {fingerprint}");
     Ok(TlsConfig {
         cert_file: Some(cert),
         key_file: Some(key),
@@ -139,9 +138,7 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
     let tls = tls_for(&config, bound)?;
-    let scheme = Tls::load(&tls)
-        .map_err(imagestore_server::ServeError::from)?
-        .scheme();
+    let scheme = tls.scheme();
     let node_config = BlobNodeConfig {
         listen: config.listen.clone(),
         data_dir: config.data_dir.join("blob-node"),
@@ -166,6 +163,9 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     ));
     let sweeper = imagestore_control_plane::spawn_background(&control, catalog);
     let lifecycle = node.spawn_lifecycle(None);
+    if let Some(fingerprint) = node.tls().certificate_sha256() {
+        eprintln!("imagestore: server certificate fingerprint {fingerprint}");
+    }
     eprintln!(
         "imagestore: serving on {scheme}://{bound} (control plane and blob node); data in {}",
         config.data_dir.display()
