@@ -381,6 +381,35 @@ fn apply_edit(image: &mut Image, edit: ImageEdit) -> Result<()> {
     Ok(())
 }
 
+/// Deletes one image in `tx`, releasing the storage keys no other image uses.
+pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, fp: &str) -> Result<(Image, Vec<String>)> {
+    let image = must_load(tx, fp)?;
+    tx.prepare_cached("DELETE FROM images WHERE fingerprint = ?1")?
+        .execute([fp])?;
+    let mut released = Vec::new();
+    for part in &image.parts {
+        let still_used: bool = tx
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM image_parts WHERE storage_key = ?1)")?
+            .query_row([&part.storage_key], |r| r.get(0))?;
+        if !still_used && !released.contains(&part.storage_key) {
+            crate::uploads::release(tx, &part.storage_key)?;
+            released.push(part.storage_key.clone());
+        }
+    }
+    Ok((image, released))
+}
+
+/// What a registration completes besides creating the record.
+#[derive(Debug, Clone, Default)]
+pub struct Completes {
+    /// The upload session, by id.
+    pub upload: Option<String>,
+    /// The import operation, by id.
+    pub operation: Option<String>,
+    /// A refresh: the image the new one replaces.
+    pub replaces: Option<String>,
+}
+
 impl Catalog {
     /// Resolves `what` and loads the whole record; `public_only` hides private
     /// images (they read as not found).
@@ -393,28 +422,48 @@ impl Catalog {
     }
 
     /// Registers verified content; idempotent by fingerprint. Aliases whose names
-    /// are taken are skipped, not moved. `upload` names the session this completes:
-    /// it becomes COMPLETE in the same transaction (or FAILED, when the fingerprint
-    /// was registered already).
-    pub async fn register_image(
-        &self,
-        new: NewImage,
-        upload: Option<String>,
-    ) -> Result<Registered> {
+    /// are taken are skipped, not moved. In the same transaction: the upload
+    /// session it completes becomes COMPLETE (or FAILED, when the fingerprint was
+    /// registered already); the import operation it completes SUCCEEDED (with the
+    /// record found, when it existed), unless it was cancelled, when nothing is
+    /// registered; the image a refresh replaces hands over its aliases and goes.
+    pub async fn register_image(&self, new: NewImage, completes: Completes) -> Result<Registered> {
         let new = validate_new(new)?;
-        self.write(move |tx| {
-            let registered = register(tx, new)?;
-            if let Some(id) = upload {
-                crate::uploads::finish_with_registration(
-                    tx,
-                    &id,
-                    &registered.image.fingerprint,
-                    registered.created,
-                )?;
-            }
-            Ok(registered)
-        })
-        .await
+        let completes_operation = completes.operation.is_some();
+        let registered = self
+            .write(move |tx| {
+                let aliases = new.aliases.clone();
+                let mut registered = register(tx, new)?;
+                let fp = registered.image.fingerprint.clone();
+                if !registered.created && completes.operation.is_some() {
+                    // An import of an image that is here already still gives it the
+                    // aliases asked for, as LXD's copy does.
+                    let now = now();
+                    for a in &aliases {
+                        if !insert_alias(tx, &a.name, &fp, &a.description, now)? {
+                            registered.skipped_aliases.push(a.name.clone());
+                        }
+                    }
+                }
+                if let Some(id) = &completes.upload {
+                    crate::uploads::finish_with_registration(tx, id, &fp, registered.created)?;
+                }
+                if let Some(old) = &completes.replaces {
+                    crate::imports::replace(tx, old, &fp)?;
+                }
+                if let Some(id) = &completes.operation {
+                    crate::imports::finish_import(tx, id, &fp, &registered.skipped_aliases)?;
+                }
+                if completes.replaces.is_some() || !registered.created {
+                    registered.image = must_load(tx, &fp)?;
+                }
+                Ok(registered)
+            })
+            .await?;
+        if completes_operation {
+            self.operations_changed();
+        }
+        Ok(registered)
     }
 
     /// Changes editable fields and returns the new record.
@@ -444,22 +493,7 @@ impl Catalog {
     pub async fn delete_image(&self, what: ImageRef) -> Result<(Image, Vec<String>)> {
         self.write(move |tx| {
             let fp = resolve(tx, &what, false)?;
-            let image = must_load(tx, &fp)?;
-            tx.prepare_cached("DELETE FROM images WHERE fingerprint = ?1")?
-                .execute([&fp])?;
-            let mut released = Vec::new();
-            for part in &image.parts {
-                let still_used: bool = tx
-                    .prepare_cached(
-                        "SELECT EXISTS(SELECT 1 FROM image_parts WHERE storage_key = ?1)",
-                    )?
-                    .query_row([&part.storage_key], |r| r.get(0))?;
-                if !still_used && !released.contains(&part.storage_key) {
-                    crate::uploads::release(tx, &part.storage_key)?;
-                    released.push(part.storage_key.clone());
-                }
-            }
-            Ok((image, released))
+            delete_in(tx, &fp)
         })
         .await
     }

@@ -45,7 +45,7 @@ fn finish_row((mut op, state, metadata): OpRow) -> Result<Operation> {
     Ok(op)
 }
 
-fn load(conn: &Connection, id: &str) -> Result<Operation> {
+pub(crate) fn load(conn: &Connection, id: &str) -> Result<Operation> {
     conn.prepare_cached(&format!(
         "SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"
     ))?
@@ -56,7 +56,7 @@ fn load(conn: &Connection, id: &str) -> Result<Operation> {
     .ok_or_else(|| CatalogError::NotFound(format!("operation {id:?} not found")))
 }
 
-fn store(conn: &Connection, op: &Operation) -> Result<()> {
+pub(crate) fn store(conn: &Connection, op: &Operation) -> Result<()> {
     conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO operations ({OP_COLUMNS}) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"

@@ -129,6 +129,18 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX image_secrets_fingerprint ON image_secrets(fingerprint);
     "#,
+    // 4: server-side imports waiting for, or run by, a blob node. The row goes when
+    // the import succeeds, or once a failed one's bytes are released.
+    r#"
+    CREATE TABLE import_jobs (
+        operation_id TEXT PRIMARY KEY REFERENCES operations(id) ON DELETE CASCADE,
+        request      BLOB NOT NULL,   -- imagestore.v1.ImportImageRequest, protobuf
+        replaces     TEXT,            -- a refresh: the image the new one replaces
+        node_id      TEXT,            -- who claimed it
+        reported_at  INTEGER          -- the claimant's last word
+    ) WITHOUT ROWID;
+    CREATE INDEX import_jobs_replaces ON import_jobs(replaces);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use imagestore_fetch::ImportFiltering;
 use imagestore_server::TlsConfig;
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,99 @@ pub struct ControlPlaneConfig {
     pub image_secret_ttl: Duration,
     /// TLS: certificate and key files; without them plaintext, on loopback only.
     pub tls: TlsConfig,
+    /// Where server-side imports may fetch from (Glance's import filtering).
+    pub import_filtering: ImportFiltering,
+    /// Server-side imports, auto-update and the image cache.
+    pub import: ImportSettings,
     /// Logging and tracing.
     pub log: LogConfig,
+}
+
+/// How images arrive, and how long fetched ones are kept up to date and cached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportSettings {
+    /// Which import methods clients may use (Glance's enabled_import_methods):
+    /// "upload", "url", "remote" (copy from another imagestore), "simplestreams".
+    pub enabled_methods: Vec<String>,
+    /// The largest image a server-side import fetches, in bytes.
+    pub max_bytes: u64,
+    /// How long a fetch may take to connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a fetch may go without receiving anything.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How often a blob node reports an import's progress (and learns of a cancel).
+    #[serde(with = "humantime_serde")]
+    pub report_interval: Duration,
+    /// An import whose node has not reported for this long has failed.
+    #[serde(with = "humantime_serde")]
+    pub stalled_after: Duration,
+    /// How often images with auto_update check their source (LXD's
+    /// images.auto_update_interval, 6 h); 0 turns auto-update off.
+    #[serde(with = "humantime_serde")]
+    pub auto_update_interval: Duration,
+    /// Cached images not exported for this long are removed (LXD's
+    /// images.remote_cache_expiry, 10 days); 0 keeps them.
+    #[serde(with = "humantime_serde")]
+    pub remote_cache_expiry: Duration,
+    /// The architectures this server serves, LXD's names, sent to image servers
+    /// in LXD-Server-Architectures; empty: the host's.
+    pub architectures: Vec<String>,
+}
+
+/// The import methods there are.
+pub const IMPORT_METHODS: &[&str] = &["upload", "url", "remote", "simplestreams"];
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            enabled_methods: IMPORT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+            max_bytes: 64 << 30,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            report_interval: Duration::from_secs(1),
+            stalled_after: Duration::from_secs(120),
+            auto_update_interval: Duration::from_secs(6 * 3600),
+            remote_cache_expiry: Duration::from_secs(10 * 24 * 3600),
+            architectures: Vec::new(),
+        }
+    }
+}
+
+impl ImportSettings {
+    /// Refuses names that are not import methods, so that a typo does not turn a
+    /// method off unnoticed.
+    pub fn validate(&self) -> Result<(), String> {
+        for m in &self.enabled_methods {
+            if !IMPORT_METHODS.contains(&m.as_str()) {
+                return Err(format!(
+                    "import.enabled_methods has {m:?}; the methods are {}",
+                    IMPORT_METHODS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn enabled(&self, method: &str) -> bool {
+        self.enabled_methods.iter().any(|m| m == method)
+    }
+
+    /// The architectures to announce: the configured ones, else the host's (and
+    /// what it runs natively besides, as LXD's personalities).
+    pub fn server_architectures(&self) -> Vec<String> {
+        if !self.architectures.is_empty() {
+            return self.architectures.clone();
+        }
+        match std::env::consts::ARCH {
+            "x86_64" => vec!["x86_64".into(), "i686".into()],
+            "aarch64" => vec!["aarch64".into(), "armv7l".into()],
+            "powerpc64" => vec!["ppc64le".into()],
+            other => vec![other.to_owned()],
+        }
+    }
 }
 
 impl Default for ControlPlaneConfig {
@@ -61,6 +153,8 @@ impl Default for ControlPlaneConfig {
             ticket_ttl: Duration::from_secs(15 * 60),
             image_secret_ttl: Duration::from_secs(24 * 3600),
             tls: TlsConfig::default(),
+            import_filtering: ImportFiltering::default(),
+            import: ImportSettings::default(),
             log: LogConfig::default(),
         }
     }

@@ -206,6 +206,13 @@ impl Images for ImagesService {
             .visible(public_only, &r.name, r.r#type, &r.secret, true)
             .await?;
         let node = self.nodes.pick().await?;
+        if image.cached {
+            // A cached image lives while it is used (LXD's last_used_at).
+            self.catalog
+                .touch_image(image.fingerprint.clone())
+                .await
+                .map_err(ApiError::from)?;
+        }
         let (ticket, expires) = self
             .auth
             .ticket(&Scope::Download(image.fingerprint.clone()));
@@ -252,17 +259,7 @@ impl Images for ImagesService {
             .get_image(what, false)
             .await
             .map_err(ApiError::from)?;
-        if image.update_source.is_none() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "image {} has no update source (it was uploaded, or copied by fingerprint): \
-                 there is nothing to refresh it from",
-                image.fingerprint
-            ))
-            .into());
-        }
-        Err(ApiError::Unimplemented(
-            "refreshing from remote sources is not available on this server yet".into(),
-        )
-        .into())
+        let op = crate::imports::queue_refresh(&self.catalog, &image).await?;
+        Ok(Response::new(convert::operation(op)))
     }
 }

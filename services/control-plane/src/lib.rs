@@ -7,15 +7,17 @@ pub mod config;
 mod convert;
 mod error;
 mod images;
+mod imports;
 mod names;
 mod nodes;
 mod operations;
-mod pending;
 mod registry;
 mod trust;
 mod uploads;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use imagestore_catalog::{Catalog, CatalogError};
 use imagestore_proto::internal::v1::registry_server::RegistryServer;
@@ -44,6 +46,8 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// The database file inside the data directory.
@@ -81,6 +85,7 @@ pub async fn serve_catalog(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    config.import.validate().map_err(StartError::Config)?;
     let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
     let sweeper = spawn_background(&config, catalog.clone());
     let served = add_services(GrpcServer::new().with_tls(tls), &config, catalog, auth)
@@ -106,7 +111,12 @@ pub fn add_services(
         ttl: config.upload_ttl,
         max_bytes: config.max_upload_bytes,
         max_chunk_bytes: config.max_chunk_bytes,
+        enabled: config.import.enabled("upload"),
     };
+    let import_rules = Arc::new(imports::ImportRules {
+        filtering: config.import_filtering.clone(),
+        settings: config.import.clone(),
+    });
     server
         .add_service(
             ImagesServer::new(images::ImagesService::new(
@@ -137,7 +147,11 @@ pub fn add_services(
         ))
         .add_service(trusted(
             &auth,
-            ImportsServer::new(pending::PendingImports).max_decoding_message_size(limit),
+            ImportsServer::new(imports::ImportsService::new(
+                catalog.clone(),
+                import_rules.clone(),
+            ))
+            .max_decoding_message_size(limit),
         ))
         .add_service(trusted(
             &auth,
@@ -149,6 +163,7 @@ pub fn add_services(
                 catalog,
                 nodes,
                 upload_limits,
+                import_rules,
             ))
             .max_decoding_message_size(limit),
             auth.nodes_only(),
@@ -163,25 +178,71 @@ fn trusted<S>(
     InterceptedService::new(svc, auth.trusted_only())
 }
 
-/// Starts the control plane's background work (collecting expired uploads);
-/// abort the handle to stop it.
+/// Starts the control plane's background work (collecting expired uploads and
+/// stalled imports, auto-update, cache expiry); abort the handle to stop it.
 pub fn spawn_background(
     config: &ControlPlaneConfig,
     catalog: Catalog,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(sweep(catalog, config.sweep_interval))
+    let sweep_every = config.sweep_interval.max(Duration::from_millis(10));
+    let stalled_after = config.import.stalled_after;
+    let refresh_every = config.import.auto_update_interval;
+    let cache_expiry = config.import.remote_cache_expiry;
+    tokio::spawn(async move {
+        let sweeper = sweep(catalog.clone(), sweep_every, stalled_after, cache_expiry);
+        if refresh_every.is_zero() {
+            sweeper.await;
+        } else {
+            tokio::join!(sweeper, auto_update(catalog, refresh_every));
+        }
+    })
 }
 
-/// Collects expired upload sessions: their staged bytes become released content
-/// that blob nodes delete.
-async fn sweep(catalog: Catalog, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+/// Collects expired upload sessions (their staged bytes become released content
+/// that blob nodes delete), imports whose node went quiet, and cached images
+/// unused for `cache_expiry`.
+async fn sweep(catalog: Catalog, every: Duration, stalled_after: Duration, cache_expiry: Duration) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         match catalog.expire_uploads().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "upload sessions expired"),
             Err(e) => tracing::warn!(error = %e, "expiring upload sessions failed"),
+        }
+        match catalog.collect_imports(stalled_after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(failed = n, "imports failed: their blob node stopped reporting"),
+            Err(e) => tracing::warn!(error = %e, "collecting imports failed"),
+        }
+        if !cache_expiry.is_zero() {
+            match catalog.expire_cached_images(cache_expiry).await {
+                Ok(fps) if fps.is_empty() => {}
+                Ok(fps) => tracing::info!(images = ?fps, "unused cached images expired"),
+                Err(e) => tracing::warn!(error = %e, "expiring cached images failed"),
+            }
+        }
+    }
+}
+
+/// Every `every` (first right at start, as LXD), queues a refresh of each image
+/// that follows its source.
+async fn auto_update(catalog: Catalog, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let images = match catalog.images_to_refresh().await {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing images to refresh failed");
+                continue;
+            }
+        };
+        for image in images {
+            match imports::queue_refresh(&catalog, &image).await {
+                Ok(op) => tracing::info!(fingerprint = %image.fingerprint, operation = %op.id, "auto-update queued"),
+                Err(e) => tracing::warn!(fingerprint = %image.fingerprint, error = %e, "auto-update not queued"),
+            }
         }
     }
 }

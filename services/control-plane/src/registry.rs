@@ -8,7 +8,12 @@ use ipb::registry_server::Registry;
 use tonic::codegen::http::Uri;
 use tonic::{Request, Response};
 
+use std::sync::Arc;
+
+use prost::Message;
+
 use crate::convert;
+use crate::imports::ImportRules;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::names;
 use crate::nodes::NodePicker;
@@ -18,14 +23,33 @@ pub struct RegistryService {
     catalog: Catalog,
     nodes: NodePicker,
     limits: UploadLimits,
+    imports: Arc<ImportRules>,
 }
 
 impl RegistryService {
-    pub fn new(catalog: Catalog, nodes: NodePicker, limits: UploadLimits) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        nodes: NodePicker,
+        limits: UploadLimits,
+        imports: Arc<ImportRules>,
+    ) -> Self {
         Self {
             catalog,
             nodes,
             limits,
+            imports,
+        }
+    }
+
+    fn policy(&self) -> ipb::ImportPolicy {
+        let s = &self.imports.settings;
+        let ms = |d: std::time::Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        ipb::ImportPolicy {
+            max_bytes: s.max_bytes,
+            connect_timeout_ms: ms(s.connect_timeout),
+            idle_timeout_ms: ms(s.idle_timeout),
+            report_interval_ms: ms(s.report_interval),
+            ..self.imports.filtering.to_policy()
         }
     }
 
@@ -215,13 +239,27 @@ impl Registry for RegistryService {
         req: Request<ipb::RegisterContentRequest>,
     ) -> Reply<ipb::RegisterContentResponse> {
         let r = req.into_inner();
-        let upload = match r.upload.as_str() {
-            "" => None,
-            name => Some(names::upload("upload", name)?),
+        let completes = cat::Completes {
+            upload: match r.upload.as_str() {
+                "" => None,
+                name => Some(names::upload("upload", name)?),
+            },
+            operation: match r.operation.as_str() {
+                "" => None,
+                name => Some(names::operation("operation", name)?.to_owned()),
+            },
+            replaces: match r.replaces.as_str() {
+                "" => None,
+                fp => Some(
+                    imagestore_image::Fingerprint::parse(fp)
+                        .map_err(|e| invalid(format!("replaces: {e}")))?
+                        .to_string(),
+                ),
+            },
         };
         let registered = self
             .catalog
-            .register_image(new_image(r)?, upload)
+            .register_image(new_image(r)?, completes)
             .await
             .map_err(ApiError::from)?;
         if registered.created {
@@ -374,4 +412,85 @@ impl Registry for RegistryService {
             .map_err(ApiError::from)?;
         Ok(Response::new(ipb::ForgetReleasedResponse {}))
     }
+
+    async fn claim_import(
+        &self,
+        req: Request<ipb::ClaimImportRequest>,
+    ) -> Reply<ipb::ClaimImportResponse> {
+        let r = req.into_inner();
+        validate_node_id(&r.node_id)?;
+        let wait = std::time::Duration::from_secs(u64::from(r.wait_seconds.min(60)));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.catalog.watch_operations();
+        loop {
+            // Marked before the look, so that an import queued in between wakes us.
+            changes.borrow_and_update();
+            let claimed = self
+                .catalog
+                .claim_import(r.node_id.clone())
+                .await
+                .map_err(ApiError::from)?;
+            if let Some(job) = claimed {
+                let request = pb::ImportImageRequest::decode(job.request.as_slice())
+                    .map_err(|e| ApiError::Catalog(cat::CatalogError::Corrupt(e.to_string())))?;
+                tracing::info!(operation = %job.operation, node = %r.node_id, "import claimed");
+                return Ok(Response::new(ipb::ClaimImportResponse {
+                    operation: format!("operations/{}", job.operation),
+                    request: Some(request),
+                    policy: Some(self.policy()),
+                    replaces: job.replaces.unwrap_or_default(),
+                    architectures: self.imports.settings.server_architectures(),
+                }));
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Ok(Response::new(ipb::ClaimImportResponse::default()))
+    }
+
+    async fn report_import(
+        &self,
+        req: Request<ipb::ReportImportRequest>,
+    ) -> Reply<ipb::ReportImportResponse> {
+        let r = req.into_inner();
+        validate_node_id(&r.node_id)?;
+        let id = names::operation("operation", &r.operation)?.to_owned();
+        let existing = match r.image.as_str() {
+            "" => None,
+            fp => {
+                let fp = imagestore_image::Fingerprint::parse(fp)
+                    .map_err(|e| invalid(format!("image: {e}")))?
+                    .to_string();
+                let aliases = r
+                    .aliases
+                    .iter()
+                    .map(|a| cat::AliasRef {
+                        name: a.name.clone(),
+                        description: a.description.clone(),
+                    })
+                    .collect();
+                Some((fp, aliases))
+            }
+        };
+        let update = cat::OperationUpdate {
+            stage: Some(r.stage).filter(|s| !s.is_empty()),
+            bytes_done: Some(r.bytes_done),
+            bytes_total: Some(r.bytes_total),
+            bytes_per_second: Some(r.bytes_per_second),
+            error: (r.error_code != 0).then_some((r.error_code, r.error_message)),
+            metadata: r.metadata.into_iter().collect(),
+            ..Default::default()
+        };
+        let op = self
+            .catalog
+            .report_import(id, r.node_id, update, existing)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::ReportImportResponse {
+            stop: op.state.is_done(),
+        }))
+    }
 }
+

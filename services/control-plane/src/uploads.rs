@@ -21,6 +21,21 @@ pub struct UploadLimits {
     pub ttl: Duration,
     pub max_bytes: u64,
     pub max_chunk_bytes: u32,
+    /// The administrator left the "upload" import method on.
+    pub enabled: bool,
+}
+
+impl UploadLimits {
+    fn require_enabled(&self) -> ApiResult<()> {
+        if self.enabled {
+            return Ok(());
+        }
+        Err(ApiError::FailedPrecondition(
+            "the import method \"upload\" is disabled on this server (import.enabled_methods); \
+             ask the server to import from a URL or another server instead"
+                .into(),
+        ))
+    }
 }
 
 pub struct UploadsService {
@@ -191,6 +206,7 @@ impl Uploads for UploadsService {
         &self,
         req: Request<pb::CreateUploadRequest>,
     ) -> Reply<pb::UploadSession> {
+        self.limits.require_enabled()?;
         let spec = req
             .into_inner()
             .spec
@@ -241,6 +257,7 @@ impl Uploads for UploadsService {
         &self,
         req: Request<pb::CreateOneShotTicketRequest>,
     ) -> Reply<pb::OneShotTicket> {
+        self.limits.require_enabled()?;
         let fp = req.into_inner().expected_fingerprint;
         if !fp.is_empty() {
             Fingerprint::parse(&fp).map_err(|e| invalid(format!("expected_fingerprint: {e}")))?;

@@ -1,0 +1,343 @@
+//! Server-side imports: queued as operations, claimed and run by blob nodes,
+//! finished by registration. Also the catalog's side of auto-update and of cache
+//! expiry, which create and remove images without a client asking.
+
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::Catalog;
+use crate::aliases::{insert_alias, validate_alias_name};
+use crate::error::{CatalogError, Result};
+use crate::images::{delete_in, must_load};
+use crate::model::*;
+use crate::operations::{load as load_op, store as store_op};
+use crate::uploads::release;
+
+/// An import handed to a blob node.
+#[derive(Debug, Clone)]
+pub struct ImportJob {
+    pub operation: String,
+    /// The client's ImportImageRequest, as protobuf bytes (the catalog does not
+    /// read it).
+    pub request: Vec<u8>,
+    /// A refresh: the image the new one replaces.
+    pub replaces: Option<String>,
+}
+
+/// A finished import's outcome, recorded on its operation.
+fn succeed(tx: &Transaction<'_>, id: &str, image: &Image, skipped: &[String]) -> Result<()> {
+    let mut op = load_op(tx, id)?;
+    if op.state.is_done() {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "operation {id} is already {}: nothing was registered",
+            op.state.as_str()
+        )));
+    }
+    op.state = OperationState::Succeeded;
+    op.stage = "done".into();
+    op.image = format!("images/{}", image.fingerprint);
+    op.metadata
+        .insert("fingerprint".into(), image.fingerprint.clone());
+    op.metadata.insert("size".into(), image.size.to_string());
+    if !skipped.is_empty() {
+        op.metadata
+            .insert("skipped_aliases".into(), skipped.join(","));
+    }
+    op.updated_at = now();
+    store_op(tx, &op)?;
+    tx.prepare_cached("DELETE FROM import_jobs WHERE operation_id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// A refresh found a newer image: aliases, auto_update and the cache state move
+/// from `old` to `new`, and `old` goes (LXD's autoUpdateImage).
+pub(crate) fn replace(tx: &Transaction<'_>, old: &str, new: &str) -> Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    let Some(previous) = crate::images::load(tx, old)? else {
+        return Ok(());
+    };
+    tx.prepare_cached("UPDATE aliases SET fingerprint = ?2, updated_at = ?3 WHERE fingerprint = ?1")?
+        .execute(params![old, new, now()])?;
+    tx.prepare_cached(
+        "UPDATE images SET auto_update = 1, cached = ?2, \
+         last_used_at = COALESCE(?3, last_used_at) WHERE fingerprint = ?1",
+    )?
+    .execute(params![
+        new,
+        previous.cached,
+        previous.cached.then_some(previous.last_used_at).flatten()
+    ])?;
+    delete_in(tx, old)?;
+    Ok(())
+}
+
+/// Completes the import `operation` with the image just registered (or found).
+pub(crate) fn finish_import(
+    tx: &Transaction<'_>,
+    operation: &str,
+    fingerprint: &str,
+    skipped: &[String],
+) -> Result<()> {
+    let image = must_load(tx, fingerprint)?;
+    succeed(tx, operation, &image, skipped)
+}
+
+impl Catalog {
+    /// Queues an import. A refresh of an image that has one queued or running
+    /// already returns that operation instead of a second one.
+    pub async fn create_import(
+        &self,
+        description: String,
+        request: Vec<u8>,
+        replaces: Option<String>,
+    ) -> Result<Operation> {
+        let op = self
+            .write(move |tx| {
+                if let Some(fp) = &replaces {
+                    let running: Option<String> = tx
+                        .prepare_cached(
+                            "SELECT j.operation_id FROM import_jobs j JOIN operations o \
+                             ON o.id = j.operation_id WHERE j.replaces = ?1 \
+                             AND o.state IN ('QUEUED', 'RUNNING')",
+                        )?
+                        .query_row([fp], |r| r.get(0))
+                        .optional()?;
+                    if let Some(id) = running {
+                        return load_op(tx, &id);
+                    }
+                }
+                let now = now();
+                let op = Operation {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    description,
+                    state: OperationState::Queued,
+                    stage: "queued".into(),
+                    bytes_done: 0,
+                    bytes_total: 0,
+                    bytes_per_second: 0,
+                    error: None,
+                    image: String::new(),
+                    metadata: Default::default(),
+                    may_cancel: true,
+                    created_at: now,
+                    updated_at: now,
+                };
+                store_op(tx, &op)?;
+                tx.prepare_cached(
+                    "INSERT INTO import_jobs (operation_id, request, replaces) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![op.id, request, replaces])?;
+                Ok(op)
+            })
+            .await?;
+        self.operations_changed();
+        Ok(op)
+    }
+
+    /// Hands the oldest queued import to `node_id` and marks it RUNNING.
+    pub async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>> {
+        let job = self
+            .write(move |tx| {
+                let found: Option<(String, Vec<u8>, Option<String>)> = tx
+                    .prepare_cached(
+                        "SELECT j.operation_id, j.request, j.replaces FROM import_jobs j \
+                         JOIN operations o ON o.id = j.operation_id \
+                         WHERE o.state = 'QUEUED' AND j.node_id IS NULL \
+                         ORDER BY o.created_at, o.id LIMIT 1",
+                    )?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((id, request, replaces)) = found else {
+                    return Ok(None);
+                };
+                let now = now();
+                tx.prepare_cached(
+                    "UPDATE import_jobs SET node_id = ?2, reported_at = ?3 WHERE operation_id = ?1",
+                )?
+                .execute(params![id, node_id, now])?;
+                let mut op = load_op(tx, &id)?;
+                op.state = OperationState::Running;
+                op.stage = "resolve".into();
+                op.updated_at = now;
+                store_op(tx, &op)?;
+                Ok(Some(ImportJob {
+                    operation: id,
+                    request,
+                    replaces,
+                }))
+            })
+            .await?;
+        if job.is_some() {
+            self.operations_changed();
+        }
+        Ok(job)
+    }
+
+    /// A claimant's report. Returns the operation as it is now: a done one tells
+    /// the node to stop (it was cancelled, or timed out).
+    pub async fn report_import(
+        &self,
+        id: String,
+        node_id: String,
+        update: crate::OperationUpdate,
+        existing_image: Option<(String, Vec<AliasRef>)>,
+    ) -> Result<Operation> {
+        let op = self
+            .write(move |tx| {
+                let claimant: Option<Option<String>> = tx
+                    .prepare_cached("SELECT node_id FROM import_jobs WHERE operation_id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                let mut op = load_op(tx, &id)?;
+                if op.state.is_done() {
+                    return Ok(op);
+                }
+                if claimant.flatten().as_deref() != Some(node_id.as_str()) {
+                    return Err(CatalogError::FailedPrecondition(format!(
+                        "import {id} is not claimed by node {node_id}"
+                    )));
+                }
+                let now = now();
+                tx.prepare_cached("UPDATE import_jobs SET reported_at = ?2 WHERE operation_id = ?1")?
+                    .execute(params![id, now])?;
+                if let Some((fp, aliases)) = existing_image {
+                    op.metadata.extend(update.metadata);
+                    store_op(tx, &op)?;
+                    let mut skipped = Vec::new();
+                    for a in &aliases {
+                        validate_alias_name(&a.name)?;
+                        if !insert_alias(tx, &a.name, &fp, &a.description, now)? {
+                            skipped.push(a.name.clone());
+                        }
+                    }
+                    finish_import(tx, &id, &fp, &skipped)?;
+                    return load_op(tx, &id);
+                }
+                if let Some(s) = update.stage {
+                    op.stage = s;
+                }
+                op.bytes_done = update.bytes_done.unwrap_or(op.bytes_done);
+                op.bytes_total = update.bytes_total.unwrap_or(op.bytes_total);
+                op.bytes_per_second = update.bytes_per_second.unwrap_or(op.bytes_per_second);
+                op.metadata.extend(update.metadata);
+                if let Some(e) = update.error {
+                    op.state = OperationState::Failed;
+                    op.error = Some(e);
+                }
+                op.updated_at = now;
+                store_op(tx, &op)?;
+                Ok(op)
+            })
+            .await?;
+        self.operations_changed();
+        Ok(op)
+    }
+
+    /// Ends imports whose node went quiet for `silent_for` (FAILED), and releases
+    /// the bytes of failed or cancelled imports once their node has had that long
+    /// to delete them itself. Returns how many imports were ended.
+    pub async fn collect_imports(&self, silent_for: Duration) -> Result<usize> {
+        let cutoff = now() - silent_for.as_nanos().min(i64::MAX as u128) as i64;
+        let ended = self
+            .write(move |tx| {
+                let stale: Vec<(String, String)> = tx
+                    .prepare_cached(
+                        "SELECT j.operation_id, o.state FROM import_jobs j \
+                         JOIN operations o ON o.id = j.operation_id \
+                         WHERE j.node_id IS NOT NULL AND j.reported_at < ?1",
+                    )?
+                    .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut ended = 0;
+                for (id, state) in stale {
+                    if state == "RUNNING" {
+                        let mut op = load_op(tx, &id)?;
+                        op.state = OperationState::Failed;
+                        op.error = Some((
+                            14,
+                            "the blob node running this import stopped reporting; start it again"
+                                .into(),
+                        ));
+                        op.updated_at = now();
+                        store_op(tx, &op)?;
+                        ended += 1;
+                    }
+                    release(tx, &upload_prefix(&id))?;
+                    tx.prepare_cached("DELETE FROM import_jobs WHERE operation_id = ?1")?
+                        .execute([&id])?;
+                }
+                // Never claimed and already over (cancelled while queued): nothing stored.
+                tx.prepare_cached(
+                    "DELETE FROM import_jobs WHERE node_id IS NULL AND operation_id IN \
+                     (SELECT id FROM operations WHERE state IN ('FAILED', 'CANCELLED'))",
+                )?
+                .execute([])?;
+                Ok(ended)
+            })
+            .await?;
+        if ended > 0 {
+            self.operations_changed();
+        }
+        Ok(ended)
+    }
+
+    /// Images that follow an alias on their source and have no refresh under way.
+    pub async fn images_to_refresh(&self) -> Result<Vec<Image>> {
+        self.read(|conn| {
+            let fps: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT fingerprint FROM images WHERE auto_update = 1 \
+                     AND update_source IS NOT NULL ORDER BY fingerprint",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::new();
+            for fp in fps {
+                let image = must_load(conn, &fp)?;
+                if image
+                    .update_source
+                    .as_ref()
+                    .is_some_and(|s| !s.alias.is_empty())
+                {
+                    out.push(image);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes cached images not used (exported) for `unused_for`, LXD's
+    /// `images.remote_cache_expiry`. Returns their fingerprints.
+    pub async fn expire_cached_images(&self, unused_for: Duration) -> Result<Vec<String>> {
+        let cutoff = now() - unused_for.as_nanos().min(i64::MAX as u128) as i64;
+        self.write(move |tx| {
+            let fps: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT fingerprint FROM images WHERE cached = 1 \
+                     AND COALESCE(last_used_at, uploaded_at) < ?1",
+                )?
+                .query_map([cutoff], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for fp in &fps {
+                delete_in(tx, fp)?;
+            }
+            Ok(fps)
+        })
+        .await
+    }
+
+    /// Records that an image was used (exported) now.
+    pub async fn touch_image(&self, fingerprint: String) -> Result<()> {
+        self.write(move |tx| {
+            tx.prepare_cached("UPDATE images SET last_used_at = ?2 WHERE fingerprint = ?1")?
+                .execute(params![fingerprint, now()])?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,436 @@
+//! simplestreams, the protocol behind LXD's `images:` and `ubuntu:` remotes: an
+//! index names products files; a product's versions hold items (metadata
+//! tarballs, rootfs files, unified tarballs) with their SHA-256 and, on metadata
+//! items, the combined fingerprint of each metadata + rootfs pair. Images are
+//! built from items as LXD's `Products.ToLXD` builds them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use imagestore_image::canonical_architecture;
+use imagestore_proto::v1 as pb;
+use serde::Deserialize;
+use url::Url;
+
+use crate::{FetchError, Fetcher, PartSource, Plan, PlannedPart, Role, ServerInfo, parse_url};
+
+#[derive(Debug, Deserialize)]
+pub struct Index {
+    #[serde(default)]
+    pub index: BTreeMap<String, IndexEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IndexEntry {
+    #[serde(default)]
+    pub datatype: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub products: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Products {
+    #[serde(default)]
+    pub products: BTreeMap<String, Product>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Product {
+    #[serde(default)]
+    pub aliases: String,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub release: String,
+    #[serde(default)]
+    pub release_title: String,
+    #[serde(default)]
+    pub variant: String,
+    #[serde(default)]
+    pub versions: BTreeMap<String, Version>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Version {
+    #[serde(default)]
+    pub items: BTreeMap<String, Item>,
+    #[serde(default)]
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Item {
+    #[serde(default)]
+    pub ftype: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub sha256: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(flatten)]
+    pub extra: HashMap<String, serde_json::Value>,
+}
+
+impl Item {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.extra
+            .get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// Rootfs ftypes LXD pairs with a metadata item, in its order of preference, with
+/// the metadata item's field that holds the pair's fingerprint and the type.
+const ROOTS: &[(&str, &[&str], bool)] = &[
+    ("squashfs", &["combined_squashfs_sha256"], false),
+    (
+        "root.tar.xz",
+        &["combined_rootxz_sha256", "combined_sha256"],
+        false,
+    ),
+    ("disk-kvm.img", &["combined_disk-kvm-img_sha256"], true),
+    ("uefi1.img", &["combined_uefi1-img_sha256"], true),
+    ("disk1.img", &["combined_disk1-img_sha256"], true),
+];
+
+/// One image a version offers.
+#[derive(Debug, Clone)]
+struct Candidate {
+    fingerprint: String,
+    vm: bool,
+    meta: Item,
+    root: Option<Item>,
+    root_rank: usize,
+    product: String,
+    version: String,
+}
+
+fn candidates(id: &str, product: &Product) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for (vname, version) in &product.versions {
+        // LXD skips versions whose name does not start with a date.
+        if vname.len() < 8 || !vname.as_bytes()[..8].iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        for item in version.items.values() {
+            match item.ftype.as_str() {
+                "lxd_combined.tar.gz" | "incus_combined.tar.gz" => out.push(Candidate {
+                    fingerprint: item.sha256.clone(),
+                    vm: item.field("combined_type") == Some("virtual-machine"),
+                    meta: item.clone(),
+                    root: None,
+                    root_rank: ROOTS.len(),
+                    product: id.to_owned(),
+                    version: vname.clone(),
+                }),
+                "lxd.tar.xz" | "incus.tar.xz" => {
+                    for root in version.items.values() {
+                        let Some(rank) = ROOTS.iter().position(|r| r.0 == root.ftype) else {
+                            continue;
+                        };
+                        let (_, fields, vm) = ROOTS[rank];
+                        let Some(fp) = fields.iter().find_map(|f| item.field(f)) else {
+                            continue;
+                        };
+                        out.push(Candidate {
+                            fingerprint: fp.to_owned(),
+                            vm,
+                            meta: item.clone(),
+                            root: Some(root.clone()),
+                            root_rank: rank,
+                            product: id.to_owned(),
+                            version: vname.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The base URL with a trailing slash, so that relative paths join below it.
+fn base(server: &str) -> Result<Url, FetchError> {
+    let mut s = server.trim().to_owned();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    parse_url(&s)
+}
+
+fn join(base: &Url, path: &str) -> Result<Url, FetchError> {
+    if path.is_empty() || path.starts_with('/') || path.contains("://") || path.contains("..") {
+        return Err(FetchError::Invalid(format!(
+            "the simplestreams item path {path:?} is not a relative path below the server"
+        )));
+    }
+    base.join(path)
+        .map_err(|e| FetchError::Invalid(format!("item path {path:?}: {e}")))
+}
+
+/// Reads the server's products (every image-downloads products file).
+pub async fn products(fetcher: &Fetcher, base: &Url) -> Result<Products, FetchError> {
+    let index: Index = fetcher
+        .get_json(&join(base, "streams/v1/index.json")?)
+        .await?;
+    let mut all = Products {
+        products: BTreeMap::new(),
+    };
+    for entry in index.index.values() {
+        if entry.datatype != "image-downloads" || entry.products.is_empty() {
+            continue;
+        }
+        let p: Products = fetcher.get_json(&join(base, &entry.path)?).await?;
+        all.products.extend(p.products);
+    }
+    Ok(all)
+}
+
+/// Picks the image `name` names (an alias, `alias/arch`, or a fingerprint prefix)
+/// for `arch`, preferring a container unless `want_vm`.
+fn pick(
+    products: &Products,
+    name: &str,
+    arch: &str,
+    want_vm: bool,
+) -> Result<(Candidate, bool), FetchError> {
+    let mut by_alias = Vec::new();
+    let mut by_fingerprint = Vec::new();
+    for (id, product) in &products.products {
+        let product_arch = canonical_architecture(&product.arch).unwrap_or(&product.arch);
+        let named = product.aliases.split(',').map(str::trim).any(|a| {
+            !a.is_empty()
+                && ((a == name && product_arch == arch) || format!("{a}/{}", product.arch) == name)
+        });
+        for c in candidates(id, product) {
+            if named {
+                by_alias.push(c);
+            } else if !name.is_empty() && c.fingerprint.starts_with(name) {
+                by_fingerprint.push(c);
+            }
+        }
+    }
+    let (mut found, alias) = if by_alias.is_empty() {
+        let mut fps: Vec<&str> = by_fingerprint.iter().map(|c| c.fingerprint.as_str()).collect();
+        fps.sort_unstable();
+        fps.dedup();
+        if fps.len() > 1 {
+            return Err(FetchError::Invalid(format!(
+                "More than one match for the provided partial fingerprint {name:?}"
+            )));
+        }
+        (by_fingerprint, false)
+    } else {
+        (by_alias, true)
+    };
+    // A container unless a VM is asked for; LXD tries the container first.
+    let wanted: Vec<Candidate> = found.iter().filter(|c| c.vm == want_vm).cloned().collect();
+    if !wanted.is_empty() || want_vm {
+        found = wanted;
+    }
+    found.sort_by(|a, b| {
+        b.version
+            .cmp(&a.version)
+            .then(a.root_rank.cmp(&b.root_rank))
+    });
+    found
+        .into_iter()
+        .next()
+        .map(|c| (c, alias))
+        .ok_or_else(|| {
+            FetchError::NotFound(format!(
+                "The requested image couldn't be found: no {} image for {name:?} ({arch})",
+                if want_vm { "virtual-machine" } else { "container" }
+            ))
+        })
+}
+
+/// Resolves a simplestreams source.
+pub async fn plan(
+    fetcher: &Fetcher,
+    source: &pb::SimplestreamsSource,
+    want_vm: bool,
+    server: &ServerInfo,
+) -> Result<Plan, FetchError> {
+    let base = base(&source.server)?;
+    fetcher.filter().check_url(&base)?;
+    let name = source.image.trim();
+    if name.is_empty() {
+        return Err(FetchError::Invalid(
+            "the simplestreams source names no image: give an alias or fingerprint".into(),
+        ));
+    }
+    let arch = if source.architecture.is_empty() {
+        server.architectures.first().cloned().unwrap_or_default()
+    } else {
+        canonical_architecture(&source.architecture)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                FetchError::Invalid(format!(
+                    "architecture {:?} is not one LXD knows",
+                    source.architecture
+                ))
+            })?
+    };
+    let products = products(fetcher, &base).await?;
+    let (chosen, by_alias) = pick(&products, name, &arch, want_vm)?;
+    let product = &products.products[&chosen.product];
+    let version = &product.versions[&chosen.version];
+
+    let mut parts = Vec::new();
+    let meta_role = if chosen.root.is_some() {
+        Role::Metadata
+    } else {
+        Role::Unified
+    };
+    for (role, item) in std::iter::once((meta_role, &chosen.meta))
+        .chain(chosen.root.as_ref().map(|r| (Role::Rootfs, r)))
+    {
+        parts.push(PlannedPart {
+            role,
+            source: PartSource::Http(join(&base, &item.path)?),
+            sha256: Some(item.sha256.clone()).filter(|s| !s.is_empty()),
+            size: Some(item.size).filter(|&s| s > 0),
+        });
+    }
+    let root_type = chosen
+        .root
+        .as_ref()
+        .map(|r| r.ftype.clone())
+        .unwrap_or_else(|| "tar.gz".into());
+    let mut description = format!("{} {}", product.os, product.release_title);
+    if !version.label.is_empty() {
+        description.push_str(&format!(" ({})", version.label));
+    }
+    if !product.variant.is_empty() {
+        description.push_str(&format!(" ({})", product.variant));
+    }
+    let mut properties: BTreeMap<String, String> = [
+        ("os", product.os.clone()),
+        ("release", product.release.clone()),
+        ("architecture", product.arch.clone()),
+        ("label", version.label.clone()),
+        ("serial", chosen.version.clone()),
+        ("description", description.trim().to_owned()),
+        ("variant", product.variant.clone()),
+        ("type", root_type),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    properties.retain(|_, v| !v.is_empty());
+    let product_arch = canonical_architecture(&product.arch).unwrap_or(&product.arch);
+    let mut source_aliases = Vec::new();
+    for a in product.aliases.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        if product_arch == arch {
+            source_aliases.push(a.to_owned());
+        }
+        source_aliases.push(format!("{a}/{}", product.arch));
+    }
+    Ok(Plan {
+        fingerprint: chosen.fingerprint.clone(),
+        split: chosen.root.is_some(),
+        parts,
+        filename: chosen
+            .meta
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        properties,
+        source_aliases: source_aliases
+            .into_iter()
+            .map(|name| pb::AliasSpec {
+                name,
+                description: String::new(),
+            })
+            .collect(),
+        update_source: by_alias.then(|| pb::UpdateSource {
+            server: source.server.clone(),
+            protocol: "simplestreams".into(),
+            alias: name.to_owned(),
+            certificate: String::new(),
+            image_type: if chosen.vm {
+                pb::ImageType::VirtualMachine
+            } else {
+                pb::ImageType::Container
+            } as i32,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn products() -> Products {
+        serde_json::from_value(serde_json::json!({
+            "products": {
+                "debian:12:amd64:default": {
+                    "aliases": "debian/12,debian/bookworm",
+                    "arch": "amd64", "os": "Debian", "release": "bookworm",
+                    "release_title": "12", "variant": "default",
+                    "versions": {
+                        "20240101_0000": {"items": {
+                            "meta": {"ftype": "lxd.tar.xz", "path": "a/meta.tar.xz", "sha256": "m1", "size": 1,
+                                     "combined_squashfs_sha256": "aaaa01", "combined_disk-kvm-img_sha256": "bbbb01"},
+                            "root": {"ftype": "squashfs", "path": "a/root.squashfs", "sha256": "r1", "size": 2},
+                            "vm": {"ftype": "disk-kvm.img", "path": "a/disk.qcow2", "sha256": "v1", "size": 3}
+                        }},
+                        "20240202_0000": {"items": {
+                            "meta": {"ftype": "lxd.tar.xz", "path": "b/meta.tar.xz", "sha256": "m2", "size": 1,
+                                     "combined_squashfs_sha256": "aaaa02"},
+                            "root": {"ftype": "squashfs", "path": "b/root.squashfs", "sha256": "r2", "size": 2}
+                        }},
+                        "junk": {"items": {}}
+                    }
+                },
+                "debian:12:arm64:default": {
+                    "aliases": "debian/12", "arch": "arm64",
+                    "versions": {"20240303_0000": {"items": {
+                        "u": {"ftype": "lxd_combined.tar.gz", "path": "c/u.tar.gz", "sha256": "cccc03", "size": 5}
+                    }}}
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_newest_version_of_the_wanted_type_and_architecture_wins() {
+        let p = products();
+        let (c, alias) = pick(&p, "debian/12", "x86_64", false).unwrap();
+        assert!(alias);
+        assert_eq!(c.fingerprint, "aaaa02");
+        let (c, _) = pick(&p, "debian/12", "x86_64", true).unwrap();
+        assert_eq!(c.fingerprint, "bbbb01", "only the older version has a VM");
+        let (c, _) = pick(&p, "debian/12", "aarch64", false).unwrap();
+        assert_eq!(c.fingerprint, "cccc03");
+        let (c, _) = pick(&p, "debian/bookworm/amd64", "aarch64", false).unwrap();
+        assert_eq!(c.fingerprint, "aaaa02");
+        let (c, alias) = pick(&p, "bbbb", "x86_64", true).unwrap();
+        assert!(!alias);
+        assert_eq!(c.fingerprint, "bbbb01");
+        assert!(matches!(pick(&p, "aaaa", "x86_64", false), Err(FetchError::Invalid(_))));
+        assert!(matches!(pick(&p, "ubuntu/24.04", "x86_64", false), Err(FetchError::NotFound(_))));
+    }
+
+    #[test]
+    fn item_paths_stay_below_the_server() {
+        let b = base("http://example.net/images").unwrap();
+        assert_eq!(
+            join(&b, "streams/v1/index.json").unwrap().as_str(),
+            "http://example.net/images/streams/v1/index.json"
+        );
+        for bad in ["/etc/passwd", "../x", "http://evil/x", ""] {
+            assert!(join(&b, bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! imagestore.v1.Imports: server-side imports. The request is checked here (method
+//! enabled, source well-formed and allowed by import filtering) and queued as an
+//! operation; a blob node claims it, fetches and registers (Registry), so the
+//! bytes never come here. Refreshes (RefreshImage, auto-update) are the same
+//! imports, with the image they replace.
+
+use std::sync::Arc;
+
+use imagestore_catalog::{Catalog, Image, ImageType, Operation};
+use imagestore_fetch::{ImportFiltering, parse_url};
+use imagestore_proto::v1 as pb;
+use pb::import_image_request::Source;
+use pb::imports_server::Imports;
+use prost::Message;
+use tonic::{Request, Response};
+
+use crate::config::ImportSettings;
+use crate::convert;
+use crate::error::{ApiError, ApiResult, Reply, invalid};
+
+/// What imports need to know of the configuration, shared by the services that
+/// queue and hand them out.
+#[derive(Debug)]
+pub struct ImportRules {
+    pub filtering: ImportFiltering,
+    pub settings: ImportSettings,
+}
+
+impl ImportRules {
+    /// FAILED_PRECONDITION unless the administrator enabled `method`.
+    pub fn require_enabled(&self, method: &str) -> ApiResult<()> {
+        if self.settings.enabled(method) {
+            return Ok(());
+        }
+        Err(ApiError::FailedPrecondition(format!(
+            "the import method {method:?} is disabled on this server (import.enabled_methods is {:?})",
+            self.settings.enabled_methods
+        )))
+    }
+
+    /// Checks a source address before anything connects to it.
+    fn check_url(&self, field: &str, s: &str) -> ApiResult<()> {
+        if s.is_empty() {
+            return Err(invalid(format!("{field} is required")));
+        }
+        let url = parse_url(s).map_err(|e| invalid(format!("{field}: {e}")))?;
+        self.filtering
+            .check_url(&url)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// The import method a request uses, checked.
+    fn check(&self, r: &pb::ImportImageRequest) -> ApiResult<&'static str> {
+        let method = match &r.source {
+            None => return Err(invalid("source is required: url, remote or simplestreams")),
+            Some(Source::Url(u)) => {
+                self.check_url("url.url", &u.url)?;
+                if r.auto_update {
+                    return Err(invalid(
+                        "auto_update needs a source that names an alias (remote or simplestreams); \
+                         a URL import has none, as in LXD",
+                    ));
+                }
+                "url"
+            }
+            Some(Source::Remote(s)) => {
+                self.check_url("remote.server", &s.server)?;
+                need_image("remote.image", &s.image)?;
+                if !s.certificate_sha256.is_empty() && !imagestore_fetch::is_sha256(&s.certificate_sha256) {
+                    return Err(invalid(
+                        "remote.certificate_sha256 must be 64 lowercase hex characters",
+                    ));
+                }
+                if r.auto_update && !s.secret.is_empty() {
+                    return Err(invalid(
+                        "auto_update needs a public source image named by alias; an image \
+                         reached with a secret cannot be followed",
+                    ));
+                }
+                "remote"
+            }
+            Some(Source::Simplestreams(s)) => {
+                self.check_url("simplestreams.server", &s.server)?;
+                need_image("simplestreams.image", &s.image)?;
+                "simplestreams"
+            }
+        };
+        self.require_enabled(method)?;
+        for a in &r.aliases {
+            imagestore_catalog::validate_alias_name(&a.name)?;
+        }
+        convert::want_type(r.r#type)?;
+        Ok(method)
+    }
+}
+
+fn need_image(field: &str, s: &str) -> ApiResult<()> {
+    if s.trim().is_empty() {
+        return Err(invalid(format!(
+            "{field} is required: an alias, fingerprint or fingerprint prefix"
+        )));
+    }
+    if s.len() > 512 {
+        return Err(invalid(format!("{field} is longer than 512 bytes")));
+    }
+    Ok(())
+}
+
+/// The import that brings a newer version of `image` from its source, or None
+/// when it follows nothing.
+pub fn refresh_request(image: &Image) -> Option<pb::ImportImageRequest> {
+    let src = image.update_source.as_ref().filter(|s| !s.alias.is_empty())?;
+    let source = match src.protocol.as_str() {
+        "simplestreams" => Source::Simplestreams(pb::SimplestreamsSource {
+            server: src.server.clone(),
+            image: src.alias.clone(),
+            architecture: image.architecture.clone(),
+        }),
+        "imagestore" => Source::Remote(pb::RemoteSource {
+            server: src.server.clone(),
+            image: src.alias.clone(),
+            certificate: src.certificate.clone(),
+            ..Default::default()
+        }),
+        _ => return None,
+    };
+    Some(pb::ImportImageRequest {
+        source: Some(source),
+        public: image.public,
+        auto_update: true,
+        cached: image.cached,
+        r#type: match src.image_type.unwrap_or(image.image_type) {
+            ImageType::VirtualMachine => pb::ImageType::VirtualMachine,
+            ImageType::Container => pb::ImageType::Container,
+        } as i32,
+        ..Default::default()
+    })
+}
+
+/// Queues a refresh of `image` (or returns the one under way).
+pub async fn queue_refresh(catalog: &Catalog, image: &Image) -> ApiResult<Operation> {
+    let request = refresh_request(image).ok_or_else(|| {
+        ApiError::FailedPrecondition(format!(
+            "image {} has no update source it can be refreshed from (it was uploaded, \
+             imported from a URL, or copied by fingerprint or secret)",
+            image.fingerprint
+        ))
+    })?;
+    Ok(catalog
+        .create_import(
+            "Refreshing image".into(),
+            request.encode_to_vec(),
+            Some(image.fingerprint.clone()),
+        )
+        .await?)
+}
+
+pub struct ImportsService {
+    catalog: Catalog,
+    rules: Arc<ImportRules>,
+}
+
+impl ImportsService {
+    pub fn new(catalog: Catalog, rules: Arc<ImportRules>) -> Self {
+        Self { catalog, rules }
+    }
+}
+
+#[tonic::async_trait]
+impl Imports for ImportsService {
+    async fn import_image(&self, req: Request<pb::ImportImageRequest>) -> Reply<pb::Operation> {
+        let r = req.into_inner();
+        let method = self.rules.check(&r)?;
+        let op = self
+            .catalog
+            .create_import("Downloading image".into(), r.encode_to_vec(), None)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(operation = %op.id, method, "import queued");
+        Ok(Response::new(convert::operation(op)))
+    }
+}
