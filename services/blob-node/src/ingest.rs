@@ -97,6 +97,20 @@ pub struct Ingest {
     pending: Option<tokio::task::JoinHandle<BlobResult<u64>>>,
     /// A commit failed: what followed it can never be committed.
     broken: bool,
+    /// What a server-side import adds to the registration.
+    registration: Registration,
+}
+
+/// What an import records with the image besides what an upload does.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// The import operation registration completes, "operations/{id}".
+    pub operation: String,
+    /// A refresh: the image the new one replaces.
+    pub replaces: String,
+    pub update_source: Option<pb::UpdateSource>,
+    pub auto_update: bool,
+    pub cached: bool,
 }
 
 /// What opening an upload found.
@@ -160,6 +174,7 @@ impl Ingest {
             metadata_size,
             metadata_sha: None,
             open: None,
+            registration: Registration::default(),
         })))
     }
 
@@ -198,7 +213,37 @@ impl Ingest {
             recorded: 0,
             pending: None,
             broken: false,
+            registration: Registration::default(),
         })
+    }
+
+    /// A server-side import: a one-shot upload whose bytes live below the
+    /// operation's id (where the control plane releases them if the node goes
+    /// away) and whose registration completes the operation.
+    pub fn for_import(
+        node: Arc<NodeContext>,
+        operation_id: &str,
+        spec: pb::UploadSpec,
+        registration: Registration,
+    ) -> BlobResult<Self> {
+        let mut ingest = Self::one_shot(node, spec)?;
+        ingest.id = operation_id.to_owned();
+        ingest.registration = registration;
+        Ok(ingest)
+    }
+
+    /// The SHA-256 of the current part so far (of the whole image, unified).
+    pub async fn part_sha256(&mut self) -> BlobResult<String> {
+        let hash = match &self.part_hash {
+            Some(p) => p.state().await?,
+            None => self.image_hash.state().await?,
+        };
+        Ok(hex::encode(hash.finalize()))
+    }
+
+    /// A split image's metadata SHA-256, once its end was marked.
+    pub fn metadata_sha256(&self) -> Option<&str> {
+        self.metadata_sha.as_deref()
     }
 
     pub fn committed(&self) -> u64 {
@@ -461,7 +506,8 @@ impl Ingest {
         self.discard().await;
     }
 
-    async fn discard(&mut self) {
+    /// Deletes everything this upload stored (a commit in flight included).
+    pub async fn discard(&mut self) {
         // A commit in flight may still be writing below the prefix.
         let _ = self.settle().await;
         if let Some(open) = self.open.take() {
@@ -479,11 +525,14 @@ impl Ingest {
             Ok(image) => Ok(image),
             Err(e) => {
                 // Only verdicts on the bytes end the session; a passing fault of the
-                // store or the control plane leaves it to be finished again.
-                if matches!(
-                    e,
-                    BlobError::DataLoss(_) | BlobError::InvalidArgument(_) | BlobError::Image(_)
-                ) {
+                // store or the control plane leaves it to be finished again. A
+                // one-shot upload cannot be finished again: its bytes go.
+                if self.session.is_none()
+                    || matches!(
+                        e,
+                        BlobError::DataLoss(_) | BlobError::InvalidArgument(_) | BlobError::Image(_)
+                    )
+                {
                     self.fail(&e).await;
                 } else if matches!(e, BlobError::AlreadyExists(_)) {
                     self.discard().await;
@@ -639,7 +688,11 @@ impl Ingest {
                     }),
                 aliases: self.spec.aliases.clone(),
                 upload: self.session.clone().unwrap_or_default(),
-                ..Default::default()
+                operation: self.registration.operation.clone(),
+                replaces: self.registration.replaces.clone(),
+                update_source: self.registration.update_source.clone(),
+                auto_update: self.registration.auto_update,
+                cached: self.registration.cached,
             })
             .await?
             .into_inner();

@@ -7,6 +7,7 @@ pub mod config;
 mod download;
 mod error;
 mod hasher;
+mod import;
 mod ingest;
 mod lifecycle;
 mod upload;

@@ -22,6 +22,8 @@ pub async fn run(
     if let Some(tx) = registered {
         let _ = tx.send(node.id.clone());
     }
+    let imports = crate::import::work(node.clone());
+    tokio::pin!(imports);
     let mut beat = tokio::time::interval(interval);
     let mut gc = tokio::time::interval(gc_every.max(Duration::from_millis(10)));
     loop {
@@ -48,6 +50,7 @@ pub async fn run(
                 }
             }
             _ = gc.tick() => collect(&node).await,
+            () = &mut imports => {}
         }
     }
 }

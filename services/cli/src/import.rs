@@ -265,21 +265,52 @@ pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
                 args.target
             ))
         })?;
-    let client = ctx.client(Some(target)).await?;
+    if src_name == target {
+        return Err(Failure::usage(
+            "The source and target servers must be different",
+        ));
+    }
     let source = if src.protocol == "simplestreams" {
         pb::import_image_request::Source::Simplestreams(pb::SimplestreamsSource {
             server: src.addr.clone(),
             image: name.to_owned(),
             architecture: String::new(),
+            copy_aliases: args.copy_aliases,
         })
     } else {
+        // As lxc: resolve on the source; a private image travels with a one-time
+        // secret and by fingerprint, a public one by the alias it was named by.
+        let (source_client, image) = ctx.image(&args.source, args.vm).await?;
+        let by_alias = image.aliases.iter().any(|a| a.name == name);
+        let (image_name, secret) = if image.public {
+            let n = if by_alias { name.to_owned() } else { image.fingerprint.clone() };
+            (n, String::new())
+        } else {
+            if args.auto_update {
+                return Err(Failure::usage(
+                    "--auto-update requires the source to be an alias and for it to be public",
+                ));
+            }
+            let secret = source_client
+                .images()
+                .create_image_secret(pb::CreateImageSecretRequest {
+                    name: format!("images/{}", image.fingerprint),
+                })
+                .await?
+                .into_inner()
+                .secret;
+            (image.fingerprint.clone(), secret)
+        };
         pb::import_image_request::Source::Remote(pb::RemoteSource {
             server: src.addr.clone(),
-            image: name.to_owned(),
+            image: image_name,
+            secret,
             copy_aliases: args.copy_aliases,
+            certificate_sha256: src.certificate_sha256.clone().unwrap_or_default(),
             ..Default::default()
         })
     };
+    let client = ctx.client(Some(target)).await?;
     let req = pb::ImportImageRequest {
         source: Some(source),
         aliases: alias_specs(&args.alias),

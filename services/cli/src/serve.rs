@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use imagestore_blob_node::{BlobNode, BlobNodeConfig};
 use imagestore_control_plane::ControlPlaneConfig;
+use imagestore_control_plane::config::{ImportFiltering, ImportSettings};
 use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig, TlsConfig};
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,10 @@ pub struct ServeConfig {
     pub tls: TlsConfig,
     /// Logging and tracing.
     pub log: LogConfig,
+    /// Where server-side imports may fetch from (Glance's import filtering).
+    pub import_filtering: ImportFiltering,
+    /// Server-side imports: enabled methods, limits, auto-update, cache expiry.
+    pub import: ImportSettings,
     /// Control-plane settings.
     pub control_plane: ControlPlaneConfig,
     /// Blob-node settings (`store` empty means `{data_dir}/blobs`).
@@ -50,6 +55,8 @@ impl Default for ServeConfig {
                 .join("imagestore"),
             tls: TlsConfig::default(),
             log: LogConfig::default(),
+            import_filtering: ImportFiltering::default(),
+            import: ImportSettings::default(),
             control_plane: ControlPlaneConfig::default(),
             blob_node: BlobNodeConfig::default(),
         }
@@ -118,6 +125,8 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let control = ControlPlaneConfig {
         listen: config.listen.clone(),
         data_dir: config.data_dir.join("control-plane"),
+        import_filtering: config.import_filtering.clone(),
+        import: config.import.clone(),
         ..config.control_plane.clone()
     };
     let catalog = imagestore_control_plane::open_catalog(&control).await?;

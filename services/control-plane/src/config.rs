@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imagestore_fetch::ImportFiltering;
+pub use imagestore_fetch::ImportFiltering;
 use imagestore_server::TlsConfig;
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};

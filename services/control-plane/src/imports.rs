@@ -115,6 +115,7 @@ pub fn refresh_request(image: &Image) -> Option<pb::ImportImageRequest> {
             server: src.server.clone(),
             image: src.alias.clone(),
             architecture: image.architecture.clone(),
+            copy_aliases: false,
         }),
         "imagestore" => Source::Remote(pb::RemoteSource {
             server: src.server.clone(),
