@@ -36,6 +36,8 @@ fn succeed(tx: &Transaction<'_>, id: &str, image: &Image, skipped: &[String]) ->
     }
     op.state = OperationState::Succeeded;
     op.stage = "done".into();
+    op.bytes_done = image.size;
+    op.bytes_total = image.size;
     op.image = format!("images/{}", image.fingerprint);
     op.metadata
         .insert("fingerprint".into(), image.fingerprint.clone());
@@ -60,8 +62,10 @@ pub(crate) fn replace(tx: &Transaction<'_>, old: &str, new: &str) -> Result<()> 
     let Some(previous) = crate::images::load(tx, old)? else {
         return Ok(());
     };
-    tx.prepare_cached("UPDATE aliases SET fingerprint = ?2, updated_at = ?3 WHERE fingerprint = ?1")?
-        .execute(params![old, new, now()])?;
+    tx.prepare_cached(
+        "UPDATE aliases SET fingerprint = ?2, updated_at = ?3 WHERE fingerprint = ?1",
+    )?
+    .execute(params![old, new, now()])?;
     tx.prepare_cached(
         "UPDATE images SET auto_update = 1, cached = ?2, \
          last_used_at = COALESCE(?3, last_used_at) WHERE fingerprint = ?1",
@@ -202,8 +206,10 @@ impl Catalog {
                     )));
                 }
                 let now = now();
-                tx.prepare_cached("UPDATE import_jobs SET reported_at = ?2 WHERE operation_id = ?1")?
-                    .execute(params![id, now])?;
+                tx.prepare_cached(
+                    "UPDATE import_jobs SET reported_at = ?2 WHERE operation_id = ?1",
+                )?
+                .execute(params![id, now])?;
                 if let Some((fp, aliases)) = existing_image {
                     op.metadata.extend(update.metadata);
                     store_op(tx, &op)?;

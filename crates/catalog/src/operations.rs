@@ -56,10 +56,18 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Operation> {
     .ok_or_else(|| CatalogError::NotFound(format!("operation {id:?} not found")))
 }
 
+/// Writes an operation. An upsert, not a REPLACE: a REPLACE deletes the row
+/// first, and the delete would cascade to what refers to it (its import job).
 pub(crate) fn store(conn: &Connection, op: &Operation) -> Result<()> {
     conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO operations ({OP_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        "INSERT INTO operations ({OP_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+         ON CONFLICT(id) DO UPDATE SET description = excluded.description, \
+         state = excluded.state, stage = excluded.stage, bytes_done = excluded.bytes_done, \
+         bytes_total = excluded.bytes_total, bytes_per_second = excluded.bytes_per_second, \
+         error_code = excluded.error_code, error_message = excluded.error_message, \
+         image = excluded.image, metadata = excluded.metadata, \
+         may_cancel = excluded.may_cancel, updated_at = excluded.updated_at"
     ))?
     .execute(params![
         op.id,

@@ -114,7 +114,10 @@ impl ImportFiltering {
         if (!self.allowed_schemes.is_empty() && !self.allowed_schemes.iter().any(|s| s == scheme))
             || self.disallowed_schemes.iter().any(|s| s == scheme)
         {
-            return Err(refused(url, format!("the scheme {scheme:?} is not allowed")));
+            return Err(refused(
+                url,
+                format!("the scheme {scheme:?} is not allowed"),
+            ));
         }
         let host = match url.host() {
             Some(h) => h,
@@ -174,7 +177,11 @@ impl ImportFiltering {
             allowed_hosts: self.allowed_hosts.clone(),
             disallowed_hosts: self.disallowed_hosts.clone(),
             allowed_ports: self.allowed_ports.iter().map(|&p| u32::from(p)).collect(),
-            disallowed_ports: self.disallowed_ports.iter().map(|&p| u32::from(p)).collect(),
+            disallowed_ports: self
+                .disallowed_ports
+                .iter()
+                .map(|&p| u32::from(p))
+                .collect(),
             ..Default::default()
         }
     }
@@ -205,7 +212,9 @@ fn host_name(host: &url::Host<&str>) -> String {
 }
 
 fn same_host(listed: &str, name: &str) -> bool {
-    let listed = listed.trim_matches(|c| c == '[' || c == ']').trim_end_matches('.');
+    let listed = listed
+        .trim_matches(|c| c == '[' || c == ']')
+        .trim_end_matches('.');
     match (listed.parse::<IpAddr>(), name.parse::<IpAddr>()) {
         (Ok(a), Ok(b)) => a == b,
         _ => listed.eq_ignore_ascii_case(name),
@@ -255,10 +264,19 @@ mod tests {
         };
         assert!(check(&f, "http://127.0.0.1:8080/x").is_ok());
         assert!(check(&f, "http://127.0.0.1:8081/x").is_err());
-        assert!(check(&f, "http://127.0.0.2:8080/x").is_err(), "only listed hosts");
+        assert!(
+            check(&f, "http://127.0.0.2:8080/x").is_err(),
+            "only listed hosts"
+        );
         assert!(check(&f, "http://169.254.169.254:8080/x").is_err());
-        assert!(f.check_ip("localhost", "127.0.0.1".parse().unwrap()).is_ok());
-        assert!(f.check_ip("evil.example", "10.0.0.1".parse().unwrap()).is_err());
+        assert!(
+            f.check_ip("localhost", "127.0.0.1".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            f.check_ip("evil.example", "10.0.0.1".parse().unwrap())
+                .is_err()
+        );
     }
 
     #[test]

@@ -58,9 +58,8 @@ impl reqwest::dns::Resolve for FilteringResolver {
         let filter = self.filter.clone();
         Box::pin(async move {
             let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut why = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -76,7 +75,8 @@ impl reqwest::dns::Resolve for FilteringResolver {
                 let why = why.unwrap_or_else(|| format!("{host} has no address"));
                 return Err(Box::new(FetchError::Refused(format!(
                     "refused by this server's import filtering: {why}"
-                ))) as Box<dyn std::error::Error + Send + Sync>);
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -244,7 +244,10 @@ impl Fetcher {
     }
 
     /// GETs a small JSON document (simplestreams indexes), at most 64 MiB.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &Url) -> Result<T, FetchError> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &Url,
+    ) -> Result<T, FetchError> {
         const MAX_JSON: u64 = 64 << 20;
         let body = self.get(url).await?;
         let shown = redact(&body.url);

@@ -179,5 +179,7 @@ pub fn parse_url(s: &str) -> Result<Url, FetchError> {
 
 /// True for 64 lowercase hex characters.
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

@@ -15,7 +15,10 @@ pub fn request_headers(server: &ServerInfo) -> HeaderMap {
     let mut h = HeaderMap::new();
     let arches = server.architectures.join(", ");
     for prefix in ["LXD", "Incus"] {
-        for (name, value) in [("Server-Architectures", &arches), ("Server-Version", &server.version)] {
+        for (name, value) in [
+            ("Server-Architectures", &arches),
+            ("Server-Version", &server.version),
+        ] {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::try_from(format!("{prefix}-{name}")),
                 HeaderValue::from_str(value),

@@ -43,16 +43,18 @@ impl RemoteFile {
             .into_inner();
         let idle = fetcher.limits().idle_timeout;
         let node = self.node.clone();
-        Ok(tokio_stream::StreamExt::timeout(stream, idle).map(move |m| match m {
-            Ok(Ok(m)) => Ok(m.data),
-            Ok(Err(s)) => Err(FetchError::Http(format!(
-                "downloading from {node} failed: {}",
-                s.message()
-            ))),
-            Err(_) => Err(FetchError::Timeout(format!(
-                "{node} sent nothing for {idle:?}"
-            ))),
-        }))
+        Ok(
+            tokio_stream::StreamExt::timeout(stream, idle).map(move |m| match m {
+                Ok(Ok(m)) => Ok(m.data),
+                Ok(Err(s)) => Err(FetchError::Http(format!(
+                    "downloading from {node} failed: {}",
+                    s.message()
+                ))),
+                Err(_) => Err(FetchError::Timeout(format!(
+                    "{node} sent nothing for {idle:?}"
+                ))),
+            }),
+        )
     }
 }
 
@@ -116,8 +118,7 @@ pub async fn plan(
             r#type: 0,
             secret,
         })
-        .await
-        ?
+        .await?
         .into_inner();
     let parts = export
         .files

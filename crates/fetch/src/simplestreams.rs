@@ -217,7 +217,10 @@ fn pick(
         }
     }
     let (mut found, alias) = if by_alias.is_empty() {
-        let mut fps: Vec<&str> = by_fingerprint.iter().map(|c| c.fingerprint.as_str()).collect();
+        let mut fps: Vec<&str> = by_fingerprint
+            .iter()
+            .map(|c| c.fingerprint.as_str())
+            .collect();
         fps.sort_unstable();
         fps.dedup();
         if fps.len() > 1 {
@@ -239,16 +242,16 @@ fn pick(
             .cmp(&a.version)
             .then(a.root_rank.cmp(&b.root_rank))
     });
-    found
-        .into_iter()
-        .next()
-        .map(|c| (c, alias))
-        .ok_or_else(|| {
-            FetchError::NotFound(format!(
-                "The requested image couldn't be found: no {} image for {name:?} ({arch})",
-                if want_vm { "virtual-machine" } else { "container" }
-            ))
-        })
+    found.into_iter().next().map(|c| (c, alias)).ok_or_else(|| {
+        FetchError::NotFound(format!(
+            "The requested image couldn't be found: no {} image for {name:?} ({arch})",
+            if want_vm {
+                "virtual-machine"
+            } else {
+                "container"
+            }
+        ))
+    })
 }
 
 /// Resolves a simplestreams source.
@@ -327,7 +330,12 @@ pub async fn plan(
     properties.retain(|_, v| !v.is_empty());
     let product_arch = canonical_architecture(&product.arch).unwrap_or(&product.arch);
     let mut source_aliases = Vec::new();
-    for a in product.aliases.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+    for a in product
+        .aliases
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
         if product_arch == arch {
             source_aliases.push(a.to_owned());
         }
@@ -418,8 +426,14 @@ mod tests {
         let (c, alias) = pick(&p, "bbbb", "x86_64", true).unwrap();
         assert!(!alias);
         assert_eq!(c.fingerprint, "bbbb01");
-        assert!(matches!(pick(&p, "aaaa", "x86_64", false), Err(FetchError::Invalid(_))));
-        assert!(matches!(pick(&p, "ubuntu/24.04", "x86_64", false), Err(FetchError::NotFound(_))));
+        assert!(matches!(
+            pick(&p, "aaaa", "x86_64", false),
+            Err(FetchError::Invalid(_))
+        ));
+        assert!(matches!(
+            pick(&p, "ubuntu/24.04", "x86_64", false),
+            Err(FetchError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -157,7 +157,11 @@ async fn run(node: Arc<NodeContext>, claim: ipb::ClaimImportResponse) {
             aliases,
             refreshed,
         }) => {
-            tracing::info!(operation, fingerprint, "import found the image here already");
+            tracing::info!(
+                operation,
+                fingerprint,
+                "import found the image here already"
+            );
             report.stage = "done".into();
             report.image = fingerprint;
             report.aliases = aliases;

@@ -530,7 +530,9 @@ impl Ingest {
                 if self.session.is_none()
                     || matches!(
                         e,
-                        BlobError::DataLoss(_) | BlobError::InvalidArgument(_) | BlobError::Image(_)
+                        BlobError::DataLoss(_)
+                            | BlobError::InvalidArgument(_)
+                            | BlobError::Image(_)
                     )
                 {
                     self.fail(&e).await;

@@ -283,7 +283,11 @@ pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
         let (source_client, image) = ctx.image(&args.source, args.vm).await?;
         let by_alias = image.aliases.iter().any(|a| a.name == name);
         let (image_name, secret) = if image.public {
-            let n = if by_alias { name.to_owned() } else { image.fingerprint.clone() };
+            let n = if by_alias {
+                name.to_owned()
+            } else {
+                image.fingerprint.clone()
+            };
             (n, String::new())
         } else {
             if args.auto_update {

@@ -66,7 +66,9 @@ impl ImportRules {
             Some(Source::Remote(s)) => {
                 self.check_url("remote.server", &s.server)?;
                 need_image("remote.image", &s.image)?;
-                if !s.certificate_sha256.is_empty() && !imagestore_fetch::is_sha256(&s.certificate_sha256) {
+                if !s.certificate_sha256.is_empty()
+                    && !imagestore_fetch::is_sha256(&s.certificate_sha256)
+                {
                     return Err(invalid(
                         "remote.certificate_sha256 must be 64 lowercase hex characters",
                     ));
@@ -109,7 +111,10 @@ fn need_image(field: &str, s: &str) -> ApiResult<()> {
 /// The import that brings a newer version of `image` from its source, or None
 /// when it follows nothing.
 pub fn refresh_request(image: &Image) -> Option<pb::ImportImageRequest> {
-    let src = image.update_source.as_ref().filter(|s| !s.alias.is_empty())?;
+    let src = image
+        .update_source
+        .as_ref()
+        .filter(|s| !s.alias.is_empty())?;
     let source = match src.protocol.as_str() {
         "simplestreams" => Source::Simplestreams(pb::SimplestreamsSource {
             server: src.server.clone(),

@@ -212,7 +212,10 @@ async fn sweep(catalog: Catalog, every: Duration, stalled_after: Duration, cache
         }
         match catalog.collect_imports(stalled_after).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(failed = n, "imports failed: their blob node stopped reporting"),
+            Ok(n) => tracing::warn!(
+                failed = n,
+                "imports failed: their blob node stopped reporting"
+            ),
             Err(e) => tracing::warn!(error = %e, "collecting imports failed"),
         }
         if !cache_expiry.is_zero() {
@@ -240,8 +243,12 @@ async fn auto_update(catalog: Catalog, every: Duration) {
         };
         for image in images {
             match imports::queue_refresh(&catalog, &image).await {
-                Ok(op) => tracing::info!(fingerprint = %image.fingerprint, operation = %op.id, "auto-update queued"),
-                Err(e) => tracing::warn!(fingerprint = %image.fingerprint, error = %e, "auto-update not queued"),
+                Ok(op) => {
+                    tracing::info!(fingerprint = %image.fingerprint, operation = %op.id, "auto-update queued")
+                }
+                Err(e) => {
+                    tracing::warn!(fingerprint = %image.fingerprint, error = %e, "auto-update not queued")
+                }
             }
         }
     }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::convert;
-use crate::imports::ImportRules;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
+use crate::imports::ImportRules;
 use crate::names;
 use crate::nodes::NodePicker;
 use crate::uploads::{UploadLimits, spec_to_pb};
@@ -493,4 +493,3 @@ impl Registry for RegistryService {
         }))
     }
 }
-
