@@ -100,6 +100,22 @@ pub(crate) fn insert_alias(
     Ok(n == 1)
 }
 
+/// Inserts each alias whose name is free; returns the names that were taken.
+pub(crate) fn insert_aliases(
+    conn: &Connection,
+    aliases: &[AliasRef],
+    fingerprint: &str,
+    now: UnixNanos,
+) -> Result<Vec<String>> {
+    let mut taken = Vec::new();
+    for a in aliases {
+        if !insert_alias(conn, &a.name, fingerprint, &a.description, now)? {
+            taken.push(a.name.clone());
+        }
+    }
+    Ok(taken)
+}
+
 /// Accepts a full fingerprint, a unique prefix, or "images/{either}".
 fn target_ref(target: &str) -> Result<ImageRef> {
     let bare = target.strip_prefix("images/").unwrap_or(target);

@@ -6,7 +6,7 @@ use imagestore_image::{FingerprintQuery, canonical_architecture};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::Catalog;
-use crate::aliases::{insert_alias, validate_alias_name};
+use crate::aliases::{insert_aliases, validate_alias_name};
 use crate::error::{CatalogError, Result};
 use crate::filter::ImageFilter;
 use crate::model::*;
@@ -333,12 +333,7 @@ fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered>
         tx.prepare_cached("DELETE FROM released_content WHERE storage_key = ?1")?
             .execute([&part.storage_key])?;
     }
-    let mut skipped_aliases = Vec::new();
-    for alias in &new.aliases {
-        if !insert_alias(tx, &alias.name, &new.fingerprint, &alias.description, now)? {
-            skipped_aliases.push(alias.name.clone());
-        }
-    }
+    let skipped_aliases = insert_aliases(tx, &new.aliases, &new.fingerprint, now)?;
     Ok(Registered {
         image: must_load(tx, &new.fingerprint)?,
         created: true,
@@ -438,12 +433,7 @@ impl Catalog {
                 if !registered.created && completes.operation.is_some() {
                     // An import of an image that is here already still gives it the
                     // aliases asked for, as LXD's copy does.
-                    let now = now();
-                    for a in &aliases {
-                        if !insert_alias(tx, &a.name, &fp, &a.description, now)? {
-                            registered.skipped_aliases.push(a.name.clone());
-                        }
-                    }
+                    registered.skipped_aliases = insert_aliases(tx, &aliases, &fp, now())?;
                 }
                 if let Some(id) = &completes.upload {
                     crate::uploads::finish_with_registration(tx, id, &fp, registered.created)?;

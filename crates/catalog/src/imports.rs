@@ -7,12 +7,17 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::Catalog;
-use crate::aliases::{insert_alias, validate_alias_name};
+use crate::aliases::{insert_aliases, validate_alias_name};
 use crate::error::{CatalogError, Result};
 use crate::images::{delete_in, must_load};
 use crate::model::*;
 use crate::operations::{load as load_op, store as store_op};
 use crate::uploads::release;
+
+/// The time `d` before now.
+fn ago(d: Duration) -> UnixNanos {
+    now().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
 
 /// An import handed to a blob node.
 #[derive(Debug, Clone)]
@@ -213,13 +218,10 @@ impl Catalog {
                 if let Some((fp, aliases)) = existing_image {
                     op.metadata.extend(update.metadata);
                     store_op(tx, &op)?;
-                    let mut skipped = Vec::new();
                     for a in &aliases {
                         validate_alias_name(&a.name)?;
-                        if !insert_alias(tx, &a.name, &fp, &a.description, now)? {
-                            skipped.push(a.name.clone());
-                        }
                     }
+                    let skipped = insert_aliases(tx, &aliases, &fp, now)?;
                     finish_import(tx, &id, &fp, &skipped)?;
                     return load_op(tx, &id);
                 }
@@ -247,7 +249,7 @@ impl Catalog {
     /// the bytes of failed or cancelled imports once their node has had that long
     /// to delete them itself. Returns how many imports were ended.
     pub async fn collect_imports(&self, silent_for: Duration) -> Result<usize> {
-        let cutoff = now() - silent_for.as_nanos().min(i64::MAX as u128) as i64;
+        let cutoff = ago(silent_for);
         let ended = self
             .write(move |tx| {
                 let stale: Vec<(String, String)> = tx
@@ -320,7 +322,7 @@ impl Catalog {
     /// Deletes cached images not used (exported) for `unused_for`, LXD's
     /// `images.remote_cache_expiry`. Returns their fingerprints.
     pub async fn expire_cached_images(&self, unused_for: Duration) -> Result<Vec<String>> {
-        let cutoff = now() - unused_for.as_nanos().min(i64::MAX as u128) as i64;
+        let cutoff = ago(unused_for);
         self.write(move |tx| {
             let fps: Vec<String> = tx
                 .prepare_cached(

@@ -104,6 +104,16 @@ fn validate_address(address: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// An optional full fingerprint field: None when empty.
+fn optional_fingerprint(field: &str, s: &str) -> ApiResult<Option<String>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    imagestore_image::Fingerprint::parse(s)
+        .map(|fp| Some(fp.to_string()))
+        .map_err(|e| invalid(format!("{field}: {e}")))
+}
+
 fn part(p: pb::ImagePart) -> ApiResult<cat::Part> {
     let role = match pb::PartRole::try_from(p.role) {
         Ok(pb::PartRole::Unified) => cat::PartRole::Unified,
@@ -248,14 +258,7 @@ impl Registry for RegistryService {
                 "" => None,
                 name => Some(names::operation("operation", name)?.to_owned()),
             },
-            replaces: match r.replaces.as_str() {
-                "" => None,
-                fp => Some(
-                    imagestore_image::Fingerprint::parse(fp)
-                        .map_err(|e| invalid(format!("replaces: {e}")))?
-                        .to_string(),
-                ),
-            },
+            replaces: optional_fingerprint("replaces", &r.replaces)?,
         };
         let registered = self
             .catalog
@@ -457,23 +460,17 @@ impl Registry for RegistryService {
         let r = req.into_inner();
         validate_node_id(&r.node_id)?;
         let id = names::operation("operation", &r.operation)?.to_owned();
-        let existing = match r.image.as_str() {
-            "" => None,
-            fp => {
-                let fp = imagestore_image::Fingerprint::parse(fp)
-                    .map_err(|e| invalid(format!("image: {e}")))?
-                    .to_string();
-                let aliases = r
-                    .aliases
-                    .iter()
-                    .map(|a| cat::AliasRef {
-                        name: a.name.clone(),
-                        description: a.description.clone(),
-                    })
-                    .collect();
-                Some((fp, aliases))
-            }
-        };
+        let existing = optional_fingerprint("image", &r.image)?.map(|fp| {
+            let aliases = r
+                .aliases
+                .iter()
+                .map(|a| cat::AliasRef {
+                    name: a.name.clone(),
+                    description: a.description.clone(),
+                })
+                .collect();
+            (fp, aliases)
+        });
         let update = cat::OperationUpdate {
             stage: Some(r.stage).filter(|s| !s.is_empty()),
             bytes_done: Some(r.bytes_done),
