@@ -528,6 +528,8 @@ impl Process {
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit and its log to end.
+    /// The bound is well below the 30 s a blob node's import long poll lasts:
+    /// a graceful stop must end such polls, not wait them out.
     pub async fn terminate(mut self) -> Stopped {
         let pid = self.child.id().unwrap();
         let killed = Command::new("kill")
@@ -536,9 +538,9 @@ impl Process {
             .await
             .unwrap();
         assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
-            .expect("the process did not stop within 30 s of SIGTERM")
+            .expect("the process did not stop within 10 s of SIGTERM")
             .unwrap();
         tokio::time::timeout(Duration::from_secs(30), self.drain)
             .await

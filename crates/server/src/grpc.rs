@@ -11,6 +11,7 @@ use tonic::service::Routes;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::shutdown::{StopSignal, Stopping};
 use crate::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,7 @@ pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
     tls: Tls,
+    stop: StopSignal,
 }
 
 impl Default for GrpcServer {
@@ -63,7 +65,14 @@ impl GrpcServer {
             routes: Routes::default(),
             names: Vec::new(),
             tls: Tls::default(),
+            stop: StopSignal::new(),
         }
+    }
+
+    /// What a service added to this server watches to end its long-lived RPCs
+    /// when the server begins to stop.
+    pub fn stopping(&self) -> Stopping {
+        self.stop.subscribe()
     }
 
     /// Adds a service; health reports it SERVING while the server runs.
@@ -139,6 +148,11 @@ impl GrpcServer {
             source,
         })?;
         self.tls.check(bound)?;
+        let stop = self.stop;
+        let shutdown = async move {
+            shutdown.await;
+            stop.raise();
+        };
         // Windows well above hyper's 1 MiB default let one stream carry image bytes
         // at disk speed; the connection window fits two streams at full speed.
         let router = tonic::transport::Server::builder()

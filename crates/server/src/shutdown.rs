@@ -34,3 +34,36 @@ pub fn signal() -> impl Future<Output = ()> + Send {
         }
     }
 }
+
+/// Tells long-lived RPCs (long polls, progress streams) that the server is
+/// stopping, so they answer at once instead of holding a graceful stop for as
+/// long as they would have waited. Clones share one signal.
+#[derive(Clone, Debug)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+/// Raises the signal for every [`Stopping`] made from it.
+#[derive(Debug)]
+pub(crate) struct StopSignal(tokio::sync::watch::Sender<bool>);
+
+impl StopSignal {
+    pub(crate) fn new() -> Self {
+        Self(tokio::sync::watch::channel(false).0)
+    }
+
+    pub(crate) fn subscribe(&self) -> Stopping {
+        Stopping(self.0.subscribe())
+    }
+
+    pub(crate) fn raise(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Stopping {
+    /// Resolves once the server has begun to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.clone();
+        // An error means the server is gone: that is stopping too.
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+}

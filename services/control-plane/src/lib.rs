@@ -113,6 +113,7 @@ pub fn add_services(
         max_chunk_bytes: config.max_chunk_bytes,
         enabled: config.import.enabled("upload"),
     };
+    let stopping = server.stopping();
     let import_rules = Arc::new(imports::ImportRules {
         filtering: config.import_filtering.clone(),
         settings: config.import.clone(),
@@ -132,8 +133,11 @@ pub fn add_services(
         )
         .add_service(trusted(
             &auth,
-            OperationsServer::new(operations::OperationsService::new(catalog.clone()))
-                .max_decoding_message_size(limit),
+            OperationsServer::new(operations::OperationsService::new(
+                catalog.clone(),
+                stopping.clone(),
+            ))
+            .max_decoding_message_size(limit),
         ))
         .add_service(trusted(
             &auth,
@@ -164,6 +168,7 @@ pub fn add_services(
                 nodes,
                 upload_limits,
                 import_rules,
+                stopping,
             ))
             .max_decoding_message_size(limit),
             auth.nodes_only(),

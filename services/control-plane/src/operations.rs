@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use imagestore_catalog::{Catalog, OperationState, PageRequest};
 use imagestore_proto::v1 as pb;
+use imagestore_server::shutdown::Stopping;
 use pb::operations_server::Operations;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,11 +20,12 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 pub struct OperationsService {
     catalog: Catalog,
+    stopping: Stopping,
 }
 
 impl OperationsService {
-    pub fn new(catalog: Catalog) -> Self {
-        Self { catalog }
+    pub fn new(catalog: Catalog, stopping: Stopping) -> Self {
+        Self { catalog, stopping }
     }
 }
 
@@ -110,6 +112,7 @@ impl Operations for OperationsService {
             .map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let catalog = self.catalog.clone();
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
             let mut last = first;
@@ -121,6 +124,8 @@ impl Operations for OperationsService {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep_until(deadline) => return,
                     _ = tx.closed() => return,
+                    // The client waits again, on this server once it is back.
+                    () = stopping.stopped() => return,
                 }
                 let now = match catalog.get_operation(id.clone()).await {
                     Ok(op) => op,

@@ -4,6 +4,7 @@
 use imagestore_catalog::{self as cat, Catalog, NewImage, NodeAnnouncement};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
+use imagestore_server::shutdown::Stopping;
 use ipb::registry_server::Registry;
 use tonic::codegen::http::Uri;
 use tonic::{Request, Response};
@@ -24,6 +25,7 @@ pub struct RegistryService {
     nodes: NodePicker,
     limits: UploadLimits,
     imports: Arc<ImportRules>,
+    stopping: Stopping,
 }
 
 impl RegistryService {
@@ -32,12 +34,14 @@ impl RegistryService {
         nodes: NodePicker,
         limits: UploadLimits,
         imports: Arc<ImportRules>,
+        stopping: Stopping,
     ) -> Self {
         Self {
             catalog,
             nodes,
             limits,
             imports,
+            stopping,
         }
     }
 
@@ -448,6 +452,8 @@ impl Registry for RegistryService {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep_until(deadline) => break,
+                // Nothing claimed: the node asks again once the server is back.
+                () = self.stopping.stopped() => break,
             }
         }
         Ok(Response::new(ipb::ClaimImportResponse::default()))
