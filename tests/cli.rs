@@ -546,6 +546,170 @@ async fn remotes_are_kept_in_the_config_directory() {
     fx.server.terminate().await;
 }
 
+/// `imagestore copy` between two `imagestore serve`s, as `lxc image copy`: by
+/// alias with --copy-aliases (a name taken on the target stays, and the user is
+/// told), --alias and --auto-update recorded as the source; a private image
+/// through a one-time secret; then refresh finds nothing new. The CLI knows both
+/// servers as remotes with their own tokens, and neither token reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_between_servers_keeps_aliases_and_reaches_private_images_by_secret() {
+    let src = Fixture::start().await;
+    // The target may fetch from the source's loopback port: an admin's choice.
+    let settings = tempfile::tempdir().unwrap();
+    let config = settings.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[import_filtering]\nallowed_hosts = [\"127.0.0.1\"]\nallowed_ports = [{}]\n",
+            src.server.addr.port()
+        ),
+    )
+    .unwrap();
+    let dst = Fixture::start_with(&["--config", config.to_str().unwrap()]).await;
+
+    let unified = src
+        .import(&[
+            &fixture_path("busybox-unified.tar.gz"),
+            "--alias",
+            "app",
+            "--public",
+        ])
+        .await;
+    src.ok(&["alias", "create", "app/stable", &unified]).await;
+    let split = src
+        .import(&[
+            &fixture_path("busybox-split-meta.tar.xz"),
+            &fixture_path("busybox-split-rootfs.squashfs"),
+            "--alias",
+            "hidden",
+        ])
+        .await;
+    let taken = dst.work().join("taken.tar");
+    big_image(&taken, 4096, 7);
+    let local = dst
+        .import(&[taken.to_str().unwrap(), "--alias", "app/stable"])
+        .await;
+
+    // An operator's config: both servers, each with its own admin token.
+    let cfg = settings.path().join("operator");
+    for (name, fx) in [("src", &src), ("dst", &dst)] {
+        let token = fx.dir.path().join("data/admin-token");
+        let url = fx.server.url();
+        let args = [
+            "remote",
+            "add",
+            name,
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        let ran = run_in(&dst, &cfg, &args).await;
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+    }
+    let ran = run_in(&dst, &cfg, &["remote", "switch", "dst"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let info = async |name: &str| {
+        let ran = run_in(&dst, &cfg, &["info", name, "--format", "json"]).await;
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        serde_json::from_str::<Value>(&ran.stdout).unwrap()
+    };
+
+    let args = [
+        "copy",
+        "src:app",
+        "dst:",
+        "--copy-aliases",
+        "--alias",
+        "mine",
+        "--auto-update",
+    ];
+    let ran = run_in(&dst, &cfg, &args).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.stdout.contains("Image copied successfully!"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stderr
+            .contains("Alias app/stable already exists here and was left as it is"),
+        "{}",
+        ran.stderr
+    );
+    let copied = info("mine").await;
+    assert_eq!(copied["fingerprint"], unified.as_str());
+    let mut names: Vec<&str> = copied["aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["app", "mine"]);
+    assert_eq!(copied["auto_update"], true);
+    assert_eq!(copied["public"], false, "private unless --public");
+    assert_eq!(copied["update_source"]["server"], src.server.url().as_str());
+    assert_eq!(copied["update_source"]["protocol"], "imagestore");
+    assert_eq!(copied["update_source"]["alias"], "app");
+    assert_eq!(info("app/stable").await["fingerprint"], local.as_str());
+
+    // A private image: the CLI asks the source for a secret; --auto-update needs
+    // a public alias, as lxc says.
+    run_in(&dst, &cfg, &["copy", "src:hidden", "dst:", "--auto-update"])
+        .await
+        .fails(2, "--auto-update requires the source to be an alias");
+    let args = [
+        "copy",
+        "src:hidden",
+        "dst:",
+        "--alias",
+        "hidden-copy",
+        "--public",
+    ];
+    let ran = run_in(&dst, &cfg, &args).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let copied = info("hidden-copy").await;
+    assert_eq!(copied["fingerprint"], split.as_str());
+    assert_eq!(split, lxd_fingerprint("fx-split-squashfs"));
+    assert_eq!(copied["public"], true);
+    assert!(copied["update_source"].is_null(), "{copied}");
+    let ran = run_in(&dst, &cfg, &["export", "hidden-copy", "split"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(
+        std::fs::read(dst.work().join("split")).unwrap(),
+        fixture("busybox-split-meta.tar.xz")
+    );
+    assert_eq!(
+        std::fs::read(dst.work().join("split.root")).unwrap(),
+        fixture("busybox-split-rootfs.squashfs")
+    );
+
+    run_in(&dst, &cfg, &["copy", "src:app", "src:"])
+        .await
+        .fails(2, "must be different");
+    run_in(&dst, &cfg, &["copy", "src:nope", "dst:"])
+        .await
+        .fails(3, "not found");
+    let ran = run_in(&dst, &cfg, &["refresh", "mine"]).await;
+    assert!(ran.stdout.contains("Image mine is up to date"), "{ran:?}");
+    // The environment's token is the default remote's only: with dst's token in
+    // IMAGESTORE_TOKEN, the source still gets its own, and a source without one
+    // hides its private image instead of receiving dst's token.
+    let mut cmd = dst.command(&["info", "src:hidden"]);
+    cmd.env_remove("IMAGESTORE_REMOTE")
+        .env("IMAGESTORE_CONFIG_DIR", &cfg);
+    let ran = Ran::from(&[], cmd.output().await.unwrap());
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = run_in(&dst, &cfg, &["remote", "set-token", "src"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let mut cmd = dst.command(&["info", "src:hidden"]);
+    cmd.env_remove("IMAGESTORE_REMOTE")
+        .env("IMAGESTORE_CONFIG_DIR", &cfg);
+    Ran::from(&[], cmd.output().await.unwrap()).fails(3, "not found");
+    dst.server.terminate().await;
+    src.server.terminate().await;
+}
+
 /// A valid unified image of about `size` bytes: metadata.yaml, then a rootfs
 /// file of `size` bytes (the same bytes for the same size and seed).
 fn big_image(path: &Path, size: u64, seed: u8) {

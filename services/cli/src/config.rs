@@ -121,7 +121,8 @@ impl Config {
 
     /// The remote to talk to (None: the default remote, or IMAGESTORE_REMOTE's
     /// URL, whose certificate is then pinned by IMAGESTORE_CERTIFICATE_SHA256), with
-    /// the token to present there: IMAGESTORE_TOKEN when set, else the remote's own.
+    /// the token to present there: IMAGESTORE_TOKEN when set and this is the default
+    /// remote, else the remote's own.
     pub fn target(&self, remote: Option<&str>) -> CliResult<Remote> {
         let env = |name: &str| std::env::var(name).ok().filter(|t| !t.trim().is_empty());
         let from_env = env("IMAGESTORE_TOKEN");
@@ -141,7 +142,9 @@ impl Config {
             .map(str::to_owned)
             .unwrap_or_else(|| self.default_name());
         let mut remote = self.remote(&name)?.clone();
-        if from_env.is_some() {
+        // Only the default remote gets the environment's token: another server
+        // named on the same command line must never see it.
+        if from_env.is_some() && name == self.default_name() {
             remote.token = from_env;
         }
         Ok(remote)

@@ -178,33 +178,46 @@ pub async fn follow(ctx: &Ctx, client: &Client, op: pb::Operation) -> CliResult<
     let progress = ctx.progress();
     progress.status(&op.description);
     let mut last = op;
-    let mut stream = client
-        .operations()
-        .wait_operation(pb::WaitOperationRequest {
-            name: last.name.clone(),
-            timeout_seconds: 0,
-        })
-        .await?
-        .into_inner();
     let mut started = false;
+    // A wait ends at the server's time limit or when it restarts: wait again
+    // until the operation is done.
     while !last.done {
-        let Some(next) = stream.next().await else {
-            break;
-        };
-        last = next?;
-        if let Some(p) = &last.progress
-            && p.bytes_total > 0
-        {
-            if !started {
-                progress.start(&p.stage, p.bytes_total);
-                started = true;
+        let mut stream = client
+            .operations()
+            .wait_operation(pb::WaitOperationRequest {
+                name: last.name.clone(),
+                timeout_seconds: 0,
+            })
+            .await?
+            .into_inner();
+        while let Some(next) = stream.next().await {
+            last = next?;
+            if let Some(p) = &last.progress
+                && p.bytes_total > 0
+            {
+                if !started {
+                    progress.start(&p.stage, p.bytes_total);
+                    started = true;
+                }
+                progress.position(p.bytes_done);
             }
-            progress.position(p.bytes_done);
+            if last.done {
+                break;
+            }
         }
     }
     progress.finish();
     match pb::OperationState::try_from(last.state).unwrap_or_default() {
         pb::OperationState::Succeeded => {
+            // Names taken on this server keep what they point at: say so.
+            let skipped = last.metadata.get("skipped_aliases").map(String::as_str);
+            for alias in skipped
+                .unwrap_or_default()
+                .split(',')
+                .filter(|a| !a.is_empty())
+            {
+                eprintln!("Alias {alias} already exists here and was left as it is");
+            }
             let image = client
                 .images()
                 .get_image(pb::GetImageRequest {

@@ -26,7 +26,8 @@ const EXIT_CODES: &str = "\
 Images are named by alias, fingerprint or unique fingerprint prefix, with an
 optional `remote:` prefix, as lxc names them. IMAGESTORE_REMOTE (a remote name or
 a URL such as http://127.0.0.1:7443) picks the default remote; IMAGESTORE_TOKEN
-is the bearer token to present (else the remote's own, from `remote add --token`);
+is the bearer token to present to the default remote (others, and the default
+without it, present their own, from `remote add --token`);
 IMAGESTORE_CONFIG_DIR moves the config directory.
 
 Exit codes: 0 success, 1 failed, 2 bad usage or input, 3 not found,
