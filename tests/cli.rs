@@ -494,8 +494,18 @@ async fn remotes_are_kept_in_the_config_directory() {
     };
     let ran = Ran::from(&[], run(&["remote", "get-default"]).await.unwrap());
     assert_eq!(ran.stdout.trim(), "local");
-    fx.ok(&["remote", "add", "lab", &format!("127.0.0.1:{port}")])
-        .await;
+    // Its own token: the environment's goes to the default remote only.
+    let token = fx.dir.path().join("data/admin-token");
+    let lab = format!("127.0.0.1:{port}");
+    fx.ok(&[
+        "remote",
+        "add",
+        "lab",
+        &lab,
+        "--token-file",
+        token.to_str().unwrap(),
+    ])
+    .await;
     fx.run(&["remote", "add", "lab", &url])
         .await
         .fails(4, "exists");
