@@ -494,6 +494,80 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
     cp.stop().await;
 }
 
+/// The administrator's limits hold during a transfer: more bytes than
+/// `import.max_bytes` and a server that goes quiet for longer than
+/// `import.idle_timeout` each fail the import, and neither leaves an image or a
+/// stored byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_imports_stop_at_the_size_limit_and_when_the_server_goes_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let site: Shared = Default::default();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    site.lock().unwrap().closed = Some(closed_tx);
+    let addr = start_site(site.clone()).await;
+    let (cp, node) = cluster(dir.path(), vec![addr.port()], |c| {
+        c.import.max_bytes = 256 * 1024;
+        c.import.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let base = format!("http://{addr}");
+
+    let data = fixture("busybox-unified.tar.gz");
+    assert!(data.len() > 256 * 1024);
+    route(&site, "/files/big.tar.gz", &[], data.clone());
+    route(
+        &site,
+        "/big",
+        &[
+            ("LXD-Image-Hash", sha256_hex(&data)),
+            ("LXD-Image-URL", "/files/big.tar.gz".into()),
+        ],
+        Vec::new(),
+    );
+    let quiet: Vec<u8> = (0..128 * 1024u32).map(|i| (i % 249) as u8).collect();
+    route(&site, "/files/quiet.tar", &[], quiet.clone());
+    site.lock().unwrap().slow.push("/files/quiet.tar".into());
+    route(
+        &site,
+        "/quiet",
+        &[
+            ("LXD-Image-Hash", sha256_hex(&quiet)),
+            ("LXD-Image-URL", "/files/quiet.tar".into()),
+        ],
+        Vec::new(),
+    );
+
+    let big = import(&cp, url_request(format!("{base}/big"))).await;
+    assert_eq!(state(&big), pb::OperationState::Failed, "{big:?}");
+    assert_eq!(error_code(&big), tonic::Code::ResourceExhausted, "{big:?}");
+    assert!(
+        big.error.as_ref().unwrap().message.contains("262144"),
+        "the message names the limit: {big:?}"
+    );
+    let quiet_op = import(&cp, url_request(format!("{base}/quiet"))).await;
+    assert_eq!(state(&quiet_op), pb::OperationState::Failed, "{quiet_op:?}");
+    assert_eq!(
+        error_code(&quiet_op),
+        tonic::Code::DeadlineExceeded,
+        "{quiet_op:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(20), closed.recv())
+        .await
+        .expect("the node kept the quiet connection open");
+    for (op, bytes) in [(&big, &data), (&quiet_op, &quiet)] {
+        let id = op.name.trim_start_matches("operations/");
+        let left: Vec<_> = files_under(&dir.path().join("blobs"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(id))
+            .collect();
+        assert!(left.is_empty(), "a failed import left {left:?}");
+        let image = get_image(&cp, &format!("images/{}", sha256_hex(bytes))).await;
+        assert_eq!(image.unwrap_err().code(), tonic::Code::NotFound);
+    }
+    node.stop().await;
+    cp.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn administrators_choose_the_import_methods() {
     let dir = tempfile::tempdir().unwrap();
@@ -835,6 +909,10 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
     let item = |ftype: &str, path: &str, data: &[u8]| serde_json::json!({"ftype": ftype, "path": path, "sha256": sha256_hex(data), "size": data.len()});
     let mut meta_item = item("lxd.tar.xz", "images/new/meta.tar.xz", &meta);
     meta_item["combined_squashfs_sha256"] = split_fp.clone().into();
+    // The same version as a VM: the metadata beside a disk image, as LXD pairs them.
+    let disk: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let vm_fp = sha256_hex(&[meta.as_slice(), disk.as_slice()].concat());
+    meta_item["combined_disk-kvm-img_sha256"] = vm_fp.clone().into();
     let mut bad_meta = item("lxd.tar.xz", "images/bad/meta.tar.xz", &meta);
     bad_meta["combined_squashfs_sha256"] = split_fp.clone().into();
     let mut bad_root = item("squashfs", "images/bad/root.squashfs", &root);
@@ -849,7 +927,8 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
                     "20231201_0000": {"items": {"unified": item("lxd_combined.tar.gz", "images/old/busybox.tar.gz", &unified)}},
                     "20240101_0000": {"items": {
                         "meta": meta_item,
-                        "root": item("squashfs", "images/new/root.squashfs", &root)
+                        "root": item("squashfs", "images/new/root.squashfs", &root),
+                        "disk": item("disk-kvm.img", "images/new/disk.img", &disk)
                     }}
                 }
             },
@@ -877,6 +956,7 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
     );
     route(&site, "/ss/images/new/meta.tar.xz", &[], meta.clone());
     route(&site, "/ss/images/new/root.squashfs", &[], root.clone());
+    route(&site, "/ss/images/new/disk.img", &[], disk.clone());
     route(&site, "/ss/images/old/busybox.tar.gz", &[], unified.clone());
     route(&site, "/ss/images/bad/meta.tar.xz", &[], meta.clone());
     route(&site, "/ss/images/bad/root.squashfs", &[], root.clone());
@@ -925,6 +1005,19 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
         .await
         .unwrap();
     assert_eq!(got, meta);
+
+    // The alias names a container and a VM: asked for a VM, the VM it is.
+    let mut vm = ss("busybox", false);
+    vm.r#type = pb::ImageType::VirtualMachine as i32;
+    let op = import(&cp, vm).await;
+    assert_eq!(state(&op), pb::OperationState::Succeeded, "{op:?}");
+    assert_eq!(op.image, format!("images/{vm_fp}"));
+    let image = get_image(&cp, &op.image).await.unwrap();
+    assert_eq!(image.r#type, pb::ImageType::VirtualMachine as i32);
+    let (_, got) = download(&cp, &node.url(), &vm_fp, pb::PartRole::Rootfs, 0)
+        .await
+        .unwrap();
+    assert!(got == disk, "the VM's disk image, byte for byte");
 
     // By fingerprint prefix: the older unified item; no source to follow.
     let op = import(&cp, ss(&unified_fp[..12], false)).await;

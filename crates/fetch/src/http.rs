@@ -111,12 +111,17 @@ impl Body {
             async move {
                 let (mut inner, received) = state?;
                 let next = tokio::time::timeout(limits.idle_timeout, inner.next()).await;
-                let item = match next {
-                    Err(_) => Err(FetchError::Timeout(format!(
+                let quiet = || {
+                    FetchError::Timeout(format!(
                         "{shown} sent nothing for {:?} after {received} bytes",
                         limits.idle_timeout
-                    ))),
+                    ))
+                };
+                let item = match next {
+                    Err(_) => Err(quiet()),
                     Ok(None) => return None,
+                    // The client's own read timeout (the same idle limit) may fire first.
+                    Ok(Some(Err(e))) if e.is_timeout() => Err(quiet()),
                     Ok(Some(Err(e))) => Err(FetchError::Http(format!(
                         "reading {shown} failed after {received} bytes: {e}"
                     ))),

@@ -127,6 +127,9 @@ pub struct Plan {
     /// What to record for refreshes; None when the image was named by fingerprint
     /// or secret (LXD: only images obtained by alias follow their source).
     pub update_source: Option<pb::UpdateSource>,
+    /// What the source says the image is (simplestreams' item type, the source
+    /// server's record); None: the bytes decide, as for an upload.
+    pub image_type: Option<pb::ImageType>,
 }
 
 impl Plan {

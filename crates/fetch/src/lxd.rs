@@ -87,5 +87,6 @@ pub async fn plan(fetcher: &Fetcher, url: &Url, server: &ServerInfo) -> Result<P
         source_aliases: Vec::new(),
         // URL imports never auto-update (LXD records no source for them).
         update_source: None,
+        image_type: None,
     })
 }

@@ -170,6 +170,9 @@ pub async fn plan(
             certificate: source.certificate.clone(),
             image_type: image.r#type,
         }),
+        image_type: pb::ImageType::try_from(image.r#type)
+            .ok()
+            .filter(|t| *t != pb::ImageType::Unspecified),
         fingerprint: image.fingerprint,
     })
 }

@@ -341,6 +341,11 @@ pub async fn plan(
         }
         source_aliases.push(format!("{a}/{}", product.arch));
     }
+    let image_type = if chosen.vm {
+        pb::ImageType::VirtualMachine
+    } else {
+        pb::ImageType::Container
+    };
     Ok(Plan {
         fingerprint: chosen.fingerprint.clone(),
         split: chosen.root.is_some(),
@@ -365,12 +370,9 @@ pub async fn plan(
             protocol: "simplestreams".into(),
             alias: name.to_owned(),
             certificate: String::new(),
-            image_type: if chosen.vm {
-                pb::ImageType::VirtualMachine
-            } else {
-                pb::ImageType::Container
-            } as i32,
+            image_type: image_type as i32,
         }),
+        image_type: Some(image_type),
     })
 }
 

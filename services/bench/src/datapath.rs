@@ -97,9 +97,9 @@ pub async fn measure(
 ) -> BenchResult {
     let (upload_mb_s, kept) = upload_figures(report, system, size, runs, limit).await?;
     let mut seed = runs as u64 + 1;
-    // A verified upload is also durable: it can be no faster than the disk takes
-    // the same bytes with an fsync.
-    let disk = disk_write_mb_s(&system.dir, size, runs)?;
+    // A verified upload is also durable: it can be no faster than the store
+    // writes the same bytes.
+    let disk = disk_write_mb_s(&system.dir, size, runs).await?;
     report.put("disk_write_mb_s", round2(disk), "MB/s");
     report.put(
         "upload_ratio_disk",
@@ -192,29 +192,28 @@ async fn download(report: &Report, system: &System, image: &pb::Image, runs: usi
     Ok(())
 }
 
-/// Writes `size` bytes in 1 MiB pieces and fsyncs, as a segment is stored. Each
-/// run writes a new file and all are removed at the end: rewriting one file would
-/// reuse the page cache the last run freed, which the store never gets (on a VM
-/// the first touch of a page costs more than the copy into it).
-fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64> {
-    use std::io::Write;
-    let buf = vec![0x5au8; 1 << 20];
-    let paths: Vec<_> = (0..runs)
-        .map(|i| dir.join(format!("disk-write-probe-{i}")))
-        .collect();
+/// Writes `size` bytes in 1 MiB chunks through the local store's own segment
+/// writer (as the blob node stores an upload: O_DIRECT where the filesystem has
+/// it, fsync, rename), without network or hashing. Each run writes a new object
+/// and all are removed at the end: rewriting one would reuse what the last run
+/// freed, which an upload never gets.
+async fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64> {
+    let store = imagestore_store::BlobStore::open(
+        &dir.join("disk-write-probe").display().to_string(),
+        &Default::default(),
+    )?;
+    let chunk = bytes::Bytes::from(vec![0x5au8; 1 << 20]);
     let mut figures = Vec::new();
-    for path in &paths {
+    for run in 0..runs {
         let started = Instant::now();
-        let mut f = std::fs::File::create(path)?;
-        for _ in 0..size.div_ceil(buf.len() as u64) {
-            f.write_all(&buf)?;
+        let mut writer = store.begin_segment(&format!("probe/{run}")).await?;
+        for _ in 0..size.div_ceil(chunk.len() as u64) {
+            writer.put(chunk.clone()).await?;
         }
-        f.sync_all()?;
+        writer.finish().await?;
         figures.push(size as f64 / started.elapsed().as_secs_f64() / 1e6);
     }
-    for path in &paths {
-        std::fs::remove_file(path)?;
-    }
+    store.delete("probe/").await?;
     Ok(median(figures))
 }
 

@@ -325,6 +325,7 @@ async fn import(
         auto_update: request.auto_update && plan.update_source.is_some(),
         update_source: plan.update_source.clone(),
         cached: request.cached,
+        image_type: plan.image_type,
     };
     let mut ingest = Ingest::for_import(node.clone(), op_id, spec, registration)?;
     let _active = crate::transfer(node);

@@ -111,6 +111,8 @@ pub struct Registration {
     pub update_source: Option<pb::UpdateSource>,
     pub auto_update: bool,
     pub cached: bool,
+    /// What the source says the image is; None: the bytes decide.
+    pub image_type: Option<pb::ImageType>,
 }
 
 /// What opening an upload found.
@@ -639,6 +641,9 @@ impl Ingest {
             };
             (scanned, image_type, "")
         };
+        // An import's source knows what it serves (LXD takes simplestreams' item
+        // type as it is); an upload has only its bytes to go by.
+        let image_type = self.registration.image_type.unwrap_or(image_type);
 
         let image_parts = parts
             .into_iter()
