@@ -5,17 +5,20 @@
 //! node that copy took two thirds of its CPU during an upload (perf,
 //! `copy_folio_from_iter_atomic`), on a machine whose two cores also hash and
 //! receive. O_DIRECT hands whole aligned blocks to the disk instead. Chunks are
-//! copied once, in user space, into one of two aligned buffers: one fills while
-//! a blocking thread writes the other, so the disk and the network overlap in
-//! bounded memory. Filesystems without O_DIRECT (tmpfs) get the same code with
-//! ordinary writes.
+//! copied once, in user space, into one of a few aligned buffers: one fills while
+//! blocking threads write the others at their offsets, so the disk and the
+//! network overlap in bounded memory. Filesystems without O_DIRECT (tmpfs) get
+//! the same code with ordinary writes.
 //!
 //! A segment is staged as `{file}#{n}` (a name object_store's listing skips, as
 //! its own multipart staging files), made durable, then renamed into place.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -23,9 +26,13 @@ use tokio::task::JoinHandle;
 /// Block alignment O_DIRECT needs for addresses, lengths and offsets (4096 covers
 /// every logical block size in use).
 const ALIGN: usize = 4096;
-/// Bytes per write: large enough that the disk streams, small enough that two per
-/// upload keep a node's memory low.
-pub(crate) const BLOCK: usize = 4 << 20;
+/// Bytes per write. On the VMs here O_DIRECT writes of 1 MiB stream as fast as
+/// 4 MiB ones (dd: 1.1–1.3 GB/s against 0.7–0.9).
+pub(crate) const BLOCK: usize = 1 << 20;
+/// Buffers per writer: one filling while the others are on their way to the disk,
+/// written at their offsets in parallel so that a slow write does not stall the
+/// stream (4 MiB per upload).
+const DEPTH: usize = 4;
 
 /// A [`BLOCK`]-sized buffer whose start is [`ALIGN`]-aligned.
 struct Aligned {
@@ -45,19 +52,19 @@ impl Aligned {
     }
 }
 
-/// What the blocking thread hands back after a write: the file and the buffer.
-type Returned = io::Result<(File, Aligned)>;
-
 pub(crate) struct DirectWriter {
     staging: PathBuf,
     target: PathBuf,
+    file: Arc<File>,
     /// The buffer being filled, and how much of it is.
     filling: Aligned,
     filled: usize,
-    /// Owned here between writes, by the writing thread during one.
-    file: Option<File>,
-    spare: Option<Aligned>,
-    writing: Option<JoinHandle<Returned>>,
+    /// Buffers back from the disk, ready to fill.
+    free: Vec<Aligned>,
+    /// Writes under way, oldest first; each gives its buffer back.
+    writing: VecDeque<JoinHandle<io::Result<Aligned>>>,
+    /// Where the next block goes in the file.
+    offset: u64,
     written: u64,
 }
 
@@ -73,11 +80,12 @@ impl DirectWriter {
         Ok(Self {
             staging,
             target,
+            file: Arc::new(file),
             filling: Aligned::new(),
             filled: 0,
-            file: Some(file),
-            spare: Some(Aligned::new()),
-            writing: None,
+            free: Vec::new(),
+            writing: VecDeque::new(),
+            offset: 0,
             written: 0,
         })
     }
@@ -101,30 +109,32 @@ impl DirectWriter {
         Ok(())
     }
 
-    /// Waits for the write under way, then starts writing the first `len` bytes
-    /// of the filled buffer (a multiple of [`ALIGN`]).
+    /// Starts writing the first `len` bytes (a multiple of [`ALIGN`]) of the
+    /// filled buffer at the next offset, and takes a free buffer to fill next,
+    /// waiting for the oldest write when all are in use.
     async fn write_filled(&mut self, len: usize) -> io::Result<()> {
-        self.wait().await?;
-        let (Some(mut file), Some(spare)) = (self.file.take(), self.spare.take()) else {
-            return Err(io::Error::other("segment writer used after a failed write"));
+        let next = match self.free.pop() {
+            Some(b) => b,
+            None if self.writing.len() + 1 < DEPTH => Aligned::new(),
+            None => self.oldest_done().await?,
         };
-        let mut full = std::mem::replace(&mut self.filling, spare);
+        let mut full = std::mem::replace(&mut self.filling, next);
         self.filled = 0;
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            file.write_all(&full.block()[..len])?;
-            Ok((file, full))
+        let (file, offset) = (self.file.clone(), self.offset);
+        self.offset += len as u64;
+        self.writing.push_back(tokio::task::spawn_blocking(move || {
+            file.write_all_at(&full.block()[..len], offset)?;
+            Ok(full)
         }));
         Ok(())
     }
 
-    /// Takes back the file and buffer from the write under way, if any.
-    async fn wait(&mut self) -> io::Result<()> {
-        if let Some(writing) = self.writing.take() {
-            let (file, buf) = writing.await.map_err(io::Error::other)??;
-            self.file = Some(file);
-            self.spare = Some(buf);
+    /// Waits for the oldest write under way; returns its buffer.
+    async fn oldest_done(&mut self) -> io::Result<Aligned> {
+        match self.writing.pop_front() {
+            Some(w) => w.await.map_err(io::Error::other)?,
+            None => Ok(Aligned::new()),
         }
-        Ok(())
     }
 
     /// Writes the rest, makes the file durable and puts it in place.
@@ -136,17 +146,15 @@ impl DirectWriter {
             self.filling.block()[tail..padded].fill(0);
             self.write_filled(padded).await?;
         }
-        self.wait().await?;
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("segment writer used after a failed write"))?;
+        while !self.writing.is_empty() {
+            self.oldest_done().await?;
+        }
         let size = self.written;
-        let (staging, target) = (self.staging.clone(), self.target.clone());
+        let (file, staging, target) =
+            (self.file.clone(), self.staging.clone(), self.target.clone());
         tokio::task::spawn_blocking(move || {
             file.set_len(size)?;
             file.sync_all()?;
-            drop(file);
             std::fs::rename(&staging, &target)?;
             sync_dir(&target)
         })
@@ -158,8 +166,9 @@ impl DirectWriter {
 
     /// Stops and removes the staging file.
     pub(crate) async fn abort(mut self) -> io::Result<()> {
-        let _ = self.wait().await;
-        self.file = None;
+        while !self.writing.is_empty() {
+            let _ = self.oldest_done().await;
+        }
         let staging = std::mem::take(&mut self.staging);
         match tokio::fs::remove_file(&staging).await {
             Ok(()) => Ok(()),

@@ -69,8 +69,14 @@ pub async fn upload_figures(
 ) -> BenchResult<(f64, pb::Image)> {
     let mut one = Vec::new();
     let mut kept = None;
+    let (mut cpu_node, mut cpu_all, mut bytes) = (0.0, 0.0, 0u64);
     for seed in 1..=runs as u64 {
+        let before = cpu_split(system);
         let (image, secs) = upload(system, size, seed).await?;
+        let after = cpu_split(system);
+        cpu_node += after.0 - before.0;
+        cpu_all += after.1 - before.1;
+        bytes += image.size;
         one.push(image.size as f64 / secs / 1e6);
         match kept {
             None => kept = Some(image),
@@ -84,7 +90,27 @@ pub async fn upload_figures(
         round2(upload_mb_s / limit),
         "x min(hash, sink)",
     );
+    // The CPU an upload costs, client included (they share this machine's cores):
+    // nproc divided by it is the fastest these cores could carry one.
+    let gb = bytes as f64 / 1e9;
+    report.put(
+        "upload_node_cpu_s_per_gb",
+        round2(cpu_node / gb),
+        "CPU s/GB",
+    );
+    report.put("upload_cpu_s_per_gb", round2(cpu_all / gb), "CPU s/GB");
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let bound = cores * 1e3 / (cpu_all / gb);
+    report.put("upload_cpu_bound_mb_s", round2(bound), "MB/s");
     Ok((upload_mb_s, kept.ok_or("no image was kept")?))
+}
+
+/// CPU seconds so far: (the blob node's, the blob node's + the control plane's +
+/// this client's).
+fn cpu_split(system: &System) -> (f64, f64) {
+    let node = system.blob.cpu_seconds();
+    let all = node + system.control.cpu_seconds() + crate::procs::cpu_seconds("self");
+    (node, all)
 }
 
 pub async fn measure(

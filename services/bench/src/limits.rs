@@ -141,6 +141,8 @@ pub async fn grpc_sink_mb_s(report: &Report, size: u64, runs: usize) -> BenchRes
     );
     let chunk = Bytes::from(vec![0x5au8; CHUNK]);
     let mut figures = Vec::new();
+    let cpu_before = crate::procs::cpu_seconds("self");
+    let mut sent = 0u64;
     for _ in 0..runs {
         let count = size / CHUNK as u64;
         let chunk = chunk.clone();
@@ -153,7 +155,16 @@ pub async fn grpc_sink_mb_s(report: &Report, size: u64, runs: usize) -> BenchRes
         let got = client.clone().upload(messages).await?.into_inner();
         let secs = started.elapsed().as_secs_f64();
         figures.push(got.committed_size as f64 / secs / 1e6);
+        sent += got.committed_size;
     }
+    // What carrying the bytes costs both ends together, in CPU: the transport's
+    // share of an upload's budget.
+    let cpu = crate::procs::cpu_seconds("self") - cpu_before;
+    report.put(
+        "grpc_sink_cpu_s_per_gb",
+        round2(cpu / (sent as f64 / 1e9)),
+        "CPU s/GB",
+    );
     let _ = stop.send(());
     let _ = server.await;
     let mb_s = median(figures);

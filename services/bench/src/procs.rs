@@ -80,6 +80,11 @@ impl Server {
         self.child.id().unwrap_or(0)
     }
 
+    /// CPU seconds the process has used so far (user + system, all threads).
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.pid().to_string())
+    }
+
     /// Peak resident memory so far (VmHWM), MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         let status =
@@ -184,4 +189,34 @@ impl System {
         self.blob.stop().await;
         self.control.stop().await;
     }
+}
+
+/// CPU seconds (user + system, every thread) of process `pid` ("self" for this
+/// one), from /proc; 0 where /proc is not there.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 12th and 13th from there.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / clock_ticks_per_second()
+}
+
+/// The kernel's clock tick rate for /proc times (USER_HZ; `getconf CLK_TCK`).
+fn clock_ticks_per_second() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
