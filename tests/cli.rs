@@ -599,6 +599,25 @@ async fn copy_between_servers_keeps_aliases_and_reaches_private_images_by_secret
     let local = dst
         .import(&[taken.to_str().unwrap(), "--alias", "app/stable"])
         .await;
+    // An upload asking for a taken name gets the others, and the user is told.
+    let other = dst.work().join("other.tar");
+    big_image(&other, 4096, 8);
+    let other = other.to_str().unwrap();
+    let ran = dst
+        .run(&["import", other, "--alias", "app/stable", "--alias", "fresh"])
+        .await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("Alias app/stable already exists here and was left as it is"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("Alias fresh"), "{}", ran.stderr);
+    assert_eq!(
+        dst.json(&["info", "fresh", "--format", "json"]).await["fingerprint"],
+        file_sha256(Path::new(other)).as_str()
+    );
 
     // An operator's config: both servers, each with its own admin token.
     let cfg = settings.path().join("operator");

@@ -142,10 +142,24 @@ async fn upload(
         properties,
         ..Default::default()
     };
-    client
+    let image = client
         .upload(&source, &opts, ctx.progress())
         .await
-        .map_err(|e| Failure::resumable(e, "the upload is kept on the server"))
+        .map_err(|e| Failure::resumable(e, "the upload is kept on the server"))?;
+    // An alias asked for but not on the image is another image's already.
+    let taken = opts
+        .aliases
+        .iter()
+        .filter(|name| !image.aliases.iter().any(|a| &a.name == *name));
+    say_taken(taken.map(String::as_str));
+    Ok(image)
+}
+
+/// Names taken on this server keep what they point at: say so.
+fn say_taken<'a>(names: impl Iterator<Item = &'a str>) {
+    for alias in names {
+        eprintln!("Alias {alias} already exists here and was left as it is");
+    }
 }
 
 /// Where an interrupted import of these exact files to this server keeps its
@@ -209,15 +223,13 @@ pub async fn follow(ctx: &Ctx, client: &Client, op: pb::Operation) -> CliResult<
     progress.finish();
     match pb::OperationState::try_from(last.state).unwrap_or_default() {
         pb::OperationState::Succeeded => {
-            // Names taken on this server keep what they point at: say so.
             let skipped = last.metadata.get("skipped_aliases").map(String::as_str);
-            for alias in skipped
-                .unwrap_or_default()
-                .split(',')
-                .filter(|a| !a.is_empty())
-            {
-                eprintln!("Alias {alias} already exists here and was left as it is");
-            }
+            say_taken(
+                skipped
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|a| !a.is_empty()),
+            );
             let image = client
                 .images()
                 .get_image(pb::GetImageRequest {
