@@ -135,6 +135,12 @@ impl Ran {
         }
     }
 
+    /// Asserts a clean exit, and gives back what was printed.
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
+        self
+    }
+
     fn fails(&self, code: i32, says: &str) {
         assert_eq!(self.code, code, "exit code; stderr: {}", self.stderr);
         assert!(
@@ -632,14 +638,13 @@ async fn copy_between_servers_keeps_aliases_and_reaches_private_images_by_secret
             "--token-file",
             token.to_str().unwrap(),
         ];
-        let ran = run_in(&dst, &cfg, &args).await;
-        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        run_in(&dst, &cfg, &args).await.ok();
     }
-    let ran = run_in(&dst, &cfg, &["remote", "switch", "dst"]).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    run_in(&dst, &cfg, &["remote", "switch", "dst"]).await.ok();
     let info = async |name: &str| {
-        let ran = run_in(&dst, &cfg, &["info", name, "--format", "json"]).await;
-        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        let ran = run_in(&dst, &cfg, &["info", name, "--format", "json"])
+            .await
+            .ok();
         serde_json::from_str::<Value>(&ran.stdout).unwrap()
     };
 
@@ -652,8 +657,7 @@ async fn copy_between_servers_keeps_aliases_and_reaches_private_images_by_secret
         "mine",
         "--auto-update",
     ];
-    let ran = run_in(&dst, &cfg, &args).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = run_in(&dst, &cfg, &args).await.ok();
     assert!(
         ran.stdout.contains("Image copied successfully!"),
         "{}",
@@ -695,15 +699,15 @@ async fn copy_between_servers_keeps_aliases_and_reaches_private_images_by_secret
         "hidden-copy",
         "--public",
     ];
-    let ran = run_in(&dst, &cfg, &args).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    run_in(&dst, &cfg, &args).await.ok();
     let copied = info("hidden-copy").await;
     assert_eq!(copied["fingerprint"], split.as_str());
     assert_eq!(split, lxd_fingerprint("fx-split-squashfs"));
     assert_eq!(copied["public"], true);
     assert!(copied["update_source"].is_null(), "{copied}");
-    let ran = run_in(&dst, &cfg, &["export", "hidden-copy", "split"]).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    run_in(&dst, &cfg, &["export", "hidden-copy", "split"])
+        .await
+        .ok();
     assert_eq!(
         std::fs::read(dst.work().join("split")).unwrap(),
         fixture("busybox-split-meta.tar.xz")
@@ -727,10 +731,10 @@ async fn copy_between_servers_keeps_aliases_and_reaches_private_images_by_secret
     let mut cmd = dst.command(&["info", "src:hidden"]);
     cmd.env_remove("IMAGESTORE_REMOTE")
         .env("IMAGESTORE_CONFIG_DIR", &cfg);
-    let ran = Ran::from(&[], cmd.output().await.unwrap());
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let ran = run_in(&dst, &cfg, &["remote", "set-token", "src"]).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    Ran::from(&[], cmd.output().await.unwrap()).ok();
+    run_in(&dst, &cfg, &["remote", "set-token", "src"])
+        .await
+        .ok();
     let mut cmd = dst.command(&["info", "src:hidden"]);
     cmd.env_remove("IMAGESTORE_REMOTE")
         .env("IMAGESTORE_CONFIG_DIR", &cfg);
@@ -1026,8 +1030,8 @@ async fn trust_over_tls_by_client_certificate_and_by_token() {
             "--trust-client-certificate",
         ],
     )
-    .await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    .await
+    .ok();
     assert!(ran.stdout.contains(&fingerprint), "{}", ran.stdout);
     let saved = std::fs::read_to_string(operator.join("config.yml")).unwrap();
     assert!(
@@ -1037,7 +1041,7 @@ async fn trust_over_tls_by_client_certificate_and_by_token() {
     run_in(&fx, &operator, &["remote", "switch", "lab"]).await;
 
     // Trusted by certificate alone: import (bytes over TLS to the blob node), list.
-    let ran = run_in(
+    run_in(
         &fx,
         &operator,
         &[
@@ -1047,20 +1051,21 @@ async fn trust_over_tls_by_client_certificate_and_by_token() {
             "private-one",
         ],
     )
-    .await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    .await
+    .ok();
     let ran = run_in(&fx, &operator, &["list", "--format", "csv"]).await;
     assert!(ran.stdout.contains("private-one"), "{}", ran.stdout);
     let ran = run_in(&fx, &operator, &["trust", "list", "--format", "csv"]).await;
     assert!(ran.stdout.contains("certificate"), "{}", ran.stdout);
 
     // A token for automation: shown once, works, and stops working when removed.
-    let ran = run_in(&fx, &operator, &["trust", "add", "--description", "ci"]).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = run_in(&fx, &operator, &["trust", "add", "--description", "ci"])
+        .await
+        .ok();
     let token = ran.stdout.lines().last().unwrap().trim().to_owned();
     assert_eq!(token.len(), 64);
     let robot = dir.path().join("robot");
-    let ran = run_in(
+    run_in(
         &fx,
         &robot,
         &[
@@ -1073,8 +1078,8 @@ async fn trust_over_tls_by_client_certificate_and_by_token() {
             &token,
         ],
     )
-    .await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    .await
+    .ok();
     let ran = run_in(&fx, &robot, &["list", "lab:", "--format", "csv"]).await;
     assert!(ran.stdout.contains("private-one"), "{}", ran.stdout);
     let listed = run_in(&fx, &operator, &["trust", "list", "--format", "json"]).await;
@@ -1095,15 +1100,16 @@ async fn trust_over_tls_by_client_certificate_and_by_token() {
 
     // A stranger sees no private image, and may not change anything.
     let stranger = dir.path().join("stranger");
-    let ran = run_in(
+    run_in(
         &fx,
         &stranger,
         &["remote", "add", "lab", &url, "--accept-certificate"],
     )
-    .await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let ran = run_in(&fx, &stranger, &["list", "lab:", "--format", "csv"]).await;
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    .await
+    .ok();
+    let ran = run_in(&fx, &stranger, &["list", "lab:", "--format", "csv"])
+        .await
+        .ok();
     assert!(!ran.stdout.contains("private-one"), "{}", ran.stdout);
     run_in(&fx, &stranger, &["info", "lab:private-one"])
         .await

@@ -107,6 +107,15 @@ fn route(site: &Shared, path: &str, headers: &[(&str, String)], body: Vec<u8>) {
     );
 }
 
+/// At `path`, LXD's answer naming the image: its hash and where to get it.
+fn lxd_route(site: &Shared, path: &str, hash: &str, file: &str) {
+    let headers = [
+        ("LXD-Image-Hash", hash.to_owned()),
+        ("LXD-Image-URL", file.to_owned()),
+    ];
+    route(site, path, &headers, Vec::new());
+}
+
 /// A control plane that lets imports reach 127.0.0.1 on `ports`, and a node.
 async fn cluster(
     dir: &Path,
@@ -200,6 +209,15 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The files under `blobs` that belong to operation `op` ("operations/{id}").
+fn files_of(blobs: &Path, op: &str) -> Vec<std::path::PathBuf> {
+    let id = op.trim_start_matches("operations/");
+    files_under(blobs)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(id))
+        .collect()
+}
+
 async fn get_image(cp: &ControlPlane, name: &str) -> Result<pb::Image, tonic::Status> {
     cp.images()
         .await
@@ -227,15 +245,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
     let data = fixture("busybox-unified.tar.gz");
     let fp = lxd_fingerprint("fx-unified-targz");
     route(&site, "/files/busybox.tar.gz", &[], data.clone());
-    route(
-        &site,
-        "/lxd",
-        &[
-            ("LXD-Image-Hash", fp.clone()),
-            ("LXD-Image-URL", "/files/busybox.tar.gz".into()),
-        ],
-        Vec::new(),
-    );
+    lxd_route(&site, "/lxd", &fp, "/files/busybox.tar.gz");
 
     // The LXD protocol: HEAD with the server's headers, then the file.
     let mut req = url_request(format!("{base}/lxd"));
@@ -301,15 +311,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
 
     // A wrong hash: refused with both hashes, and nothing kept.
     let wrong = sha256_hex(b"something else");
-    route(
-        &site,
-        "/wrong",
-        &[
-            ("LXD-Image-Hash", wrong.clone()),
-            ("LXD-Image-URL", "/files/busybox.tar.gz".into()),
-        ],
-        Vec::new(),
-    );
+    lxd_route(&site, "/wrong", &wrong, "/files/busybox.tar.gz");
     cp.images()
         .await
         .delete_image(pb::DeleteImageRequest {
@@ -331,15 +333,9 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
             tonic::Code::NotFound
         );
     }
-    let op_id = op.name.trim_start_matches("operations/").to_owned();
     eventually("the failed import's bytes to go", || {
-        let d = dir.path().join("blobs");
-        let id = op_id.clone();
-        async move {
-            !files_under(&d)
-                .iter()
-                .any(|p| p.to_string_lossy().contains(&id))
-        }
+        let left = files_of(&dir.path().join("blobs"), &op.name);
+        async move { left.is_empty() }
     })
     .await;
 
@@ -392,15 +388,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
                 StatusCode::FOUND,
             ),
         );
-        route(
-            &site,
-            path,
-            &[
-                ("LXD-Image-Hash", fp.clone()),
-                ("LXD-Image-URL", format!("{path}-file")),
-            ],
-            Vec::new(),
-        );
+        lxd_route(&site, path, &fp, &format!("{path}-file"));
         let op = import(&cp, url_request(format!("{base}{path}"))).await;
         assert_eq!(state(&op), pb::OperationState::Failed, "{path}");
         assert_eq!(
@@ -424,15 +412,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
     let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     route(&site, "/files/slow.tar", &[], big.clone());
     site.lock().unwrap().slow.push("/files/slow.tar".into());
-    route(
-        &site,
-        "/slow",
-        &[
-            ("LXD-Image-Hash", sha256_hex(&big)),
-            ("LXD-Image-URL", "/files/slow.tar".into()),
-        ],
-        Vec::new(),
-    );
+    lxd_route(&site, "/slow", &sha256_hex(&big), "/files/slow.tar");
     let op = imports(&cp)
         .await
         .import_image(url_request(format!("{base}/slow")))
@@ -468,11 +448,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
     tokio::time::timeout(Duration::from_secs(20), closed.recv())
         .await
         .expect("the node kept the transfer open after the cancel");
-    let id = op.name.trim_start_matches("operations/").to_owned();
-    let left: Vec<_> = files_under(&dir.path().join("blobs"))
-        .into_iter()
-        .filter(|p| p.to_string_lossy().contains(&id))
-        .collect();
+    let left = files_of(&dir.path().join("blobs"), &op.name);
     assert!(left.is_empty(), "a cancelled import left {left:?}");
     assert_eq!(
         get_image(&cp, &format!("images/{}", sha256_hex(&big)))
@@ -515,27 +491,11 @@ async fn url_imports_stop_at_the_size_limit_and_when_the_server_goes_quiet() {
     let data = fixture("busybox-unified.tar.gz");
     assert!(data.len() > 256 * 1024);
     route(&site, "/files/big.tar.gz", &[], data.clone());
-    route(
-        &site,
-        "/big",
-        &[
-            ("LXD-Image-Hash", sha256_hex(&data)),
-            ("LXD-Image-URL", "/files/big.tar.gz".into()),
-        ],
-        Vec::new(),
-    );
+    lxd_route(&site, "/big", &sha256_hex(&data), "/files/big.tar.gz");
     let quiet: Vec<u8> = (0..128 * 1024u32).map(|i| (i % 249) as u8).collect();
     route(&site, "/files/quiet.tar", &[], quiet.clone());
     site.lock().unwrap().slow.push("/files/quiet.tar".into());
-    route(
-        &site,
-        "/quiet",
-        &[
-            ("LXD-Image-Hash", sha256_hex(&quiet)),
-            ("LXD-Image-URL", "/files/quiet.tar".into()),
-        ],
-        Vec::new(),
-    );
+    lxd_route(&site, "/quiet", &sha256_hex(&quiet), "/files/quiet.tar");
 
     let big = import(&cp, url_request(format!("{base}/big"))).await;
     assert_eq!(state(&big), pb::OperationState::Failed, "{big:?}");
@@ -555,11 +515,7 @@ async fn url_imports_stop_at_the_size_limit_and_when_the_server_goes_quiet() {
         .await
         .expect("the node kept the quiet connection open");
     for (op, bytes) in [(&big, &data), (&quiet_op, &quiet)] {
-        let id = op.name.trim_start_matches("operations/");
-        let left: Vec<_> = files_under(&dir.path().join("blobs"))
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains(id))
-            .collect();
+        let left = files_of(&dir.path().join("blobs"), &op.name);
         assert!(left.is_empty(), "a failed import left {left:?}");
         let image = get_image(&cp, &format!("images/{}", sha256_hex(bytes))).await;
         assert_eq!(image.unwrap_err().code(), tonic::Code::NotFound);

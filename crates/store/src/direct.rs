@@ -113,11 +113,13 @@ impl DirectWriter {
     /// filled buffer at the next offset, and takes a free buffer to fill next,
     /// waiting for the oldest write when all are in use.
     async fn write_filled(&mut self, len: usize) -> io::Result<()> {
-        let next = match self.free.pop() {
-            Some(b) => b,
-            None if self.writing.len() + 1 < DEPTH => Aligned::new(),
-            None => self.oldest_done().await?,
-        };
+        if self.free.is_empty()
+            && self.writing.len() + 1 >= DEPTH
+            && let Some(done) = self.oldest_done().await
+        {
+            self.free.push(done?);
+        }
+        let next = self.free.pop().unwrap_or_else(Aligned::new);
         let mut full = std::mem::replace(&mut self.filling, next);
         self.filled = 0;
         let (file, offset) = (self.file.clone(), self.offset);
@@ -129,12 +131,10 @@ impl DirectWriter {
         Ok(())
     }
 
-    /// Waits for the oldest write under way; returns its buffer.
-    async fn oldest_done(&mut self) -> io::Result<Aligned> {
-        match self.writing.pop_front() {
-            Some(w) => w.await.map_err(io::Error::other)?,
-            None => Ok(Aligned::new()),
-        }
+    /// Waits for the oldest write under way, if any; returns its buffer.
+    async fn oldest_done(&mut self) -> Option<io::Result<Aligned>> {
+        let write = self.writing.pop_front()?;
+        Some(write.await.map_err(io::Error::other).and_then(|done| done))
     }
 
     /// Writes the rest, makes the file durable and puts it in place.
@@ -146,8 +146,8 @@ impl DirectWriter {
             self.filling.block()[tail..padded].fill(0);
             self.write_filled(padded).await?;
         }
-        while !self.writing.is_empty() {
-            self.oldest_done().await?;
+        while let Some(done) = self.oldest_done().await {
+            done?;
         }
         let size = self.written;
         let (file, staging, target) =
@@ -166,9 +166,7 @@ impl DirectWriter {
 
     /// Stops and removes the staging file.
     pub(crate) async fn abort(mut self) -> io::Result<()> {
-        while !self.writing.is_empty() {
-            let _ = self.oldest_done().await;
-        }
+        while self.oldest_done().await.is_some() {}
         let staging = std::mem::take(&mut self.staging);
         match tokio::fs::remove_file(&staging).await {
             Ok(()) => Ok(()),

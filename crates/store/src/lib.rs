@@ -44,10 +44,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
-    /// For a local directory: its root, so crash leftovers (multipart temporary
-    /// files, which `list` does not show) can be removed with the prefix.
-    local_root: Option<PathBuf>,
-    /// For a local directory: where an object's file lies, for direct writes.
+    /// For a local directory: where an object's file lies, for direct writes
+    /// and so that crash leftovers (staging files, which `list` does not show)
+    /// can be removed with their prefix.
     local: Option<Arc<LocalFileSystem>>,
     description: String,
 }
@@ -99,7 +98,6 @@ impl BlobStore {
             return Ok(Self {
                 inner: fs.clone(),
                 description: format!("local directory {}", root.display()),
-                local_root: Some(root),
                 local: Some(fs),
             });
         }
@@ -113,7 +111,6 @@ impl BlobStore {
         };
         Ok(Self {
             inner: store,
-            local_root: None,
             local: None,
             description: format!("object store {url}"),
         })
@@ -276,8 +273,8 @@ impl BlobStore {
             .delete_stream(listed)
             .try_collect::<Vec<_>>()
             .await?;
-        if let Some(root) = &self.local_root {
-            let dir = root.join(key.trim_end_matches('/'));
+        if let Some(local) = &self.local {
+            let dir = local.path_to_filesystem(&Path::from(key.trim_end_matches('/')))?;
             match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -99,8 +99,7 @@ pub async fn upload_figures(
         "CPU s/GB",
     );
     report.put("upload_cpu_s_per_gb", round2(cpu_all / gb), "CPU s/GB");
-    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-    let bound = cores * 1e3 / (cpu_all / gb);
+    let bound = crate::limits::nproc() as f64 * 1e3 / (cpu_all / gb);
     report.put("upload_cpu_bound_mb_s", round2(bound), "MB/s");
     Ok((upload_mb_s, kept.ok_or("no image was kept")?))
 }

@@ -17,6 +17,11 @@ use crate::{BenchResult, Report, median, round2};
 /// Bytes per message, as the CLI and the blob-node tests send them.
 pub const CHUNK: usize = 1 << 20;
 
+/// The cores this process may run on: what every figure here shares.
+pub fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// CPU model, the flags that decide hashing speed, cores, and OpenSSL's figure.
 pub fn machine(report: &Report) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -35,11 +40,7 @@ pub fn machine(report: &Report) {
         .filter(|f| flags.split_whitespace().any(|x| x == *f))
         .collect();
     report.put("cpu_flags", present.join(" "), "");
-    report.put(
-        "nproc",
-        std::thread::available_parallelism().map_or(1, |n| n.get()) as u64,
-        "cores",
-    );
+    report.put("nproc", nproc() as u64, "cores");
     if let Some(mb_s) = openssl_sha256() {
         report.put("openssl_sha256_mb_s", round2(mb_s), "MB/s");
     }
