@@ -135,32 +135,37 @@ fn image_from_row(r: &Row<'_>) -> rusqlite::Result<Image> {
     })
 }
 
+/// The columns of one part, from `at` on: role, sha256, size, storage_key, extension.
+type PartRow = (String, String, i64, String, String);
+
+fn part_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PartRow> {
+    Ok((
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+    ))
+}
+
+fn to_part((role, sha256, size, storage_key, extension): PartRow) -> Result<Part> {
+    Ok(Part {
+        role: PartRole::parse(&role)
+            .ok_or_else(|| CatalogError::Corrupt(format!("part role {role:?}")))?,
+        sha256,
+        size: size as u64,
+        storage_key,
+        extension,
+    })
+}
+
 fn load_parts(conn: &Connection, fp: &str) -> Result<Vec<Part>> {
     let mut stmt = conn.prepare_cached(
         "SELECT role, sha256, size, storage_key, extension FROM image_parts \
          WHERE fingerprint = ?1 ORDER BY position",
     )?;
-    let rows = stmt.query_map([fp], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
-    rows.map(|row| {
-        let (role, sha256, size, storage_key, extension) = row?;
-        Ok(Part {
-            role: PartRole::parse(&role)
-                .ok_or_else(|| CatalogError::Corrupt(format!("part role {role:?}")))?,
-            sha256,
-            size: size as u64,
-            storage_key,
-            extension,
-        })
-    })
-    .collect()
+    let rows = stmt.query_map([fp], |r| part_row(r, 0))?;
+    rows.map(|row| to_part(row?)).collect()
 }
 
 fn load_aliases(conn: &Connection, fp: &str) -> Result<Vec<AliasRef>> {
@@ -499,6 +504,32 @@ impl Catalog {
             .await
     }
 
+    /// A number that changes whenever what clients see of any image changes
+    /// (records, parts, aliases), in this process or another.
+    pub async fn images_version(&self) -> Result<u64> {
+        self.read(|conn| {
+            let v: i64 = conn
+                .prepare_cached("SELECT version FROM images_version WHERE id = 0")?
+                .query_row([], |r| r.get(0))?;
+            Ok(v as u64)
+        })
+        .await
+    }
+
+    /// Every image (public ones only, with `public_only`) with its parts and
+    /// aliases, in fingerprint order, and the [`Self::images_version`] they are
+    /// as of: for documents that describe the whole catalog.
+    pub async fn all_images(&self, public_only: bool) -> Result<(u64, Vec<Image>)> {
+        self.read(move |conn| {
+            // One read transaction: the version and the rows agree.
+            conn.execute_batch("BEGIN")?;
+            let out = all_images(conn, public_only);
+            conn.execute_batch("COMMIT")?;
+            out
+        })
+        .await
+    }
+
     /// Storage keys (and prefixes ending in "/") released and not yet collected,
     /// oldest first.
     pub async fn released_content(&self, limit: usize) -> Result<Vec<String>> {
@@ -571,6 +602,38 @@ fn list(
         image.parts = load_parts(conn, &image.fingerprint)?;
     }
     Ok(page.finish(items, more, |i| i.fingerprint.clone()))
+}
+
+fn all_images(conn: &Connection, public_only: bool) -> Result<(u64, Vec<Image>)> {
+    let version: i64 = conn
+        .prepare_cached("SELECT version FROM images_version WHERE id = 0")?
+        .query_row([], |r| r.get(0))?;
+    let visible = if public_only { " WHERE public = 1" } else { "" };
+    let mut images: Vec<Image> = conn
+        .prepare_cached(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images{visible} ORDER BY fingerprint"
+        ))?
+        .query_map([], image_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let Some(last) = images.last() else {
+        return Ok((version as u64, images));
+    };
+    let mut aliases = aliases_between(conn, &images[0].fingerprint, &last.fingerprint)?;
+    let mut parts: HashMap<String, Vec<Part>> = HashMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT fingerprint, role, sha256, size, storage_key, extension FROM image_parts \
+         ORDER BY fingerprint, position",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, part_row(r, 1)?)))?;
+    for row in rows {
+        let (fp, part) = row?;
+        parts.entry(fp).or_default().push(to_part(part)?);
+    }
+    for image in &mut images {
+        image.aliases = aliases.remove(&image.fingerprint).unwrap_or_default();
+        image.parts = parts.remove(&image.fingerprint).unwrap_or_default();
+    }
+    Ok((version as u64, images))
 }
 
 fn aliases_between(

@@ -141,6 +141,32 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX import_jobs_replaces ON import_jobs(replaces);
     "#,
+    // 5: a counter that every change to what clients see of images moves (records,
+    // parts, aliases; not last_used_at), so that documents made from the catalog
+    // (simplestreams) know when to be made again, whichever process changed it.
+    r#"
+    CREATE TABLE images_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 0),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO images_version (id, version) VALUES (0, 0);
+    CREATE TRIGGER images_version_insert AFTER INSERT ON images
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TRIGGER images_version_delete AFTER DELETE ON images
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TRIGGER images_version_update AFTER UPDATE OF
+        image_type, architecture, size, filename, layout, properties, public, auto_update,
+        cached, created_at, uploaded_at, expires_at, update_source ON images
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TRIGGER images_version_parts AFTER INSERT ON image_parts
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TRIGGER images_version_alias_insert AFTER INSERT ON aliases
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TRIGGER images_version_alias_delete AFTER DELETE ON aliases
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TRIGGER images_version_alias_update AFTER UPDATE ON aliases
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

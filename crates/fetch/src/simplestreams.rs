@@ -1,159 +1,15 @@
-//! simplestreams, the protocol behind LXD's `images:` and `ubuntu:` remotes: an
-//! index names products files; a product's versions hold items (metadata
-//! tarballs, rootfs files, unified tarballs) with their SHA-256 and, on metadata
-//! items, the combined fingerprint of each metadata + rootfs pair. Images are
-//! built from items as LXD's `Products.ToLXD` builds them.
+//! Importing from a simplestreams server (the format is imagestore-simplestreams):
+//! read its products, pick the image a name means for an architecture as LXD
+//! does, and plan the download of its files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use imagestore_image::canonical_architecture;
 use imagestore_proto::v1 as pb;
-use serde::Deserialize;
+use imagestore_simplestreams::{Candidate, Client, IMAGE_DOWNLOADS, Index, Products, candidates};
 use url::Url;
 
 use crate::{FetchError, Fetcher, PartSource, Plan, PlannedPart, Role, ServerInfo, parse_url};
-
-#[derive(Debug, Deserialize)]
-pub struct Index {
-    #[serde(default)]
-    pub index: BTreeMap<String, IndexEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct IndexEntry {
-    #[serde(default)]
-    pub datatype: String,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub products: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Products {
-    #[serde(default)]
-    pub products: BTreeMap<String, Product>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Product {
-    #[serde(default)]
-    pub aliases: String,
-    #[serde(default)]
-    pub arch: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub release: String,
-    #[serde(default)]
-    pub release_title: String,
-    #[serde(default)]
-    pub variant: String,
-    #[serde(default)]
-    pub versions: BTreeMap<String, Version>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Version {
-    #[serde(default)]
-    pub items: BTreeMap<String, Item>,
-    #[serde(default)]
-    pub label: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Item {
-    #[serde(default)]
-    pub ftype: String,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub sha256: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(flatten)]
-    pub extra: HashMap<String, serde_json::Value>,
-}
-
-impl Item {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.extra
-            .get(name)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-    }
-}
-
-/// Rootfs ftypes LXD pairs with a metadata item, in its order of preference, with
-/// the metadata item's field that holds the pair's fingerprint and the type.
-const ROOTS: &[(&str, &[&str], bool)] = &[
-    ("squashfs", &["combined_squashfs_sha256"], false),
-    (
-        "root.tar.xz",
-        &["combined_rootxz_sha256", "combined_sha256"],
-        false,
-    ),
-    ("disk-kvm.img", &["combined_disk-kvm-img_sha256"], true),
-    ("uefi1.img", &["combined_uefi1-img_sha256"], true),
-    ("disk1.img", &["combined_disk1-img_sha256"], true),
-];
-
-/// One image a version offers.
-#[derive(Debug, Clone)]
-struct Candidate {
-    fingerprint: String,
-    vm: bool,
-    meta: Item,
-    root: Option<Item>,
-    root_rank: usize,
-    product: String,
-    version: String,
-}
-
-fn candidates(id: &str, product: &Product) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    for (vname, version) in &product.versions {
-        // LXD skips versions whose name does not start with a date.
-        if vname.len() < 8 || !vname.as_bytes()[..8].iter().all(u8::is_ascii_digit) {
-            continue;
-        }
-        for item in version.items.values() {
-            match item.ftype.as_str() {
-                "lxd_combined.tar.gz" | "incus_combined.tar.gz" => out.push(Candidate {
-                    fingerprint: item.sha256.clone(),
-                    vm: item.field("combined_type") == Some("virtual-machine"),
-                    meta: item.clone(),
-                    root: None,
-                    root_rank: ROOTS.len(),
-                    product: id.to_owned(),
-                    version: vname.clone(),
-                }),
-                "lxd.tar.xz" | "incus.tar.xz" => {
-                    for root in version.items.values() {
-                        let Some(rank) = ROOTS.iter().position(|r| r.0 == root.ftype) else {
-                            continue;
-                        };
-                        let (_, fields, vm) = ROOTS[rank];
-                        let Some(fp) = fields.iter().find_map(|f| item.field(f)) else {
-                            continue;
-                        };
-                        out.push(Candidate {
-                            fingerprint: fp.to_owned(),
-                            vm,
-                            meta: item.clone(),
-                            root: Some(root.clone()),
-                            root_rank: rank,
-                            product: id.to_owned(),
-                            version: vname.clone(),
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
 
 /// The base URL with a trailing slash, so that relative paths join below it.
 fn base(server: &str) -> Result<Url, FetchError> {
@@ -179,11 +35,9 @@ pub async fn products(fetcher: &Fetcher, base: &Url) -> Result<Products, FetchEr
     let index: Index = fetcher
         .get_json(&join(base, "streams/v1/index.json")?)
         .await?;
-    let mut all = Products {
-        products: BTreeMap::new(),
-    };
+    let mut all = Products::default();
     for entry in index.index.values() {
-        if entry.datatype != "image-downloads" || entry.products.is_empty() {
+        if entry.datatype != IMAGE_DOWNLOADS || entry.products.is_empty() {
             continue;
         }
         let p: Products = fetcher.get_json(&join(base, &entry.path)?).await?;
@@ -208,7 +62,8 @@ fn pick(
             !a.is_empty()
                 && ((a == name && product_arch == arch) || format!("{a}/{}", product.arch) == name)
         });
-        for c in candidates(id, product) {
+        // An imagestore import reads both clients' items.
+        for c in candidates(id, product, &Client::ALL) {
             if named {
                 by_alias.push(c);
             } else if !name.is_empty() && c.fingerprint.starts_with(name) {

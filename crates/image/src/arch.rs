@@ -50,6 +50,24 @@ pub fn canonical_architecture(name: &str) -> Option<&'static str> {
         .map(|(canonical, _)| *canonical)
 }
 
+/// The Debian name of a canonical architecture (`x86_64` → `amd64`), which
+/// simplestreams products use; the canonical name where Debian has none.
+pub fn debian_architecture(canonical: &str) -> &str {
+    match canonical {
+        "i686" => "i386",
+        "x86_64" => "amd64",
+        "armv6l" => "armel",
+        "armv7l" => "armhf",
+        "aarch64" => "arm64",
+        "ppc" => "powerpc",
+        "ppc64le" => "ppc64el",
+        "mips" => "mipsel",
+        "mips64" => "mips64el",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +78,15 @@ mod tests {
         assert_eq!(canonical_architecture("x86_64"), Some("x86_64"));
         assert_eq!(canonical_architecture("arm64"), Some("aarch64"));
         assert_eq!(canonical_architecture("ppc64el"), Some("ppc64le"));
+    }
+
+    #[test]
+    fn debian_names_map_back_to_the_same_architecture() {
+        for (canonical, _) in ARCHITECTURES {
+            let debian = debian_architecture(canonical);
+            assert_eq!(canonical_architecture(debian), Some(*canonical), "{debian}");
+        }
+        assert_eq!(debian_architecture("x86_64"), "amd64");
     }
 
     #[test]

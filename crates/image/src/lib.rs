@@ -6,7 +6,7 @@ pub mod format;
 pub mod metadata;
 pub mod scan;
 
-pub use arch::canonical_architecture;
+pub use arch::{canonical_architecture, debian_architecture};
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintQuery};
 pub use format::{ExportRole, Format, export_file_name, extension_of};
 pub use metadata::{Metadata, MetadataError, parse_metadata};

@@ -1,5 +1,6 @@
-//! One gRPC server per process: our services plus health and reflection (v1 and
-//! v1alpha, since grpcurl 1.8 speaks only v1alpha), one tracing span per RPC, and a
+//! One server per process: our gRPC services plus health and reflection (v1 and
+//! v1alpha, since grpcurl 1.8 speaks only v1alpha), the HTTP face the tiers add
+//! (HTTP/1.1 and h2 on the same listener), one tracing span per request, and a
 //! graceful stop.
 
 use std::future::Future;
@@ -48,6 +49,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
 /// Collects a process's services, then serves them.
 pub struct GrpcServer {
     routes: Routes,
+    http: axum::Router,
     names: Vec<&'static str>,
     tls: Tls,
     stop: StopSignal,
@@ -63,6 +65,7 @@ impl GrpcServer {
     pub fn new() -> Self {
         Self {
             routes: Routes::default(),
+            http: axum::Router::new(),
             names: Vec::new(),
             tls: Tls::default(),
             stop: StopSignal::new(),
@@ -89,6 +92,12 @@ impl GrpcServer {
     {
         self.names.push(S::NAME);
         self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Adds HTTP routes, served to every request that is not gRPC.
+    pub fn add_http(mut self, router: axum::Router) -> Self {
+        self.http = self.http.merge(router);
         self
     }
 
@@ -135,6 +144,10 @@ impl GrpcServer {
             .add_service(health)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
+        let routes = tonic::service::Routes::from(crate::http::dispatch(
+            routes.into_axum_router(),
+            self.http,
+        ));
 
         let trace = TraceLayer::new_for_grpc()
             .make_span_with(
@@ -155,7 +168,9 @@ impl GrpcServer {
         };
         // Windows well above hyper's 1 MiB default let one stream carry image bytes
         // at disk speed; the connection window fits two streams at full speed.
+        // HTTP/1.1 too: LXD's and Incus's clients pull files over it.
         let router = tonic::transport::Server::builder()
+            .accept_http1(true)
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(MAX_FRAME))

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod config;
 mod grpc;
+pub mod http;
 mod main_helper;
 mod memory;
 pub mod shutdown;

@@ -165,7 +165,8 @@ fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
         .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC needs h2; LXD's and Incus's HTTP clients may pick either.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 mod download;
 mod error;
 mod hasher;
+mod http;
 mod import;
 mod ingest;
 mod lifecycle;
@@ -280,14 +281,16 @@ impl BlobNode {
         self.tls.clone()
     }
 
-    /// Adds the Blobs service to `server`.
+    /// Adds the Blobs service and the HTTP face for files to `server`.
     pub fn add_services(&self, server: GrpcServer) -> GrpcServer {
-        server.add_service(
-            pb::blobs_server::BlobsServer::new(BlobService {
-                node: self.node.clone(),
-            })
-            .max_decoding_message_size(self.max_message),
-        )
+        server
+            .add_http(http::router(self.node.clone()))
+            .add_service(
+                pb::blobs_server::BlobsServer::new(BlobService {
+                    node: self.node.clone(),
+                })
+                .max_decoding_message_size(self.max_message),
+            )
     }
 
     /// Registers with the control plane, then heartbeats and collects released

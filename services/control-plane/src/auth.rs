@@ -127,19 +127,29 @@ impl Auth {
     /// rather than treated as anonymous, so that a mistyped or revoked token
     /// says so instead of silently hiding private images.
     pub fn caller<T>(&self, req: &Request<T>) -> ApiResult<Caller> {
-        let Some(value) = req.metadata().get("authorization") else {
-            return Ok(self.by_certificate(req));
+        let authorization = req.metadata().get("authorization").map(|v| v.to_str().ok());
+        self.caller_from(authorization, req.extensions().get::<TlsPeer>())
+    }
+
+    /// Who sent a request with this authorization header (None: absent; Some(None):
+    /// not text) over a connection from `peer`. The token comes as a bearer token
+    /// or as the password of HTTP basic auth, which LXD's and Incus's clients
+    /// send from `https://user:TOKEN@host` URLs.
+    pub fn caller_from(
+        &self,
+        authorization: Option<Option<&str>>,
+        peer: Option<&TlsPeer>,
+    ) -> ApiResult<Caller> {
+        let Some(value) = authorization else {
+            return Ok(self.by_certificate(peer));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                unauthenticated("the authorization header must be \"Bearer <token>\"")
-            })?;
-        let hash = hash_token(token);
+        let token = value.and_then(token_of).ok_or_else(|| {
+            unauthenticated(
+                "the authorization header must be \"Bearer <token>\" (or HTTP basic auth \
+                 with the token as the password)",
+            )
+        })?;
+        let hash = hash_token(&token);
         if hash == self.cluster_hash {
             return Ok(Caller::Node);
         }
@@ -158,18 +168,20 @@ impl Auth {
     /// A caller without a token: trusted when its TLS client certificate is in
     /// the trust store. An unknown certificate is just anonymous, as in LXD: any
     /// client may have one.
-    fn by_certificate<T>(&self, req: &Request<T>) -> Caller {
-        let fingerprint = req
-            .extensions()
-            .get::<TlsPeer>()
-            .and_then(|p| p.certificate_sha256.as_ref());
-        let Some(fingerprint) = fingerprint else {
+    fn by_certificate(&self, peer: Option<&TlsPeer>) -> Caller {
+        let Some(fingerprint) = peer.and_then(|p| p.certificate_sha256.as_ref()) else {
             return Caller::Anonymous;
         };
         match self.trust_of(fingerprint) {
             Some(true) => Caller::Trusted,
             _ => Caller::Anonymous,
         }
+    }
+
+    /// Whether `ticket` allows `scope`: a signed ticket in a URL stands for the
+    /// caller that was given it.
+    pub fn ticket_allows(&self, ticket: &str, scope: &Scope) -> bool {
+        self.tickets.check(ticket, scope).is_ok()
     }
 
     /// Whether the credential with this fingerprint is trusted: None when the
@@ -262,6 +274,23 @@ impl Auth {
             .remove(&fingerprint);
         Ok(())
     }
+}
+
+/// The token in an authorization header: `Bearer TOKEN`, or `Basic` with the
+/// token as the password (any user name).
+fn token_of(value: &str) -> Option<String> {
+    use base64::Engine;
+    let token = if let Some(token) = value.strip_prefix("Bearer ") {
+        token.trim().to_owned()
+    } else {
+        let encoded = value.strip_prefix("Basic ")?.trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        text.split_once(':')?.1.to_owned()
+    };
+    (!token.is_empty()).then_some(token)
 }
 
 fn unauthenticated(msg: &str) -> ApiError {

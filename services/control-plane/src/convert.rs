@@ -55,6 +55,16 @@ fn layout(l: cat::Layout) -> pb::ImageLayout {
     }
 }
 
+/// How a part is named on export.
+pub fn export_role(r: cat::PartRole) -> imagestore_image::ExportRole {
+    use imagestore_image::ExportRole;
+    match r {
+        cat::PartRole::Unified => ExportRole::Unified,
+        cat::PartRole::Metadata => ExportRole::Metadata,
+        cat::PartRole::Rootfs => ExportRole::Rootfs,
+    }
+}
+
 pub fn part_role(r: cat::PartRole) -> pb::PartRole {
     match r {
         cat::PartRole::Unified => pb::PartRole::Unified,

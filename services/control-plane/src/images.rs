@@ -2,7 +2,7 @@
 
 use imagestore_auth::{Scope, hash_token, new_secret};
 use imagestore_catalog::{self as cat, Catalog, ImageEdit, ImageFilter, PageRequest};
-use imagestore_image::{ExportRole, export_file_name};
+use imagestore_image::export_file_name;
 use imagestore_proto::v1 as pb;
 use pb::images_server::Images;
 use tonic::{Request, Response};
@@ -118,14 +118,13 @@ fn edit_from(image: &pb::Image, paths: &[String]) -> ApiResult<ImageEdit> {
 }
 
 fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
-    let role = match part.role {
-        cat::PartRole::Unified => ExportRole::Unified,
-        cat::PartRole::Metadata => ExportRole::Metadata,
-        cat::PartRole::Rootfs => ExportRole::Rootfs,
-    };
     pb::ExportFile {
         role: convert::part_role(part.role) as i32,
-        file_name: export_file_name(fingerprint, role, &part.extension),
+        file_name: export_file_name(
+            fingerprint,
+            convert::export_role(part.role),
+            &part.extension,
+        ),
         size: part.size,
         sha256: part.sha256.clone(),
     }

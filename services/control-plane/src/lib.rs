@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 mod convert;
 mod error;
+mod http;
 mod images;
 mod imports;
 mod names;
@@ -114,11 +115,13 @@ pub fn add_services(
         enabled: config.import.enabled("upload"),
     };
     let stopping = server.stopping();
+    let face = http::router(catalog.clone(), auth.clone(), nodes.clone());
     let import_rules = Arc::new(imports::ImportRules {
         filtering: config.import_filtering.clone(),
         settings: config.import.clone(),
     });
     server
+        .add_http(face)
         .add_service(
             ImagesServer::new(images::ImagesService::new(
                 catalog.clone(),

@@ -1,5 +1,7 @@
 //! Which blob node a client is sent to.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use imagestore_catalog::{Catalog, Node, now};
@@ -14,6 +16,9 @@ const MISSED_HEARTBEATS: u32 = 3;
 pub struct NodePicker {
     catalog: Catalog,
     heartbeat_interval: Duration,
+    /// Turns among equally loaded nodes, so that a client retrying after a node
+    /// died before its last heartbeat went stale is sent elsewhere.
+    turn: Arc<AtomicUsize>,
 }
 
 impl NodePicker {
@@ -21,6 +26,7 @@ impl NodePicker {
         Self {
             catalog,
             heartbeat_interval,
+            turn: Arc::default(),
         }
     }
 
@@ -34,20 +40,26 @@ impl NodePicker {
         node.reports_healthy && now().saturating_sub(node.last_heartbeat_at) <= max_age
     }
 
-    /// The healthy node with the fewest transfers in progress.
+    /// A healthy node with the fewest transfers in progress, taking turns among
+    /// those with as few.
     pub async fn pick(&self) -> ApiResult<Node> {
-        self.catalog
+        let mut healthy: Vec<Node> = self
+            .catalog
             .list_nodes()
             .await?
             .into_iter()
             .filter(|n| self.is_healthy(n))
-            .min_by_key(|n| n.active_transfers)
-            .ok_or_else(|| {
-                ApiError::Unavailable(
-                    "no healthy blob node is registered with this control plane: start \
-                     imagestore-blob with --control-plane pointing here"
-                        .into(),
-                )
-            })
+            .collect();
+        let fewest = healthy.iter().map(|n| n.active_transfers).min();
+        healthy.retain(|n| Some(n.active_transfers) == fewest);
+        if healthy.is_empty() {
+            return Err(ApiError::Unavailable(
+                "no healthy blob node is registered with this control plane: start \
+                 imagestore-blob with --control-plane pointing here"
+                    .into(),
+            ));
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        Ok(healthy.swap_remove(turn % healthy.len()))
     }
 }
