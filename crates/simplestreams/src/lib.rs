@@ -67,9 +67,15 @@ pub struct Product {
     pub release_title: String,
     #[serde(default)]
     pub variant: String,
-    /// Become `requirements.<key>` properties of the image.
+    /// Becomes the image's `version` property.
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub version: String,
+    /// Become `requirements.<key>` properties of the image: Incus reads these,
+    /// LXD `lxd_requirements`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requirements: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lxd_requirements: BTreeMap<String, String>,
     #[serde(default)]
     pub versions: BTreeMap<String, Version>,
 }

@@ -169,6 +169,11 @@ fn products(images: &[Image]) -> Products {
             .unwrap_or(&image.fingerprint[..12])
             .to_owned();
         let variant = prop(image, "variant").unwrap_or("default").to_owned();
+        let requirements: BTreeMap<String, String> = image
+            .properties
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("requirements.")?.to_owned(), v.clone())))
+            .collect();
         let mut id = format!("{os}:{release}:{variant}:{arch}");
         if let Some(first) = image.aliases.first() {
             id = format!("{id}:{}", first.name);
@@ -185,11 +190,9 @@ fn products(images: &[Image]) -> Products {
             os,
             release,
             variant,
-            requirements: image
-                .properties
-                .iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("requirements.")?.to_owned(), v.clone())))
-                .collect(),
+            version: prop(image, "version").unwrap_or_default().to_owned(),
+            requirements: requirements.clone(),
+            lxd_requirements: requirements,
             versions: BTreeMap::new(),
         });
         let mut name = version_name(image.created_at.unwrap_or(image.uploaded_at));
@@ -213,7 +216,8 @@ fn products(images: &[Image]) -> Products {
     }
 }
 
-/// `YYYYMMDD_HHMM` (UTC), the version name both clients read a date from.
+/// `YYYYMMDD_HHMM` (UTC): both clients read the creation date from the first
+/// eight characters.
 fn version_name(at: imagestore_catalog::UnixNanos) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(at.max(0) as u64);
     let text = humantime::format_rfc3339_seconds(at).to_string(); // 2024-01-31T12:34:56Z
