@@ -1,1 +1,301 @@
+//! A real LXD pulls from `imagestore serve` over HTTPS, as a fleet host would:
+//! Debian's lxd, its daemon started by hand in a temporary LXD_DIR (a dir pool,
+//! no network bridge, no instances), trusting the server's self-signed
+//! certificate through SSL_CERT_FILE. If LXD cannot start, this fails and says
+//! why.
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use imagestore_client::{Client, NoProgress, Source, TlsOptions, UploadOptions};
+use imagestore_proto::v1 as pb;
+use imagestore_tests::https::unified_image;
+use imagestore_tests::*;
+use tokio::process::{Child, Command};
+
+/// How long one lxc or lxd command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn find(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/usr/sbin".into(), "/snap/bin".into()])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{program} is not installed: ./tests/run installs Debian's lxd package \
+                 (apt-get install lxd), which this test needs"
+            )
+        })
+}
+
+/// An LXD daemon of its own: state, client configuration and log in a temporary
+/// directory.
+struct Lxd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+    cert_file: PathBuf,
+}
+
+impl Lxd {
+    async fn start(cert_file: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        let mut lxd = Self {
+            daemon: Command::new(find("lxd"))
+                .args(["--group", "root", "--logfile"])
+                .arg(dir.path().join("lxd.log"))
+                .envs(env(dir.path(), cert_file))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("cannot run lxd"),
+            cert_file: cert_file.to_owned(),
+            dir,
+        };
+        let ready = lxd.run("lxd", &["waitready", "--timeout", "60"]).await;
+        if !ready.status.success() {
+            let log = std::fs::read_to_string(lxd.dir.path().join("lxd.log")).unwrap_or_default();
+            let exited = lxd.daemon.try_wait().ok().flatten();
+            panic!(
+                "LXD did not start (daemon exit status {exited:?}): {}\nits log:\n{log}",
+                String::from_utf8_lossy(&ready.stderr)
+            );
+        }
+        lxd.ok(&["storage", "create", "default", "dir"]).await;
+        lxd.ok(&[
+            "profile",
+            "device",
+            "add",
+            "default",
+            "root",
+            "disk",
+            "path=/",
+            "pool=default",
+        ])
+        .await;
+        lxd
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let run = Command::new(find(program))
+            .args(args)
+            .envs(env(self.dir.path(), &self.cert_file))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(COMMAND_TIMEOUT, run)
+            .await
+            .unwrap_or_else(|_| panic!("{program} {args:?} took over {COMMAND_TIMEOUT:?}"))
+            .unwrap()
+    }
+
+    /// `lxc ARGS`, which must succeed; its standard output.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run("lxc", args).await;
+        assert!(
+            out.status.success(),
+            "lxc {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The full fingerprints `lxc image list REMOTE:` shows.
+    async fn fingerprints(&self, remote: &str) -> Vec<String> {
+        let listed = self
+            .ok(&["image", "list", remote, "--format", "json"])
+            .await;
+        let images: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        let mut fps: Vec<String> = images
+            .iter()
+            .map(|i| i["fingerprint"].as_str().unwrap().to_owned())
+            .collect();
+        fps.sort();
+        fps
+    }
+}
+
+impl Drop for Lxd {
+    fn drop(&mut self) {
+        // A clean stop unmounts what the daemon mounted under LXD_DIR.
+        let _ = std::process::Command::new("timeout")
+            .args(["60", "lxd", "shutdown"])
+            .envs(env(self.dir.path(), &self.cert_file))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.daemon.start_kill();
+    }
+}
+
+fn env(dir: &Path, cert_file: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("LXD_DIR", dir.to_owned()),
+        ("LXD_CONF", dir.join("conf")),
+        ("HOME", dir.to_owned()),
+        // Go reads the roots it trusts from here: the server's own certificate.
+        ("SSL_CERT_FILE", cert_file.to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_lxd_lists_copies_and_imports_from_imagestore() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let pair = imagestore_auth::self_signed("imagestore lxd test", &names).unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert, &pair.cert_pem).unwrap();
+    std::fs::write(&key, &pair.key_pem).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n"
+        ),
+    )
+    .unwrap();
+    let server = Process::start_until(
+        &binary("imagestore"),
+        &["serve", "--config", config.to_str().unwrap()],
+        &[],
+        Some("registered with the control plane"),
+    )
+    .await;
+    let url = format!("https://{}", server.addr);
+    let token = std::fs::read_to_string(data.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let tls = TlsOptions {
+        pin: Some(pin_of(&cert)),
+        identity: None,
+    };
+    let client = Client::connect_with(&url, Some(&token), tls).await.unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        let path = files.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let upload = |source: Source, alias: &str, public: bool| {
+        let client = client.clone();
+        let alias = alias.to_owned();
+        async move {
+            client
+                .upload(
+                    &source,
+                    &UploadOptions {
+                        aliases: vec![alias],
+                        public,
+                        ..UploadOptions::default()
+                    },
+                    std::sync::Arc::new(NoProgress),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let unified: pb::Image = upload(
+        Source::Unified(put("u.tar.gz", &fixture("busybox-unified.tar.gz"))),
+        "bb",
+        true,
+    )
+    .await;
+    let split = upload(
+        Source::Split {
+            metadata: put("m.tar.xz", &fixture("busybox-split-meta.tar.xz")),
+            rootfs: put("r.squashfs", &fixture("busybox-split-rootfs.squashfs")),
+        },
+        "bb-split",
+        true,
+    )
+    .await;
+    let private = upload(
+        Source::Unified(put(
+            "p.tar",
+            &unified_image("private", &[("os", "Secret"), ("release", "7")]),
+        )),
+        "secret",
+        false,
+    )
+    .await;
+    assert_eq!(unified.fingerprint, lxd_fingerprint("fx-unified-targz"));
+    assert_eq!(split.fingerprint, lxd_fingerprint("fx-split-squashfs"));
+
+    let lxd = Lxd::start(&cert).await;
+
+    // A simplestreams remote: the public images, with imagestore's fingerprints.
+    lxd.ok(&["remote", "add", "is", &url, "--protocol", "simplestreams"])
+        .await;
+    let mut public = vec![unified.fingerprint.clone(), split.fingerprint.clone()];
+    public.sort();
+    assert_eq!(lxd.fingerprints("is:").await, public);
+    let info = lxd.ok(&["image", "info", "is:bb"]).await;
+    for shown in [
+        "os: busybox",
+        "release: 1.35.0",
+        "architecture: amd64",
+        "Architecture: x86_64",
+        "- bb",
+    ] {
+        assert!(info.contains(shown), "{shown} in\n{info}");
+    }
+
+    // The daemon copies both kinds and gets the same fingerprints.
+    lxd.ok(&["image", "copy", "is:bb", "local:"]).await;
+    lxd.ok(&["image", "copy", "is:bb-split", "local:"]).await;
+    assert_eq!(lxd.fingerprints("local:").await, public);
+
+    // With the token as the password in the URL, the private image too.
+    let with_token = url.replacen("https://", &format!("https://lxd:{token}@"), 1);
+    lxd.ok(&[
+        "remote",
+        "add",
+        "is-trusted",
+        &with_token,
+        "--protocol",
+        "simplestreams",
+    ])
+    .await;
+    assert!(
+        lxd.fingerprints("is-trusted:")
+            .await
+            .contains(&private.fingerprint)
+    );
+    lxd.ok(&["image", "copy", "is-trusted:secret", "local:"])
+        .await;
+    assert!(
+        lxd.fingerprints("local:")
+            .await
+            .contains(&private.fingerprint)
+    );
+
+    // LXD's URL import, by alias.
+    lxd.ok(&["image", "delete", &unified.fingerprint]).await;
+    let out = lxd
+        .ok(&[
+            "image",
+            "import",
+            &format!("{url}/images/bb"),
+            "--alias",
+            "via-url",
+        ])
+        .await;
+    assert!(out.contains(&unified.fingerprint), "{out}");
+    let aliased = lxd.ok(&["image", "info", "via-url"]).await;
+    assert!(
+        aliased.contains(&format!("Fingerprint: {}", unified.fingerprint)),
+        "{aliased}"
+    );
+
+    drop(lxd);
+    server.terminate().await;
+}
