@@ -17,6 +17,8 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
             "16",
             "--images",
             "200",
+            "--fleet-mib",
+            "4",
             "--dir",
             dir.path().to_str().unwrap(),
         ])
@@ -53,6 +55,10 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         "list_p99_ms",
         "register_ms",
         "startup_ms",
+        "streams_index_ms",
+        "fleet_pull_mb_s",
+        "fleet_pull_ratio",
+        "fleet_rss_mib",
     ] {
         let f = figures
             .iter()

@@ -104,7 +104,50 @@ pub async fn measure(report: &Report, system: &System, images: usize) -> BenchRe
     report.put("get_image_rps", round2(rps), "req/s");
     report.put("get_image_p50_ms", round2(p50), "ms");
     report.put("get_image_p99_ms", round2(p99), "ms");
-    list(report, &trusted).await
+    list(report, &trusted).await?;
+    streams(report, system, images.max(ALIASES)).await
+}
+
+/// The simplestreams products document over every image: the first request
+/// (made from the catalog) and then from the cache, as a trusted caller sees it.
+async fn streams(report: &Report, system: &System, images: usize) -> BenchResult {
+    let http = reqwest::Client::builder().http1_only().build()?;
+    let url = format!("{}/streams/v1/images.json", system.control.url);
+    let get = || async {
+        let started = Instant::now();
+        let body = http
+            .get(&url)
+            .bearer_auth(&system.admin_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        Ok::<_, reqwest::Error>((started.elapsed().as_secs_f64() * 1e3, body))
+    };
+    let (cold, body) = get().await?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)?;
+    let versions: usize = doc["products"]
+        .as_object()
+        .map(|p| {
+            p.values()
+                .filter_map(|p| p["versions"].as_object())
+                .map(|v| v.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    if versions != images {
+        return Err(format!("the products document lists {versions} of {images} images").into());
+    }
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        warm.push(get().await?.0);
+    }
+    report.put("streams_images", images, "images");
+    report.put("streams_index_cold_ms", round2(cold), "ms");
+    report.put("streams_index_ms", round2(median(warm)), "ms");
+    report.put("streams_index_bytes", body.len(), "bytes");
+    Ok(())
 }
 
 /// Registers `count` images, eight at a time; reports the median call.

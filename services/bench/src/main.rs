@@ -4,6 +4,7 @@
 
 mod control;
 mod datapath;
+mod fleet;
 mod image;
 mod limits;
 mod procs;
@@ -27,7 +28,10 @@ struct Args {
     /// Size of the large memory upload, MiB.
     #[arg(long, default_value_t = 4096)]
     large_mib: u64,
-    /// Images registered before measuring ListImages.
+    /// Size of the image a fleet of hosts pulls over HTTPS, MiB.
+    #[arg(long, default_value_t = 256)]
+    fleet_mib: u64,
+    /// Images registered before measuring ListImages and the simplestreams index.
     #[arg(long, default_value_t = 10_000)]
     images: usize,
     /// Where data goes (default: a temporary directory).
@@ -121,6 +125,7 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
     datapath::measure(report, &mut system, size, args.large_mib << 20, runs, limit).await?;
     control::measure(report, &system, args.images).await?;
     system.stop().await;
+    fleet::measure(report, tmp.path(), args.fleet_mib << 20, runs).await?;
     control::startup(report, tmp.path(), 5).await?;
     Ok(())
 }

@@ -37,9 +37,26 @@ impl Server {
     /// Spawns `binary` and waits (bounded) for its "listening" line and, if
     /// given, a line containing `ready`.
     pub async fn spawn(binary: &str, args: &[&str], ready: Option<&str>) -> BenchResult<Self> {
+        Self::spawn_env(binary, args, &[], ready).await
+    }
+
+    /// As [`Server::spawn`], with more environment (with TLS set there, the URL
+    /// is https).
+    pub async fn spawn_env(
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        ready: Option<&str>,
+    ) -> BenchResult<Self> {
         let spawned = Instant::now();
+        let scheme = if env.iter().any(|(k, _)| *k == "IMAGESTORE_TLS__CERT_FILE") {
+            "https"
+        } else {
+            "http"
+        };
         let mut child = Command::new(sibling(binary)?)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,7 +69,7 @@ impl Server {
             let mut is_ready = ready.is_none();
             while let Some(line) = lines.next_line().await? {
                 if let Some(addr) = line.split("listening address=").nth(1) {
-                    url = Some(format!("http://{}", addr.trim()));
+                    url = Some(format!("{scheme}://{}", addr.trim()));
                 }
                 if ready.is_some_and(|r| line.contains(r)) {
                     is_ready = true;
@@ -87,13 +104,7 @@ impl Server {
 
     /// Peak resident memory so far (VmHWM), MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        status_mib(self.pid(), "VmHWM:")
     }
 
     pub async fn stop(mut self) {
@@ -114,18 +125,7 @@ pub struct System {
 
 impl System {
     pub async fn start(dir: &Path) -> BenchResult<Self> {
-        let control = Server::spawn(
-            "imagestore-control",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                &Self::control_dir(dir).to_string_lossy(),
-            ],
-            None,
-        )
-        .await?;
-        let blob = Self::blob_node(dir, &control.url, "node-1").await?;
+        let (control, blob) = sibling_config(dir, &[]).await?;
         let secret = |file: &str| {
             let path = Self::control_dir(dir).join(file);
             std::fs::read_to_string(&path)
@@ -155,8 +155,13 @@ impl System {
         self.dir.join("store")
     }
 
-    async fn blob_node(dir: &Path, control: &str, name: &str) -> BenchResult<Server> {
-        Server::spawn(
+    async fn blob_node(
+        dir: &Path,
+        control: &str,
+        name: &str,
+        env: &[(&str, String)],
+    ) -> BenchResult<Server> {
+        Server::spawn_env(
             "imagestore-blob",
             &[
                 "--listen",
@@ -172,6 +177,7 @@ impl System {
                     .join(imagestore_auth::CLUSTER_CREDENTIAL_FILE)
                     .to_string_lossy(),
             ],
+            env,
             Some("registered with the control plane"),
         )
         .await
@@ -179,7 +185,7 @@ impl System {
 
     /// A fresh blob-node process (its peak memory starts from zero).
     pub async fn restart_blob(&mut self, name: &str) -> BenchResult {
-        let fresh = Self::blob_node(&self.dir, &self.control.url, name).await?;
+        let fresh = Self::blob_node(&self.dir, &self.control.url, name, &[]).await?;
         let old = std::mem::replace(&mut self.blob, fresh);
         old.stop().await;
         Ok(())
@@ -189,6 +195,47 @@ impl System {
         self.blob.stop().await;
         self.control.stop().await;
     }
+}
+
+/// A control plane and one blob node ("node-1") in `dir`, with `env` for both
+/// (TLS, for instance).
+pub async fn sibling_config(dir: &Path, env: &[(&str, String)]) -> BenchResult<(Server, Server)> {
+    let control = Server::spawn_env(
+        "imagestore-control",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &System::control_dir(dir).to_string_lossy(),
+        ],
+        env,
+        None,
+    )
+    .await?;
+    let blob = System::blob_node(dir, &control.url, "node-1", env).await?;
+    Ok((control, blob))
+}
+
+/// A port free on 127.0.0.1 just now, for a server that cannot pick its own.
+pub fn free_port() -> BenchResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Resident memory of process `pid` now (VmRSS), MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A kB field of /proc/PID/status in MiB; 0 where it cannot be read.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// CPU seconds (user + system, every thread) of process `pid` ("self" for this
