@@ -127,6 +127,15 @@ async fn files_come_from_blob_nodes_with_ranges_etags_and_head() {
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
     assert!(resp.bytes().await.unwrap().is_empty());
 
+    let (status, message) = error_of(
+        http.delete(format!("{}/{path}", w.cp.url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{message}");
+
     // Followed as LXD's client follows it, GET and HEAD alike.
     let follow = w.following(HttpVersion::Http1);
     let resp = follow

@@ -20,13 +20,20 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
 
 /// One router that sends gRPC requests to `grpc` and the rest to `http`.
 pub(crate) fn dispatch(grpc: Router, http: Router) -> Router {
-    let http = http.fallback(|| async {
-        HttpError::new(
-            tonic::Code::NotFound,
-            "no such path: this server answers /streams/v1/index.json, the files it lists, \
-             and gRPC",
-        )
-    });
+    let http = http
+        .fallback(|| async {
+            HttpError::new(
+                tonic::Code::NotFound,
+                "no such path: this server answers /streams/v1/index.json, the files it lists, \
+                 and gRPC",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            HttpError::with_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this path answers GET and HEAD only",
+            )
+        });
     Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
         let route = if is_grpc(&req) {
             grpc.clone()

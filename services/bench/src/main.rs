@@ -40,6 +40,9 @@ struct Args {
     /// Only the limits and the one-stream upload (for tuning the upload path).
     #[arg(long)]
     upload_only: bool,
+    /// Only the machine and the fleet pulls (for tuning the HTTP face).
+    #[arg(long)]
+    fleet_only: bool,
 }
 
 /// One measured figure.
@@ -111,6 +114,9 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
         .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     let runs = args.runs.max(1);
     limits::machine(report);
+    if args.fleet_only {
+        return fleet::measure(report, tmp.path(), args.fleet_mib << 20, runs).await;
+    }
     let size = args.size_mib << 20;
     let hash = limits::hash_mb_s(report, runs);
     let sink = limits::grpc_sink_mb_s(report, size, runs).await?;

@@ -17,6 +17,7 @@ use imagestore_auth::Scope;
 use imagestore_image::{ExportRole, Fingerprint, export_file_name};
 use imagestore_proto::v1 as pb;
 use imagestore_server::http::HttpError;
+use imagestore_store::ReadShape;
 use serde::Deserialize;
 use tonic::Status;
 
@@ -165,7 +166,7 @@ async fn serve(
     }
     let data = node
         .store
-        .read_part(&part.storage_key, offset, length)
+        .read_part_shaped(&part.storage_key, offset, length, ReadShape::FLEET)
         .await?;
     let guard = crate::transfer(&node);
     let body = data.map(move |chunk| {
