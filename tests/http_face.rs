@@ -59,13 +59,10 @@ async fn files_come_from_blob_nodes_with_ranges_etags_and_head() {
     let fp = &unified.fingerprint;
     let path = format!("files/{fp}/{fp}.tar.gz");
     let http = w.https(HttpVersion::Http1);
+    let at_cp = format!("{}/{path}", w.cp.url());
 
     // The control plane answers with a redirect to the node, never the bytes.
-    let resp = http
-        .get(format!("{}/{path}", w.cp.url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.get(&at_cp).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(resp.headers()["content-length"], "0");
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
@@ -127,28 +124,14 @@ async fn files_come_from_blob_nodes_with_ranges_etags_and_head() {
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
     assert!(resp.bytes().await.unwrap().is_empty());
 
-    let (status, message) = error_of(
-        http.delete(format!("{}/{path}", w.cp.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, message) = error_of(http.delete(&at_cp).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{message}");
 
     // Followed as LXD's client follows it, GET and HEAD alike.
     let follow = w.following(HttpVersion::Http1);
-    let resp = follow
-        .get(format!("{}/{path}", w.cp.url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = follow.get(&at_cp).send().await.unwrap();
     assert_eq!(sha256_hex(&resp.bytes().await.unwrap()), *fp);
-    let resp = follow
-        .head(format!("{}/{path}", w.cp.url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = follow.head(&at_cp).send().await.unwrap();
     assert_eq!(resp.headers()["content-length"], size.to_string().as_str());
 
     // What is not there says so, in LXD's error shape.

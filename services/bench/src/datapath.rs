@@ -12,7 +12,19 @@ use crate::{BenchResult, Report, image, median, round2};
 
 /// One verified upload from the first byte to the registered image: (image, s).
 async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image, f64)> {
-    let client = system.client().await?;
+    // Any node continues any session; the current node is the one measured.
+    upload_to(&system.client().await?, &system.blob.url, size, seed, false).await
+}
+
+/// A generated unified image of `size` bytes uploaded through `node`: the
+/// registered image and the seconds from the first byte to it.
+pub async fn upload_to(
+    client: &imagestore_client::Client,
+    node: &str,
+    size: u64,
+    seed: u64,
+    public: bool,
+) -> BenchResult<(pb::Image, f64)> {
     let total = image::total_size(size, seed);
     let session = client
         .uploads()
@@ -21,13 +33,13 @@ async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image
                 layout: pb::ImageLayout::Unified as i32,
                 metadata_size: total,
                 filename: format!("bench-{seed}.tar"),
+                public,
                 ..Default::default()
             }),
         })
         .await?
         .into_inner();
-    // Any node continues any session; the current node is the one measured.
-    let mut blobs = client.blobs(&system.blob.url).await?;
+    let mut blobs = client.blobs(node).await?;
     let started = Instant::now();
     let done = blobs
         .upload(image::upload_messages(

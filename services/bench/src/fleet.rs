@@ -7,10 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imagestore_client::{Client, TlsOptions};
-use imagestore_proto::v1 as pb;
 
 use crate::procs::{free_port, sibling_config};
-use crate::{BenchResult, Report, image, median, round2};
+use crate::{BenchResult, Report, median, round2};
 
 /// Concurrent pulls, as many hosts refreshing one image.
 pub const HOSTS: usize = 32;
@@ -50,7 +49,7 @@ pub async fn measure(report: &Report, dir: &Path, size: u64, runs: usize) -> Ben
         },
     )
     .await?;
-    let image = upload_public(&client, &blob.url, size).await?;
+    let (image, _) = crate::datapath::upload_to(&client, &blob.url, size, 1_000, true).await?;
     let part = image.parts.first().ok_or("an image without parts")?;
     let url = format!(
         "{}/files/{}/{}.tar",
@@ -85,36 +84,6 @@ pub async fn measure(report: &Report, dir: &Path, size: u64, runs: usize) -> Ben
     blob.stop().await;
     control.stop().await;
     Ok(())
-}
-
-async fn upload_public(client: &Client, node: &str, size: u64) -> BenchResult<pb::Image> {
-    let seed = 1_000;
-    let total = image::total_size(size, seed);
-    let session = client
-        .uploads()
-        .create_upload(pb::CreateUploadRequest {
-            spec: Some(pb::UploadSpec {
-                layout: pb::ImageLayout::Unified as i32,
-                metadata_size: total,
-                filename: "fleet.tar".into(),
-                public: true,
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner();
-    let done = client
-        .blobs(node)
-        .await?
-        .upload(image::upload_messages(
-            session.name,
-            session.ticket,
-            size,
-            seed,
-        ))
-        .await?
-        .into_inner();
-    Ok(done.image.ok_or("the upload finished without an image")?)
 }
 
 /// HOSTS pulls of `url` at once, each on a client (and so a connection) of its
@@ -234,7 +203,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM to the master, which stops its workers; SIGKILL would leave
+        // them running.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
