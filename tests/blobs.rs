@@ -747,6 +747,135 @@ async fn a_cancelled_upload_registers_nothing_and_its_bytes_are_collected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_refused_at_registration_ends_its_session_and_its_bytes_at_once() {
+    let s = setup(Backend::Local).await;
+    // 200 properties in metadata.yaml and 100 more from the upload: each within
+    // the limit of 256, together over it, so only registration can refuse them.
+    let mut yaml = String::from("architecture: x86_64\ncreation_date: 1700000000\nproperties:\n");
+    for i in 0..200 {
+        yaml.push_str(&format!("  meta{i}: \"x\"\n"));
+    }
+    let data = tarball(
+        &[("metadata.yaml", yaml.as_bytes()), ("rootfs/", b"")],
+        true,
+    );
+    let mut spec = unified_spec(&data);
+    spec.properties = (0..100).map(|i| (format!("spec{i}"), "y".into())).collect();
+    let session = s.session(spec).await;
+    let status = assert_status(
+        send_upload(
+            &s.cp,
+            &session.blob_node,
+            upload_messages(FirstMessage::Upload(session.name.clone()), &[&data], CHUNK),
+        )
+        .await,
+        Code::InvalidArgument,
+        "metadata.yaml",
+    );
+    assert!(
+        status.message().contains("at most 256 properties"),
+        "{status:?}"
+    );
+    let after = s.get_upload(&session.name).await;
+    assert_eq!(after.state, pb::UploadState::Failed as i32, "not left OPEN");
+    assert!(after.error_message.contains("metadata.yaml"));
+    assert_eq!(s.image_count().await, 0);
+    assert!(s.stored().await.is_empty(), "its bytes went at once");
+
+    // What metadata.yaml alone gets wrong is refused while it is scanned.
+    let bad_key = tarball(
+        &[
+            (
+                "metadata.yaml",
+                b"architecture: x86_64\ncreation_date: 1\nproperties:\n  a=b: c\n",
+            ),
+            ("rootfs/", b""),
+        ],
+        true,
+    );
+    let session = s.session(unified_spec(&bad_key)).await;
+    assert_status(
+        send_upload(
+            &s.cp,
+            &session.blob_node,
+            upload_messages(
+                FirstMessage::Upload(session.name.clone()),
+                &[&bad_key],
+                CHUNK,
+            ),
+        )
+        .await,
+        Code::InvalidArgument,
+        "metadata.yaml property \"a=b\"",
+    );
+    assert_eq!(
+        s.get_upload(&session.name).await.state,
+        pb::UploadState::Failed as i32
+    );
+    assert!(s.stored().await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_commits_what_it_sent_so_a_resume_loses_nothing() {
+    // Segments of 256 MiB would commit nothing of a 1 MB image before its end;
+    // the commit interval does, even while the client sends nothing more.
+    let s = setup_with(Backend::Local, |c| {
+        c.commit_interval = Duration::from_millis(50);
+    })
+    .await;
+    let data = fixture("busybox-unified.tar.gz");
+    let session = s.session(unified_spec(&data)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let url = s.node.url();
+    let call = tokio::spawn(async move {
+        blobs_client(&url)
+            .await
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let sent = 300 * 1024;
+    for m in ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &data[..sent],
+            0,
+            CHUNK,
+        ),
+        &session.ticket,
+    ) {
+        tx.send(m).await.unwrap();
+    }
+    eventually(
+        "what was sent to be committed while the stream is open",
+        || async { s.get_upload(&session.name).await.committed_size == sent as u64 },
+    )
+    .await;
+    call.abort(); // the client dies
+    let _ = call.await;
+    drop(tx);
+
+    // The resume starts from there and ends with LXD's fingerprint.
+    let rest = ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &data[sent..],
+            sent as u64,
+            CHUNK,
+        ),
+        &session.ticket,
+    );
+    let mut rest = rest;
+    rest.last_mut().unwrap().finish_write = true;
+    let reply = send_upload(&s.cp, &s.node.url(), rest).await.unwrap();
+    assert_eq!(
+        reply.image.unwrap().fingerprint,
+        lxd_fingerprint("fx-unified-targz")
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_image_deletes_its_bytes() {
     let s = setup(Backend::Local).await;
     let data = fixture("busybox-unified.tar.gz");

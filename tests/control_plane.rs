@@ -255,7 +255,7 @@ async fn register_content_refuses_bad_input() {
     cases.push((r, "alias name \"-bad\" is not valid"));
     let mut r = good.clone();
     r.properties.insert("bad key".into(), "v".into());
-    cases.push((r, "property key"));
+    cases.push((r, "property \"bad key\""));
     let mut r = good.clone();
     r.create_time = Some(prost_types::Timestamp {
         seconds: i64::MAX,

@@ -88,6 +88,40 @@ async fn serve_runs_both_tiers_on_one_address() {
     assert!(back == data);
     assert!(dir.path().join("control-plane/catalog.sqlite").exists());
     assert!(dir.path().join("blobs").is_dir());
+    // Metadata, secrets and bytes are the owner's alone.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    for private_dir in ["control-plane", "blob-node", "blobs"] {
+        assert_eq!(mode(&dir.path().join(private_dir)), 0o700, "{private_dir}");
+    }
+    for secret in [
+        "control-plane/catalog.sqlite",
+        "admin-token",
+        "cluster-credential",
+    ] {
+        assert_eq!(mode(&dir.path().join(secret)), 0o600, "{secret}");
+    }
+    let stored: Vec<std::path::PathBuf> = walk(&dir.path().join("blobs"));
+    assert!(!stored.is_empty());
+    for file in stored {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
     let stopped = server.terminate().await;
     assert!(stopped.status.success());
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

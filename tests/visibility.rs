@@ -59,17 +59,18 @@ impl Expect {
     }
 }
 
-/// Reads of the private image: a missing image to the untrusted.
+/// Reads of the private image: a missing image to the untrusted. The cluster
+/// credential reads no image through the client services.
 const PRIVATE: Expect = Expect {
     trusted: Code::Ok,
     untrusted: Code::NotFound,
-    node: Code::Ok,
+    node: Code::PermissionDenied,
 };
-/// Reads anyone may do.
+/// Reads anyone may do, but with the cluster credential.
 const OPEN: Expect = Expect {
     trusted: Code::Ok,
     untrusted: Code::Ok,
-    node: Code::Ok,
+    node: Code::PermissionDenied,
 };
 
 /// Calls that need trust; `trusted` is what a trusted caller gets.
@@ -361,10 +362,11 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
         .await
         .map(|r| r.into_inner());
     let listed = all.as_ref().map(|l| l.images.len()).unwrap_or(0);
-    let expected = if who == Who::Anonymous || who == Who::WrongCertificate {
-        1
-    } else {
-        2
+    let expected = match who {
+        Who::Anonymous | Who::WrongCertificate => 1,
+        // Refused outright (below).
+        Who::Node => 0,
+        Who::Certificate | Who::Token => 2,
     };
     if listed != expected {
         c.wrong.push(format!(
@@ -396,8 +398,12 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
         })
         .await
         .map(|r| r.into_inner().images.len());
-    let want = usize::from(who.trusted() || who == Who::Node);
-    if filtered.as_ref().ok() != Some(&want) {
+    let right = match (&filtered, who) {
+        (Err(s), Who::Node) => s.code() == Code::PermissionDenied,
+        (Ok(n), _) => *n == usize::from(who.trusted()),
+        (Err(_), _) => false,
+    };
+    if !right {
         c.wrong.push(format!(
             "{who:?} ListImages(filter on the private property): {filtered:?}"
         ));
@@ -660,7 +666,16 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
             .await,
     )
     .await;
-    c.check("Download(public, its ticket)", OPEN, r.map(|b| b.len()));
+    // The cluster credential gets no ticket from ExportImage to bring.
+    let public_ticketed = Expect {
+        node: Code::Unauthenticated,
+        ..OPEN
+    };
+    c.check(
+        "Download(public, its ticket)",
+        public_ticketed,
+        r.map(|b| b.len()),
+    );
     if !private_ticket.is_empty() {
         let r = drain(
             blobs

@@ -16,5 +16,7 @@ pub use bearer::{Bearer, InvalidToken};
 pub use cert::{
     CertError, CertPair, fingerprint_der, fingerprint_pem, load_or_generate, self_signed,
 };
-pub use secret::{hash_token, load_or_create, new_secret, read_secret, write_private};
+pub use secret::{
+    create_private_dir, hash_token, load_or_create, new_secret, read_secret, write_private,
+};
 pub use ticket::{Scope, TicketError, TicketKey};

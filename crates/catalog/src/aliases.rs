@@ -40,7 +40,29 @@ pub fn validate_alias_name(name: &str) -> Result<()> {
     if name.contains("//") {
         return refuse("it contains an empty path segment (\"//\")");
     }
+    if name
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return refuse("it contains a \".\" or \"..\" path segment");
+    }
+    // Bidirectional controls make a name read as another one.
+    if let Some(c) = name.chars().find(|c| {
+        matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }) {
+        return refuse(&format!(
+            "it contains the bidirectional control U+{:04X}",
+            u32::from(c)
+        ));
+    }
     Ok(())
+}
+
+/// An alias as a new image or an import asks for it: its name, and its
+/// description within the same cap as CreateAlias's.
+pub fn validate_alias(name: &str, description: &str) -> Result<()> {
+    validate_alias_name(name)?;
+    validate_description(description)
 }
 
 fn alias_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String, String, i64, i64)> {
@@ -300,11 +322,36 @@ mod tests {
             assert!(validate_alias_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-bad", "bad-", "a b", "a?b", "a*b", "a'b", "a$b", "a//b", "/a", "a\tb",
+            "",
+            "-bad",
+            "bad-",
+            "a b",
+            "a?b",
+            "a*b",
+            "a'b",
+            "a$b",
+            "a//b",
+            "/a",
+            "a\tb",
+            "a/../b",
+            "a/./b",
+            "a/..",
+            "ab\u{202e}cd",
+            "a\u{2066}b",
         ] {
             assert!(validate_alias_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_alias_name(&"a".repeat(64)).is_ok());
         assert!(validate_alias_name(&"a".repeat(65)).is_err());
+        assert!(
+            validate_alias_name("a..b/c.d").is_ok(),
+            "dots inside a segment"
+        );
+    }
+
+    #[test]
+    fn descriptions_are_capped_on_every_path() {
+        assert!(validate_alias("a", &"d".repeat(MAX_DESCRIPTION)).is_ok());
+        assert!(validate_alias("a", &"d".repeat(MAX_DESCRIPTION + 1)).is_err());
     }
 }

@@ -31,6 +31,9 @@ pub enum CatalogError {
     /// SQLite failed; the message is not for the caller.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The database file could not be created.
+    #[error("catalog file: {0}")]
+    File(#[from] std::io::Error),
     /// Stored data could not be decoded: the database was changed behind our back.
     #[error("corrupt catalog record: {0}")]
     Corrupt(String),

@@ -6,7 +6,7 @@ use imagestore_image::{FingerprintQuery, canonical_architecture};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::Catalog;
-use crate::aliases::{insert_aliases, validate_alias_name};
+use crate::aliases::{insert_aliases, validate_alias};
 use crate::error::{CatalogError, Result};
 use crate::filter::ImageFilter;
 use crate::model::*;
@@ -254,7 +254,7 @@ fn validate_new(mut new: NewImage) -> Result<NewImage> {
         ));
     }
     for alias in &new.aliases {
-        validate_alias_name(&alias.name)?;
+        validate_alias(&alias.name, &alias.description)?;
     }
     validate_properties(&new.properties)?;
     new.properties.retain(|_, v| !v.is_empty());
@@ -262,29 +262,8 @@ fn validate_new(mut new: NewImage) -> Result<NewImage> {
 }
 
 fn validate_properties(props: &BTreeMap<String, String>) -> Result<()> {
-    const MAX_PROPERTIES: usize = 256;
-    const MAX_KEY: usize = 256;
-    const MAX_VALUE: usize = 16 * 1024;
-    if props.len() > MAX_PROPERTIES {
-        return Err(CatalogError::InvalidArgument(format!(
-            "an image may have at most {MAX_PROPERTIES} properties, not {}",
-            props.len()
-        )));
-    }
-    for (k, v) in props {
-        if k.is_empty() || k.len() > MAX_KEY || k.chars().any(|c| c.is_whitespace() || c == '=') {
-            return Err(CatalogError::InvalidArgument(format!(
-                "property key {k:?} is not valid: 1 to {MAX_KEY} characters, no white space or '='"
-            )));
-        }
-        if v.len() > MAX_VALUE {
-            return Err(CatalogError::InvalidArgument(format!(
-                "property {k:?} is {} bytes long; the most is {MAX_VALUE}",
-                v.len()
-            )));
-        }
-    }
-    Ok(())
+    imagestore_image::validate_properties(props)
+        .map_err(|e| CatalogError::InvalidArgument(e.to_string()))
 }
 
 fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered> {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{Semaphore, watch};
 
-pub use aliases::{AliasEdit, validate_alias_name};
+pub use aliases::{AliasEdit, validate_alias, validate_alias_name};
 pub use error::{CatalogError, Result};
 pub use filter::ImageFilter;
 pub use images::{Completes, ImageRef};
@@ -70,6 +70,17 @@ impl Catalog {
     }
 
     fn open_blocking(path: &Path) -> Result<Self> {
+        // The owner's alone: SQLite gives its -wal and -shm files the database
+        // file's mode.
+        let mut new = std::fs::OpenOptions::new();
+        new.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut new, 0o600);
+        match new.open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut writer = connect(path, true)?;
         schema::migrate(&mut writer)?;
         let readers = (0..READERS)

@@ -9,5 +9,5 @@ pub mod scan;
 pub use arch::{canonical_architecture, debian_architecture};
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintQuery};
 pub use format::{ExportRole, Format, export_file_name, extension_of};
-pub use metadata::{Metadata, MetadataError, parse_metadata};
+pub use metadata::{Metadata, MetadataError, PropertyError, parse_metadata, validate_properties};
 pub use scan::{FoundType, ScanError, ScanLimits, Scanned, scan_tarball};

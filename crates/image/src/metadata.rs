@@ -66,6 +66,63 @@ struct RawTemplate {
 }
 
 /// Parses and validates metadata.yaml's bytes.
+/// The most properties an image may have.
+pub const MAX_PROPERTIES: usize = 256;
+/// The longest property key, in bytes.
+pub const MAX_PROPERTY_KEY: usize = 256;
+/// The longest property value, in bytes.
+pub const MAX_PROPERTY_VALUE: usize = 16 * 1024;
+
+/// Why an image's properties are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("property {key:?}: {reason}")]
+pub struct PropertyError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// An image's properties, wherever they come from (metadata.yaml, an upload's
+/// or an edit's): at most [`MAX_PROPERTIES`], keys of 1 to [`MAX_PROPERTY_KEY`]
+/// bytes without white space or '=', values of at most [`MAX_PROPERTY_VALUE`].
+pub fn validate_properties(props: &BTreeMap<String, String>) -> Result<(), PropertyError> {
+    if props.len() > MAX_PROPERTIES {
+        return Err(PropertyError {
+            key: props
+                .keys()
+                .nth(MAX_PROPERTIES)
+                .cloned()
+                .unwrap_or_default(),
+            reason: format!(
+                "an image may have at most {MAX_PROPERTIES} properties, not {}",
+                props.len()
+            ),
+        });
+    }
+    for (k, v) in props {
+        let refuse = |reason: String| {
+            Err(PropertyError {
+                key: k.chars().take(80).collect(),
+                reason,
+            })
+        };
+        if k.is_empty()
+            || k.len() > MAX_PROPERTY_KEY
+            || k.chars().any(|c| c.is_whitespace() || c == '=')
+        {
+            return refuse(format!(
+                "keys are 1 to {MAX_PROPERTY_KEY} bytes, without white space or '='"
+            ));
+        }
+        if v.len() > MAX_PROPERTY_VALUE {
+            return refuse(format!(
+                "the value is {} bytes long; the most is {MAX_PROPERTY_VALUE}",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn parse_metadata(yaml: &[u8]) -> Result<Metadata, MetadataError> {
     let raw: Raw =
         serde_yaml_ng::from_slice(yaml).map_err(|e| MetadataError::Yaml(e.to_string()))?;
@@ -83,12 +140,6 @@ pub fn parse_metadata(yaml: &[u8]) -> Result<Metadata, MetadataError> {
     }
     let mut properties = BTreeMap::new();
     for (key, value) in raw.properties {
-        if key.is_empty() || key.chars().any(char::is_whitespace) {
-            return Err(MetadataError::BadProperty(
-                key,
-                "keys must be non-empty and without white space".into(),
-            ));
-        }
         // YAML turns `release: 22.04` into a number; LXD's properties are strings.
         let text = match value {
             serde_yaml_ng::Value::String(s) => s,
@@ -106,6 +157,9 @@ pub fn parse_metadata(yaml: &[u8]) -> Result<Metadata, MetadataError> {
             properties.insert(key, text);
         }
     }
+    // The catalog's rules, here too: what would be refused at registration is
+    // refused while the upload is scanned, before anything is registered.
+    validate_properties(&properties).map_err(|e| MetadataError::BadProperty(e.key, e.reason))?;
     let mut templates = Vec::new();
     for (path, t) in raw.templates {
         if !path.starts_with('/') {

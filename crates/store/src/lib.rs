@@ -110,7 +110,12 @@ impl BlobStore {
             None => None,
         };
         if let Some(root) = local {
-            std::fs::create_dir_all(&root).map_err(|e| bad(e.to_string()))?;
+            // Image bytes are the owner's alone (0700; files inside 0600).
+            let mut dir = std::fs::DirBuilder::new();
+            dir.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+            dir.create(&root).map_err(|e| bad(e.to_string()))?;
             let root = root.canonicalize().map_err(|e| bad(e.to_string()))?;
             // fsync files and directories: a registered image must survive a crash.
             let fs = Arc::new(

@@ -39,6 +39,10 @@ pub struct BlobNodeConfig {
     pub store_options: BTreeMap<String, String>,
     /// An upload commits (and can resume from) at least every this many bytes.
     pub segment_bytes: u64,
+    /// ... and at least this often while bytes arrive, so that an interrupted
+    /// upload resumes from close to where it stopped.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// The largest `data` in one upload message accepted.
     pub max_chunk_bytes: u32,
     /// How often released bytes are collected.
@@ -65,6 +69,7 @@ impl Default for BlobNodeConfig {
             store: String::new(),
             store_options: BTreeMap::new(),
             segment_bytes: 256 << 20,
+            commit_interval: Duration::from_secs(5),
             max_chunk_bytes: 4 << 20,
             gc_interval: Duration::from_secs(30),
             scan_budget_bytes: 4 << 30,

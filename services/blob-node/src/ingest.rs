@@ -93,6 +93,8 @@ pub struct Ingest {
     open: Option<OpenSegment>,
     /// Where the last commit handed to `pending` ends.
     recorded: u64,
+    /// When the last commit was handed over (or the upload opened).
+    last_commit: std::time::Instant,
     /// The commit in flight: resolves to the committed size.
     pending: Option<tokio::task::JoinHandle<BlobResult<u64>>>,
     /// A commit failed: what followed it can never be committed.
@@ -144,7 +146,11 @@ impl Ingest {
         match pb::UploadState::try_from(opened.state) {
             Ok(pb::UploadState::Open) => {}
             Ok(pb::UploadState::Complete) => {
-                let image = node.image(&opened.fingerprint).await?;
+                let image = opened.image.ok_or_else(|| {
+                    BlobError::Internal(format!(
+                        "the control plane says upload {name} is complete but sent no image"
+                    ))
+                })?;
                 return Ok(Opened::AlreadyComplete(Box::new(image)));
             }
             _ => {
@@ -163,6 +169,7 @@ impl Ingest {
             image_hash: HashPipe::start(restore(&hash.image)?)?,
             part_hash: part_hash(split, &hash.part)?,
             recorded: opened.committed_size,
+            last_commit: std::time::Instant::now(),
             pending: None,
             broken: false,
             node,
@@ -213,6 +220,7 @@ impl Ingest {
             part_hash: part_hash(split, &[])?,
             open: None,
             recorded: 0,
+            last_commit: std::time::Instant::now(),
             pending: None,
             broken: false,
             registration: Registration::default(),
@@ -334,7 +342,24 @@ impl Ingest {
             .open
             .as_ref()
             .is_some_and(|o| o.writer.written() >= self.node.config.segment_bytes);
-        if full {
+        if full || self.checkpoint_due() {
+            self.commit_behind(0).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a session has gone `commit_interval` since its last commit with
+    /// bytes received that are not committed yet.
+    fn checkpoint_due(&self) -> bool {
+        self.session.is_some()
+            && self.pos > self.recorded
+            && self.last_commit.elapsed() >= self.node.config.commit_interval
+    }
+
+    /// Commits what arrived since the last commit, when the interval has passed:
+    /// for a stream that goes quiet between messages.
+    pub async fn checkpoint(&mut self) -> BlobResult<()> {
+        if self.checkpoint_due() {
             self.commit_behind(0).await?;
         }
         Ok(())
@@ -440,6 +465,7 @@ impl Ingest {
             storage_key,
         };
         self.recorded = self.pos;
+        self.last_commit = std::time::Instant::now();
         let end = self.pos;
         let record = self.session.clone().map(|upload| Record {
             upload,
@@ -701,7 +727,17 @@ impl Ingest {
                 auto_update: self.registration.auto_update,
                 cached: self.registration.cached,
             })
-            .await?
+            .await
+            .map_err(|s| match s.code() {
+                // A verdict on what the image says of itself: the session ends
+                // now and its bytes go, rather than waiting for upload_ttl.
+                tonic::Code::InvalidArgument => BlobError::InvalidArgument(format!(
+                    "the control plane refused the image's metadata (metadata.yaml, with the \
+                     upload's properties): {}",
+                    s.message()
+                )),
+                _ => BlobError::from(s),
+            })?
             .into_inner();
         if !reply.created {
             return Err(BlobError::AlreadyExists(format!(

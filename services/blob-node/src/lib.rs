@@ -71,6 +71,7 @@ pub type ControlPlane = InterceptedService<Channel, Bearer>;
 #[derive(Debug, Clone)]
 pub struct NodeLimits {
     pub segment_bytes: u64,
+    pub commit_interval: std::time::Duration,
     pub max_chunk_bytes: u32,
     pub scan_budget_bytes: u64,
     pub max_upload_bytes: u64,
@@ -92,20 +93,6 @@ impl NodeContext {
             self.channel.clone(),
             self.credential.clone(),
         )
-    }
-
-    /// The registered image with this fingerprint.
-    pub async fn image(&self, fingerprint: &str) -> Result<pb::Image, Status> {
-        pb::images_client::ImagesClient::with_interceptor(
-            self.channel.clone(),
-            self.credential.clone(),
-        )
-        .get_image(pb::GetImageRequest {
-            name: format!("images/{fingerprint}"),
-            ..Default::default()
-        })
-        .await
-        .map(Response::into_inner)
     }
 
     /// The stored parts of an image.
@@ -225,7 +212,7 @@ impl BlobNode {
             path: config.data_dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+        imagestore_auth::create_private_dir(&config.data_dir).map_err(data_err)?;
         let id = node_id(&config.data_dir).map_err(data_err)?;
         let store_url = if config.store.is_empty() {
             config.data_dir.join("blobs").display().to_string()
@@ -260,6 +247,9 @@ impl BlobNode {
                 store,
                 config: NodeLimits {
                     segment_bytes: config.segment_bytes.max(1),
+                    commit_interval: config
+                        .commit_interval
+                        .max(std::time::Duration::from_millis(10)),
                     max_chunk_bytes: config.max_chunk_bytes,
                     scan_budget_bytes: config.scan_budget_bytes,
                     max_upload_bytes: 64 << 30,

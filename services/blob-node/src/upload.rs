@@ -48,7 +48,7 @@ pub async fn receive(
         }
     };
     let _active = crate::transfer(&node);
-    match run(&mut stream, &mut ingest, first, node.config.max_chunk_bytes).await {
+    match run(&mut stream, &mut ingest, first, &node.config).await {
         Ok(Step::Finish) => match ingest.finish().await {
             Ok(image) => Ok(complete(image)),
             Err(e) => Err(e.into()),
@@ -101,12 +101,32 @@ fn refuse(msg: String) -> Stop {
     Stop::Refused(BlobError::InvalidArgument(msg))
 }
 
+/// The next message; while none comes, what arrived is committed every
+/// `commit_interval`, so that a stream gone quiet loses nothing it sent.
+async fn next(
+    stream: &mut Streaming<pb::UploadRequest>,
+    ingest: &mut Ingest,
+    every: std::time::Duration,
+) -> Result<Option<pb::UploadRequest>, Stop> {
+    loop {
+        tokio::select! {
+            // Streaming::message keeps partial frames in the stream: dropping the
+            // future when the timer wins loses nothing.
+            message = stream.message() => return message.map_err(Stop::Broken),
+            _ = tokio::time::sleep(every) => {
+                ingest.checkpoint().await.map_err(Stop::Refused)?;
+            }
+        }
+    }
+}
+
 async fn run(
     stream: &mut Streaming<pb::UploadRequest>,
     ingest: &mut Ingest,
     first: pb::UploadRequest,
-    max_chunk: u32,
+    limits: &crate::NodeLimits,
 ) -> Result<Step, Stop> {
+    let max_chunk = limits.max_chunk_bytes;
     let mut message = Some(first);
     let mut first_message = true;
     loop {
@@ -156,9 +176,6 @@ async fn run(
             };
         }
         first_message = false;
-        message = match stream.message().await {
-            Ok(m) => m,
-            Err(status) => return Err(Stop::Broken(status)),
-        };
+        message = next(stream, ingest, limits.commit_interval).await?;
     }
 }

@@ -201,9 +201,7 @@ impl Auth {
                 "this call needs a trusted client: send \"authorization: Bearer <token>\" \
                  (the server's admin-token file, or a token from `imagestore trust add`)",
             )),
-            Caller::Node => Err(ApiError::PermissionDenied(
-                "the cluster credential is for blob nodes, not for client calls".into(),
-            )),
+            Caller::Node => Err(not_for_nodes()),
         }
     }
 
@@ -221,10 +219,21 @@ impl Auth {
         }
     }
 
-    /// Whether the caller sees public images only: everyone but trusted clients
-    /// and blob nodes. A private image must look missing to them.
+    /// Whether the caller sees public images only: everyone but trusted clients.
+    /// A private image must look missing to them. The cluster credential is
+    /// refused: it is for the Registry, and a stolen one must not read images.
     pub fn public_only<T>(&self, req: &Request<T>) -> ApiResult<bool> {
-        Ok(self.caller(req)? == Caller::Anonymous)
+        public_only(self.caller(req)?)
+    }
+
+    /// [`Self::public_only`] for a request with this authorization header from
+    /// `peer` (as [`Self::caller_from`] reads them).
+    pub fn public_only_from(
+        &self,
+        authorization: Option<Option<&str>>,
+        peer: Option<&TlsPeer>,
+    ) -> ApiResult<bool> {
+        public_only(self.caller_from(authorization, peer)?)
     }
 
     /// An interceptor that admits trusted clients only, for services where every
@@ -274,6 +283,20 @@ impl Auth {
             .remove(&fingerprint);
         Ok(())
     }
+}
+
+fn public_only(caller: Caller) -> ApiResult<bool> {
+    match caller {
+        Caller::Anonymous => Ok(true),
+        Caller::Trusted => Ok(false),
+        Caller::Node => Err(not_for_nodes()),
+    }
+}
+
+fn not_for_nodes() -> ApiError {
+    ApiError::PermissionDenied(
+        "the cluster credential is for blob nodes, not for client calls".into(),
+    )
 }
 
 /// The token in an authorization header: `Bearer TOKEN`, or `Basic` with the

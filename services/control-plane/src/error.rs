@@ -61,7 +61,10 @@ impl From<ApiError> for Status {
                 ref busy if busy.is_busy() => Status::unavailable(
                     "the catalog database is busy (locked by another process); retry shortly",
                 ),
-                CatalogError::Database(_) | CatalogError::Corrupt(_) | CatalogError::Task(_) => {
+                CatalogError::Database(_)
+                | CatalogError::File(_)
+                | CatalogError::Corrupt(_)
+                | CatalogError::Task(_) => {
                     // The detail is for the operator, not the caller.
                     tracing::error!(error = %msg, "internal error");
                     Status::internal("internal error in the control plane; its log has the details")

@@ -89,7 +89,7 @@ impl ImportRules {
         };
         self.require_enabled(method)?;
         for a in &r.aliases {
-            imagestore_catalog::validate_alias_name(&a.name)?;
+            imagestore_catalog::validate_alias(&a.name, &a.description)?;
         }
         convert::want_type(r.r#type)?;
         Ok(method)

@@ -56,9 +56,11 @@ pub const CATALOG_FILE: &str = "catalog.sqlite";
 
 /// Creates the data directory and opens (migrating if needed) the catalog in it.
 pub async fn open_catalog(config: &ControlPlaneConfig) -> Result<Catalog, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
+    imagestore_auth::create_private_dir(&config.data_dir).map_err(|source| {
+        StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        }
     })?;
     let catalog = Catalog::open(config.data_dir.join(CATALOG_FILE)).await?;
     tracing::info!(data_dir = %config.data_dir.display(), "catalog open");

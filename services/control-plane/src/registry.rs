@@ -1,7 +1,7 @@
 //! imagestore.internal.v1.Registry: blob nodes register, heartbeat and register
 //! verified content here.
 
-use imagestore_catalog::{self as cat, Catalog, NewImage, NodeAnnouncement};
+use imagestore_catalog::{self as cat, Catalog, ImageRef, NewImage, NodeAnnouncement};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use imagestore_server::shutdown::Stopping;
@@ -292,6 +292,18 @@ impl Registry for RegistryService {
             .await
             .map_err(ApiError::from)?;
         let state = convert::upload_state(u.state);
+        let image = match (&u.fingerprint, u.state) {
+            (Some(fp), cat::UploadState::Complete) => {
+                let fp = imagestore_image::FingerprintQuery::parse(fp).map_err(ApiError::from)?;
+                let image = self
+                    .catalog
+                    .get_image(ImageRef::Fingerprint(fp), false)
+                    .await
+                    .map_err(ApiError::from)?;
+                Some(convert::image(image))
+            }
+            _ => None,
+        };
         Ok(Response::new(ipb::OpenWriteResponse {
             spec: Some(spec_to_pb(&u.spec)),
             committed_size: u.committed_size,
@@ -314,6 +326,7 @@ impl Registry for RegistryService {
             state: state as i32,
             fingerprint: u.fingerprint.unwrap_or_default(),
             error_message: u.error_message.unwrap_or_default(),
+            image,
         }))
     }
 

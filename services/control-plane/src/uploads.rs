@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use imagestore_auth::Scope;
-use imagestore_catalog::{self as cat, Catalog, ImageRef, validate_alias_name};
+use imagestore_catalog::{self as cat, Catalog, ImageRef, validate_alias};
 use imagestore_image::{Fingerprint, FingerprintQuery};
 use imagestore_proto::v1 as pb;
 use pb::uploads_server::Uploads;
@@ -182,8 +182,11 @@ pub fn spec_from_pb(s: pb::UploadSpec, max_bytes: u64) -> ApiResult<cat::UploadS
         return Err(invalid("at most 64 aliases per upload"));
     }
     for a in &s.aliases {
-        validate_alias_name(&a.name)?;
+        validate_alias(&a.name, &a.description)?;
     }
+    let properties = s.properties.into_iter().collect();
+    imagestore_image::validate_properties(&properties)
+        .map_err(|e| invalid(format!("spec.properties: {e}")))?;
     Ok(cat::UploadSpec {
         layout: Some(layout),
         expected_fingerprint: s.expected_fingerprint,
@@ -196,7 +199,7 @@ pub fn spec_from_pb(s: pb::UploadSpec, max_bytes: u64) -> ApiResult<cat::UploadS
             .into_iter()
             .map(|a| (a.name, a.description))
             .collect(),
-        properties: s.properties.into_iter().collect(),
+        properties,
     })
 }
 

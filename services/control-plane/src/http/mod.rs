@@ -15,7 +15,7 @@ use imagestore_catalog::Catalog;
 use imagestore_server::TlsPeer;
 use imagestore_server::http::HttpError;
 
-use crate::auth::{Auth, Caller};
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::nodes::NodePicker;
 
@@ -69,17 +69,9 @@ impl Face {
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.to_str().ok());
-        match self
+        Ok(self
             .auth
-            .caller_from(authorization, req.extensions().get::<TlsPeer>())?
-        {
-            Caller::Anonymous => Ok(true),
-            Caller::Trusted => Ok(false),
-            Caller::Node => Err(ApiError::PermissionDenied(
-                "the cluster credential is for blob nodes, not for clients".into(),
-            )
-            .into()),
-        }
+            .public_only_from(authorization, req.extensions().get::<TlsPeer>())?)
     }
 }
 
