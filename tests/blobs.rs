@@ -1056,8 +1056,7 @@ async fn bad_tarballs_are_refused_without_exhausting_anything() {
 async fn a_qcow2_rootfs_makes_a_virtual_machine_image() {
     let s = setup(Backend::Local).await;
     let meta = fixture("busybox-split-meta.tar.xz");
-    let mut disk = b"QFI\xfb\x00\x00\x00\x03".to_vec();
-    disk.resize(200_000, 7);
+    let disk = qemu_disk("qcow2", "", "1M");
     let image = send_upload(
         &s.cp,
         &s.node.url(),
@@ -1076,6 +1075,63 @@ async fn a_qcow2_rootfs_makes_a_virtual_machine_image() {
     .unwrap();
     assert_eq!(image.r#type, pb::ImageType::VirtualMachine as i32);
     assert_eq!(image.parts[1].extension, ".qcow2");
+
+    // Disks that would read other files on the host, and disks that are not what
+    // the image type says, are refused before anything is registered.
+    for (what, disk, says) in [
+        (
+            "a backing file",
+            qemu_disk("qcow2", "backing_file={base},backing_fmt=qcow2", "1M"),
+            "backing file",
+        ),
+        (
+            "an external data file",
+            qemu_disk("qcow2", "data_file={data}", "1M"),
+            "external data file",
+        ),
+        (
+            "flat VMDK extents",
+            qemu_disk("vmdk", "subformat=monolithicFlat", "1M"),
+            "VMDK",
+        ),
+        (
+            "a raw disk",
+            vec![0u8; 4096],
+            "squashfs or a (compressed) tarball",
+        ),
+    ] {
+        let session = s
+            .session(pb::UploadSpec {
+                layout: pb::ImageLayout::Split as i32,
+                ..Default::default()
+            })
+            .await;
+        assert_status(
+            send_upload(
+                &s.cp,
+                &session.blob_node,
+                upload_messages(
+                    FirstMessage::Upload(session.name.clone()),
+                    &[&meta, &disk],
+                    CHUNK,
+                ),
+            )
+            .await,
+            Code::InvalidArgument,
+            says,
+        );
+        let after = s.get_upload(&session.name).await;
+        assert_eq!(after.state, pb::UploadState::Failed as i32, "{what}");
+    }
+    assert_eq!(s.image_count().await, 1, "only the plain qcow2");
+    assert!(
+        s.stored()
+            .await
+            .iter()
+            .all(|k| k.starts_with(&image.parts[0].storage_key)
+                || k.starts_with(&image.parts[1].storage_key)),
+        "the refused disks' bytes are gone"
+    );
     s.stop().await;
 }
 

@@ -866,7 +866,7 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
     let mut meta_item = item("lxd.tar.xz", "images/new/meta.tar.xz", &meta);
     meta_item["combined_squashfs_sha256"] = split_fp.clone().into();
     // The same version as a VM: the metadata beside a disk image, as LXD pairs them.
-    let disk: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let disk = qemu_disk("qcow2", "", "1M");
     let vm_fp = sha256_hex(&[meta.as_slice(), disk.as_slice()].concat());
     meta_item["combined_disk-kvm-img_sha256"] = vm_fp.clone().into();
     let mut bad_meta = item("lxd.tar.xz", "images/bad/meta.tar.xz", &meta);

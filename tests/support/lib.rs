@@ -901,3 +901,35 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A disk made by qemu-img (qemu-utils): `format` ("qcow2", "vmdk", ...) with
+/// qemu-img's `-o` options, `size` as qemu-img reads it ("1M"). Returns the file's
+/// bytes; files it names (a backing file, a data file) are made beside it.
+pub fn qemu_disk(format: &str, options: &str, size: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let data = dir.path().join("data.raw");
+    let options = options
+        .replace("{base}", base.to_str().unwrap())
+        .replace("{data}", data.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("qemu-img (qemu-utils) is needed: {e}"));
+        assert!(
+            out.status.success(),
+            "qemu-img {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), size]);
+    let disk = dir.path().join("disk");
+    let mut args = vec!["create", "-q", "-f", format];
+    if !options.is_empty() {
+        args.extend(["-o", &options]);
+    }
+    args.extend([disk.to_str().unwrap(), size]);
+    run(&args);
+    std::fs::read(&disk).unwrap()
+}

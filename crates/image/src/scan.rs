@@ -8,6 +8,7 @@
 use std::io::{self, Read};
 
 use crate::format::{Format, SNIFF_LEN};
+use crate::inspect::{DISK_HEADER_LEN, DiskError, inspect_vm_disk};
 use crate::metadata::{MAX_METADATA_BYTES, Metadata, MetadataError, parse_metadata};
 
 /// What a scan found out about the type of image.
@@ -74,6 +75,8 @@ pub enum ScanError {
     MissingRootfs,
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error("the tarball is damaged: {0}")]
     Corrupt(String),
     #[error("reading the image failed: {0}")]
@@ -205,6 +208,13 @@ pub fn scan_tarball(
             metadata = Some(parse_metadata(&yaml)?);
         } else if found_type.is_none() {
             if name == "rootfs.img" {
+                // The disk's header says whether it names files outside it.
+                let mut head = Vec::with_capacity(DISK_HEADER_LEN);
+                (&mut entry)
+                    .take(DISK_HEADER_LEN as u64)
+                    .read_to_end(&mut head)
+                    .map_err(|e| io_error(e, limit))?;
+                inspect_vm_disk(&head)?;
                 found_type = Some(FoundType::VirtualMachine);
             } else if name == "rootfs" || name.starts_with("rootfs/") {
                 found_type = Some(FoundType::Container);
@@ -270,7 +280,8 @@ mod tests {
         assert_eq!(s.format, Format::Gzip);
         assert_eq!(s.found_type, Some(FoundType::Container));
         assert_eq!(s.metadata.properties["os"], "test");
-        let vm = tarball(&[("./rootfs.img", b"QFI\xfb"), ("./metadata.yaml", META)]);
+        let disk = crate::inspect::qcow2_header(None, 0);
+        let vm = tarball(&[("./rootfs.img", &disk), ("./metadata.yaml", META)]);
         let s = scan_tarball(&vm[..], true, ScanLimits::default()).unwrap();
         assert_eq!(s.format, Format::Tar);
         assert_eq!(s.found_type, Some(FoundType::VirtualMachine));

@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use imagestore_image::{Format, FoundType, ScanLimits, Scanned, scan_tarball};
+use imagestore_image::{
+    DISK_HEADER_LEN, Format, FoundType, ScanError, ScanLimits, Scanned, inspect_rootfs,
+    scan_tarball,
+};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use imagestore_store::{SegmentWriter, segment_key};
@@ -631,22 +634,22 @@ impl Ingest {
             let head: Vec<Bytes> = self
                 .node
                 .store
-                .read_part(
-                    &self.prefix(Role::Rootfs),
-                    0,
-                    imagestore_image::format::SNIFF_LEN as u64,
-                )
+                .read_part(&self.prefix(Role::Rootfs), 0, DISK_HEADER_LEN as u64)
                 .await?
                 .try_collect()
                 .await?;
             let head = head.concat();
             let format = Format::sniff(&head);
-            // As LXD's client decides: a qcow2 rootfs makes a virtual-machine image.
-            let image_type = if format == Some(Format::Qcow2) {
+            // As LXD's client decides: a qcow2 rootfs makes a virtual-machine
+            // image. A type the source declares must fit the file.
+            let found = if format == Some(Format::Qcow2) {
                 pb::ImageType::VirtualMachine
             } else {
                 pb::ImageType::Container
             };
+            let image_type = self.registration.image_type.unwrap_or(found);
+            inspect_rootfs(image_type == pb::ImageType::VirtualMachine, &head)
+                .map_err(ScanError::from)?;
             (
                 scanned,
                 image_type,
@@ -669,7 +672,16 @@ impl Ingest {
         };
         // An import's source knows what it serves (LXD takes simplestreams' item
         // type as it is); an upload has only its bytes to go by.
-        let image_type = self.registration.image_type.unwrap_or(image_type);
+        let image_type = match self.registration.image_type {
+            Some(declared) if declared != image_type => {
+                return Err(BlobError::InvalidArgument(format!(
+                    "the source says this is a {} image, but the tarball holds a {}",
+                    declared.as_str_name(),
+                    image_type.as_str_name()
+                )));
+            }
+            _ => image_type,
+        };
 
         let image_parts = parts
             .into_iter()
