@@ -876,6 +876,64 @@ async fn a_quiet_stream_commits_what_it_sent_so_a_resume_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_one_more_transfer_instead_of_slowing_all() {
+    let s = setup_with(Backend::Local, |c| c.max_transfers = 1).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let image = send_upload(
+        &s.cp,
+        &s.node.url(),
+        upload_messages(FirstMessage::Spec(unified_spec(&data)), &[&data], CHUNK),
+    )
+    .await
+    .unwrap()
+    .image
+    .unwrap();
+
+    // An upload stream held open takes the one slot.
+    let session = s.session(unified_spec(&data)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let url = s.node.url();
+    let held = tokio::spawn(async move {
+        blobs_client(&url)
+            .await
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    for m in ticketed(
+        messages(
+            Some(FirstMessage::Upload(session.name.clone())),
+            &data[..CHUNK],
+            0,
+            CHUNK,
+        ),
+        &session.ticket,
+    ) {
+        tx.send(m).await.unwrap();
+    }
+    eventually("the held upload to be received", || async {
+        let r = download(&s.cp, &s.node.url(), &image.fingerprint, pb::PartRole::Unified, 0).await;
+        matches!(r, Err(st) if st.code() == Code::ResourceExhausted && st.message().contains("max_transfers 1"))
+    })
+    .await;
+    drop(tx);
+    let _ = held.await;
+    // Free again.
+    eventually("the slot to be given back", || async {
+        download(
+            &s.cp,
+            &s.node.url(),
+            &image.fingerprint,
+            pb::PartRole::Unified,
+            0,
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_image_deletes_its_bytes() {
     let s = setup(Backend::Local).await;
     let data = fixture("busybox-unified.tar.gz");

@@ -45,6 +45,9 @@ pub struct BlobNodeConfig {
     pub commit_interval: Duration,
     /// The largest `data` in one upload message accepted.
     pub max_chunk_bytes: u32,
+    /// Uploads, downloads and HTTP file transfers this node carries at once; one
+    /// more is refused (RESOURCE_EXHAUSTED, HTTP 429) rather than slowing all.
+    pub max_transfers: u32,
     /// How often released bytes are collected.
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
@@ -71,6 +74,7 @@ impl Default for BlobNodeConfig {
             segment_bytes: 256 << 20,
             commit_interval: Duration::from_secs(5),
             max_chunk_bytes: 4 << 20,
+            max_transfers: 512,
             gc_interval: Duration::from_secs(30),
             scan_budget_bytes: 4 << 30,
             log: LogConfig::default(),

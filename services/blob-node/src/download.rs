@@ -27,6 +27,7 @@ pub async fn send(
         .ok()
         .filter(|r| *r != pb::PartRole::Unspecified)
         .ok_or_else(|| Status::invalid_argument("part is required: UNIFIED, METADATA or ROOTFS"))?;
+    let guard = crate::admit(&node)?;
     let parts = node.lookup(fp.as_str()).await?;
     let part = parts
         .iter()
@@ -73,7 +74,6 @@ pub async fn send(
             info: Some(info),
         })
     });
-    let guard = crate::transfer(&node);
     let rest = data.map(move |chunk| {
         let _active = &guard;
         chunk

@@ -108,6 +108,7 @@ async fn serve(
         .map_err(|e| BlobError::InvalidArgument(format!("fingerprint: {e}")))?;
     node.tickets
         .check(ticket, &Scope::Download(fp.as_str().to_owned()))?;
+    let guard = crate::admit(&node)?;
     let parts = node.lookup(fp.as_str()).await?;
     let part = parts
         .iter()
@@ -168,7 +169,6 @@ async fn serve(
         .store
         .read_part_shaped(&part.storage_key, offset, length, ReadShape::FLEET)
         .await?;
-    let guard = crate::transfer(&node);
     let body = data.map(move |chunk| {
         let _active = &guard;
         chunk.inspect_err(|e| tracing::error!(error = %e, "reading a file for HTTP failed"))

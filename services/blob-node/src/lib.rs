@@ -72,6 +72,7 @@ pub type ControlPlane = InterceptedService<Channel, Bearer>;
 pub struct NodeLimits {
     pub segment_bytes: u64,
     pub commit_interval: std::time::Duration,
+    pub max_transfers: u32,
     pub max_chunk_bytes: u32,
     pub scan_budget_bytes: u64,
     pub max_upload_bytes: u64,
@@ -116,6 +117,22 @@ impl NodeContext {
 pub fn transfer(node: &Arc<NodeContext>) -> OwnedTransfer {
     node.active.fetch_add(1, Ordering::Relaxed);
     OwnedTransfer(node.clone())
+}
+
+/// Counts one more client transfer, unless the node carries `max_transfers`
+/// already: then RESOURCE_EXHAUSTED, so that the client tries another node or
+/// later instead of every transfer slowing down.
+pub fn admit(node: &Arc<NodeContext>) -> Result<OwnedTransfer, error::BlobError> {
+    let max = node.config.max_transfers;
+    let before = node.active.fetch_add(1, Ordering::Relaxed);
+    let guard = OwnedTransfer(node.clone());
+    if before >= max {
+        return Err(error::BlobError::ResourceExhausted(format!(
+            "this blob node is carrying {before} transfers, its limit (max_transfers {max}): \
+             try again shortly, or another node"
+        )));
+    }
+    Ok(guard)
 }
 
 struct BlobService {
@@ -250,6 +267,7 @@ impl BlobNode {
                     commit_interval: config
                         .commit_interval
                         .max(std::time::Duration::from_millis(10)),
+                    max_transfers: config.max_transfers.max(1),
                     max_chunk_bytes: config.max_chunk_bytes,
                     scan_budget_bytes: config.scan_budget_bytes,
                     max_upload_bytes: 64 << 30,

@@ -16,6 +16,7 @@ pub async fn receive(
     node: Arc<NodeContext>,
     mut stream: Streaming<pb::UploadRequest>,
 ) -> Result<pb::UploadResponse, Status> {
+    let _active = crate::admit(&node)?;
     let first = stream.message().await?.ok_or_else(|| {
         Status::invalid_argument(
             "the upload stream is empty: the first message must name the upload",
@@ -47,7 +48,6 @@ pub async fn receive(
             ));
         }
     };
-    let _active = crate::transfer(&node);
     match run(&mut stream, &mut ingest, first, &node.config).await {
         Ok(Step::Finish) => match ingest.finish().await {
             Ok(image) => Ok(complete(image)),
