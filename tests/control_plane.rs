@@ -863,3 +863,53 @@ async fn oversized_requests_are_refused() {
     );
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_costly_filter_is_cut_into_bounded_pages_and_still_finds_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    // 16 KiB descriptions: a filter of 31 words they all contain and one that
+    // matches two images reads 31 × 16 KiB of each before it can say no.
+    let description = "a".repeat(16 * 1024 - 16);
+    let mut wanted = Vec::new();
+    for i in 0..100 {
+        let mut req = unified(&format!("costly filter image {i}"));
+        req.public = true;
+        req.properties
+            .insert("description".into(), description.clone());
+        if i % 50 == 7 {
+            req.properties
+                .insert("description".into(), format!("{description} needle"));
+            wanted.push(req.fingerprint.clone());
+        }
+        register(&cp, req).await;
+    }
+    wanted.sort();
+    let filter = format!("{} needle", vec!["aaaa"; 31].join(" "));
+    let mut images = pb::images_client::ImagesClient::new(cp.authed(None).await);
+    let (mut found, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = images
+            .list_images(pb::ListImagesRequest {
+                filter: filter.clone(),
+                page_size: 10,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        found.extend(page.images.into_iter().map(|i| i.fingerprint));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages < 100, "the listing does not end");
+    }
+    assert_eq!(found, wanted);
+    assert!(
+        pages > 1,
+        "100 × 31 × 16 KiB is over one request's budget, so it takes more than one page"
+    );
+    cp.stop().await;
+}

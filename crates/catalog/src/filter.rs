@@ -20,6 +20,11 @@ const MAX_TERMS: usize = 32;
 /// Bounds the compiled size of caller-supplied patterns so a filter cannot make the
 /// server build a huge automaton.
 const MAX_REGEX_BYTES: usize = 64 * 1024;
+/// Bytes of text one listing may run the filter over (every term's field of
+/// every image examined, each pattern once). Past it the listing stops with
+/// what it found and a token to continue: a request's cost is bounded whatever
+/// the filter and the images (tens of milliseconds of matching).
+pub const FILTER_BUDGET_BYTES: u64 = 32 << 20;
 
 /// A parsed filter.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +35,12 @@ pub struct ImageFilter {
 #[derive(Debug, Clone)]
 enum Term {
     Word(String),
-    Match { key: Key, alternatives: Vec<Value> },
+    /// Alternatives that compile together are one pattern, so a value is read
+    /// once whatever their number.
+    Match {
+        key: Key,
+        alternatives: Vec<Value>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +99,22 @@ impl ImageFilter {
 
     /// Whether `image` satisfies every term.
     pub fn matches(&self, image: &Image) -> bool {
-        self.terms.iter().all(|t| term_matches(t, image))
+        let mut unbounded = u64::MAX;
+        self.matches_within(image, &mut unbounded)
+    }
+
+    /// As [`Self::matches`], taking the bytes of text it reads from `budget`.
+    pub fn matches_within(&self, image: &Image, budget: &mut u64) -> bool {
+        if self.terms.is_empty() {
+            return true;
+        }
+        // Lowered once per image, not once per word.
+        let mut lowered: Option<(String, Vec<String>)> = None;
+        self.terms.iter().all(|t| {
+            let (matched, cost) = term_matches(t, image, &mut lowered);
+            *budget = budget.saturating_sub(cost);
+            matched
+        })
     }
 }
 
@@ -121,11 +146,15 @@ fn parse_term(term: &str) -> Result<Term> {
             Key::Property(name.to_owned())
         }
     };
-    let alternatives = value
-        .split(',')
-        .map(|alt| normalise(&key, alt))
-        .map(|alt| compile(&alt))
-        .collect();
+    let alternatives: Vec<String> = value.split(',').map(|alt| normalise(&key, alt)).collect();
+    let each: Vec<Value> = alternatives.iter().map(|alt| compile(alt)).collect();
+    let alternatives = if each.iter().all(|v| matches!(v, Value::Pattern(_)))
+        && let Value::Pattern(one) = compile(&alternatives.join("|"))
+    {
+        vec![Value::Pattern(one)]
+    } else {
+        each
+    };
     Ok(Term::Match { key, alternatives })
 }
 
@@ -153,18 +182,33 @@ fn compile(value: &str) -> Value {
         .unwrap_or_else(|_| Value::Literal(value.to_owned()))
 }
 
-fn term_matches(term: &Term, image: &Image) -> bool {
+/// Whether `term` holds for `image`, and the bytes of text that took reading.
+fn term_matches(
+    term: &Term,
+    image: &Image,
+    lowered: &mut Option<(String, Vec<String>)>,
+) -> (bool, u64) {
     match term {
         Term::Word(word) => {
-            image.fingerprint.starts_with(word.as_str())
-                || image
-                    .aliases
-                    .iter()
-                    .any(|a| a.name.to_lowercase().contains(word.as_str()))
-                || image
-                    .properties
-                    .get("description")
-                    .is_some_and(|d| d.to_lowercase().contains(word.as_str()))
+            let (description, aliases) = lowered.get_or_insert_with(|| {
+                (
+                    image
+                        .properties
+                        .get("description")
+                        .map(|d| d.to_lowercase())
+                        .unwrap_or_default(),
+                    image
+                        .aliases
+                        .iter()
+                        .map(|a| a.name.to_lowercase())
+                        .collect(),
+                )
+            });
+            let cost = (description.len() + aliases.iter().map(String::len).sum::<usize>()) as u64;
+            let matched = image.fingerprint.starts_with(word.as_str())
+                || aliases.iter().any(|a| a.contains(word.as_str()))
+                || description.contains(word.as_str());
+            (matched, cost)
         }
         Term::Match { key, alternatives } => {
             let bool_text = |b: bool| if b { "true" } else { "false" };
@@ -179,7 +223,9 @@ fn term_matches(term: &Term, image: &Image) -> bool {
                 Key::Layout => Some(image.layout.as_str()),
                 Key::Property(name) => image.properties.get(name).map(String::as_str),
             };
-            field.is_some_and(|f| alternatives.iter().any(|v| v.matches(f)))
+            let cost = field.map_or(0, |f| (f.len() * alternatives.len()) as u64);
+            let matched = field.is_some_and(|f| alternatives.iter().any(|v| v.matches(f)));
+            (matched, cost)
         }
     }
 }
@@ -221,6 +267,22 @@ mod tests {
 
     fn m(f: &str) -> bool {
         ImageFilter::parse(f).unwrap().matches(&image())
+    }
+
+    #[test]
+    fn alternatives_read_together_as_one_pattern_or_one_by_one() {
+        assert!(m("os=debian,ubuntu,arch"));
+        assert!(!m("os=debian,arch"));
+        // An invalid alternative is compared literally; the others stay patterns.
+        assert!(m("os=(,ubun.*"));
+        assert!(!m("os=(,ubun"));
+        let mut budget = 10;
+        assert!(
+            ImageFilter::parse("noble")
+                .unwrap()
+                .matches_within(&image(), &mut budget)
+        );
+        assert_eq!(budget, 0, "the description read is taken from the budget");
     }
 
     #[test]

@@ -550,6 +550,9 @@ fn list(
     let mut after = page.after.clone().unwrap_or_default();
     let mut items = Vec::new();
     let mut more = false;
+    let mut budget = crate::filter::FILTER_BUDGET_BYTES;
+    // Where the next page starts when the budget ends this one early.
+    let mut stopped_at = None;
     'scan: loop {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE fingerprint > ?1{visible} \
@@ -563,14 +566,20 @@ fn list(
         let exhausted = batch.len() < BATCH;
         let mut aliases = aliases_between(conn, &batch[0].fingerprint, &after)?;
         for mut image in batch {
+            if budget == 0 {
+                more = true;
+                break 'scan;
+            }
             image.aliases = aliases.remove(&image.fingerprint).unwrap_or_default();
-            if !filter.matches(&image) {
+            if !filter.matches_within(&image, &mut budget) {
+                stopped_at = Some(image.fingerprint);
                 continue;
             }
             if items.len() == page.size {
                 more = true;
                 break 'scan;
             }
+            stopped_at = Some(image.fingerprint.clone());
             items.push(image);
         }
         if exhausted {
@@ -580,7 +589,10 @@ fn list(
     for image in &mut items {
         image.parts = load_parts(conn, &image.fingerprint)?;
     }
-    Ok(page.finish(items, more, |i| i.fingerprint.clone()))
+    // A full page continues after its last image; one the budget cut short, after
+    // the last image examined (it may hold fewer images, or none).
+    let next = if more { stopped_at } else { None };
+    Ok(page.finish_after(items, next))
 }
 
 fn all_images(conn: &Connection, public_only: bool) -> Result<(u64, Vec<Image>)> {

@@ -83,10 +83,14 @@ impl PageRequest {
     /// The page made of `items`; `more` says whether anything follows, and `key`
     /// gives an item's position for the next page's token.
     pub fn finish<T>(&self, items: Vec<T>, more: bool, key: impl Fn(&T) -> String) -> Page<T> {
-        let next_token = match (more, items.last()) {
-            (true, Some(last)) => self.next_token(&key(last)),
-            _ => String::new(),
-        };
+        let next = more.then(|| items.last().map(key)).flatten();
+        self.finish_after(items, next)
+    }
+
+    /// The page made of `items`, continued after the key `next` (None: the last
+    /// page).
+    pub fn finish_after<T>(&self, items: Vec<T>, next: Option<String>) -> Page<T> {
+        let next_token = next.map(|k| self.next_token(&k)).unwrap_or_default();
         Page { items, next_token }
     }
 }
