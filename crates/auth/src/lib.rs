@@ -19,4 +19,4 @@ pub use cert::{
 pub use secret::{
     create_private_dir, hash_token, load_or_create, new_secret, read_secret, write_private,
 };
-pub use ticket::{Scope, TicketError, TicketKey};
+pub use ticket::{Scope, TICKET_ERROR_METADATA, TicketError, TicketKey};

@@ -72,6 +72,24 @@ pub enum TicketError {
     WrongScope { granted: String, wanted: String },
 }
 
+/// The gRPC metadata key under which a blob node names what kind of ticket
+/// error it answered with, so that clients act on the kind, not the words.
+pub const TICKET_ERROR_METADATA: &str = "imagestore-ticket-error";
+
+impl TicketError {
+    /// The kind, as sent under [`TICKET_ERROR_METADATA`]: `expired` is the one a
+    /// client cures by asking for a fresh ticket.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Forged => "forged",
+            Self::Expired(_) => "expired",
+            Self::WrongScope { .. } => "wrong-scope",
+        }
+    }
+}
+
 /// The signing key. Both tiers derive it from the cluster credential, so a
 /// blob node can check what the control plane signed.
 #[derive(Clone)]

@@ -51,19 +51,58 @@ impl Error {
                 tonic::Code::Unavailable | tonic::Code::Cancelled => true,
                 // A blob node's answer to a ticket that ran out mid-retry: the
                 // retry asks the control plane for a fresh one.
-                tonic::Code::Unauthenticated => s.message().contains("ticket expired"),
-                // A connection reset mid-stream surfaces as UNKNOWN or INTERNAL
-                // carrying the h2/transport error rather than a server's status.
-                tonic::Code::Unknown | tonic::Code::Internal => {
-                    let m = s.message();
-                    m.contains("transport")
-                        || m.contains("h2")
-                        || m.contains("connection")
-                        || m.contains("stream")
+                tonic::Code::Unauthenticated => {
+                    s.metadata()
+                        .get(imagestore_auth::TICKET_ERROR_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        == Some("expired")
                 }
+                // A connection reset mid-stream surfaces as UNKNOWN or INTERNAL
+                // carrying the transport's error rather than a server's status.
+                tonic::Code::Unknown | tonic::Code::Internal => from_transport(s),
                 _ => false,
             },
             _ => false,
         }
+    }
+}
+
+/// Whether a status was made from a failure of the connection (h2, hyper, the
+/// socket) rather than sent by a server.
+fn from_transport(s: &tonic::Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(err) = next {
+        if err.is::<h2::Error>()
+            || err.is::<hyper::Error>()
+            || err.is::<std::io::Error>()
+            || err.is::<tonic::transport::Error>()
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_is_told_by_kind_not_by_words() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let broken = tonic::Status::from_error(Box::new(reset));
+        assert!(Error::Status(broken).is_transient(), "a broken connection");
+        let worded = tonic::Status::internal("h2 transport connection stream error");
+        assert!(!Error::Status(worded).is_transient(), "only words");
+
+        let mut expired = tonic::Status::unauthenticated("the ticket expired 3 s ago");
+        expired.metadata_mut().insert(
+            imagestore_auth::TICKET_ERROR_METADATA,
+            tonic::metadata::MetadataValue::from_static("expired"),
+        );
+        assert!(Error::Status(expired).is_transient());
+        let forged = tonic::Status::unauthenticated("the ticket expired, says the text");
+        assert!(!Error::Status(forged).is_transient());
     }
 }

@@ -90,12 +90,15 @@ struct Budget<R> {
     limit: u64,
 }
 
-const BUDGET_EXCEEDED: &str = "imagestore decompression budget exceeded";
+/// The error [`Budget`] raises, found again below the decoders by its type.
+#[derive(Debug, thiserror::Error)]
+#[error("decompression budget exceeded")]
+struct BudgetExceeded;
 
 impl<R: Read> Read for Budget<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 {
-            return Err(io::Error::other(BUDGET_EXCEEDED));
+            return Err(io::Error::other(BudgetExceeded));
         }
         let max = buf
             .len()
@@ -106,9 +109,50 @@ impl<R: Read> Read for Budget<R> {
     }
 }
 
+/// A failure to read the bytes at all (a store or network fault), as opposed to
+/// bytes that are bad: it says nothing against the image.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SourceFailed(#[source] io::Error);
+
+/// Marks every error of the reader it wraps as [`SourceFailed`], so that what the
+/// decoders and the tar reader pass on can still be told apart from what they
+/// find wrong.
+struct Source<R>(R);
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), SourceFailed(e)))
+    }
+}
+
+/// Whether an error of type `T` is in `e`'s chain (through io::Error payloads,
+/// which the decoders and the tar reader wrap).
+fn caused_by<T: std::error::Error + 'static>(e: &io::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = e
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(err) = next {
+        if err.is::<T>() {
+            return true;
+        }
+        next = match err.downcast_ref::<io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
 fn io_error(e: io::Error, limit: u64) -> ScanError {
-    if e.to_string() == BUDGET_EXCEEDED {
+    if caused_by::<BudgetExceeded>(&e) {
         ScanError::DecompressionBudget(limit)
+    } else if caused_by::<SourceFailed>(&e) {
+        ScanError::Io(e)
     } else if matches!(
         e.kind(),
         io::ErrorKind::InvalidData
@@ -147,7 +191,7 @@ fn decompressor<'a>(
             Box::new(liblzma::read::XzDecoder::new_stream(reader, stream))
         }
         Format::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(reader).map_err(ScanError::Io)?;
+            let mut d = zstd::stream::read::Decoder::new(reader).map_err(|e| io_error(e, 0))?;
             // zstd's own default ceiling (128 MiB windows); bounds memory per scan.
             d.window_log_max(27).map_err(ScanError::Io)?;
             Box::new(d)
@@ -174,7 +218,7 @@ pub fn scan_tarball(
     need_rootfs: bool,
     limits: ScanLimits,
 ) -> Result<Scanned, ScanError> {
-    let (head, reader) = sniffed(reader).map_err(ScanError::Io)?;
+    let (head, reader) = sniffed(Source(reader)).map_err(ScanError::Io)?;
     let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
     let budget = Budget {
         inner: decompressor(format, reader)?,
@@ -372,6 +416,35 @@ mod tests {
             ),
             Err(ScanError::Corrupt(_) | ScanError::MissingMetadata)
         ));
+    }
+
+    /// Yields `data`, then fails as a store does when its backend goes away.
+    struct Flaky(std::io::Cursor<Vec<u8>>);
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::other("the object store did not answer")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_a_fault_and_damaged_bytes_a_verdict() {
+        let whole = tarball(&[("./rootfs/x", &[7u8; 4096]), ("./metadata.yaml", META)]);
+        let cut = whole[..2048].to_vec();
+        // The source fails: nothing is said against the image, even though the
+        // error is io's Other, which the decoders also use for damage.
+        let r = scan_tarball(
+            Flaky(io::Cursor::new(cut.clone())),
+            true,
+            ScanLimits::default(),
+        );
+        assert!(matches!(r, Err(ScanError::Io(_))), "{r:?}");
+        // The bytes simply end: damaged.
+        let r = scan_tarball(io::Cursor::new(cut), true, ScanLimits::default());
+        assert!(matches!(r, Err(ScanError::Corrupt(_))), "{r:?}");
     }
 
     #[test]

@@ -37,6 +37,19 @@ pub enum BlobError {
 
 pub type BlobResult<T> = Result<T, BlobError>;
 
+impl BlobError {
+    /// Whether this is a verdict on the bytes (they are not what was declared, or
+    /// not an image this server takes), as opposed to a fault of the store, the
+    /// control plane or the network, after which the same bytes may do.
+    pub fn is_verdict(&self) -> bool {
+        match self {
+            Self::DataLoss(_) | Self::InvalidArgument(_) => true,
+            Self::Image(e) => !matches!(e, ScanError::Io(_)),
+            _ => false,
+        }
+    }
+}
+
 impl From<Status> for BlobError {
     fn from(s: Status) -> Self {
         Self::ControlPlane(s)
@@ -59,8 +72,17 @@ impl From<BlobError> for Status {
                 Status::unavailable(msg)
             }
             BlobError::Image(_) => Status::invalid_argument(msg),
-            BlobError::Ticket(TicketError::WrongScope { .. }) => Status::permission_denied(msg),
-            BlobError::Ticket(_) => Status::unauthenticated(msg),
+            BlobError::Ticket(t) => {
+                let mut status = match t {
+                    TicketError::WrongScope { .. } => Status::permission_denied(msg),
+                    _ => Status::unauthenticated(msg),
+                };
+                status.metadata_mut().insert(
+                    imagestore_auth::TICKET_ERROR_METADATA,
+                    tonic::metadata::MetadataValue::from_static(t.kind()),
+                );
+                status
+            }
             BlobError::ControlPlane(s) => match s.code() {
                 // Not the caller's fault: this node's credential is wrong.
                 Code::Unauthenticated | Code::PermissionDenied => {

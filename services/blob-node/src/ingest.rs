@@ -558,14 +558,7 @@ impl Ingest {
                 // Only verdicts on the bytes end the session; a passing fault of the
                 // store or the control plane leaves it to be finished again. A
                 // one-shot upload cannot be finished again: its bytes go.
-                if self.session.is_none()
-                    || matches!(
-                        e,
-                        BlobError::DataLoss(_)
-                            | BlobError::InvalidArgument(_)
-                            | BlobError::Image(_)
-                    )
-                {
+                if self.session.is_none() || e.is_verdict() {
                     self.fail(&e).await;
                 } else if matches!(e, BlobError::AlreadyExists(_)) {
                     self.discard().await;
