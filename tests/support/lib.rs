@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end suites: real servers on 127.0.0.1:0, real
 //! gRPC clients, the real binaries, and tools that are not our Rust code.
 
+pub mod hostile;
 pub mod https;
 
 use std::collections::HashMap;

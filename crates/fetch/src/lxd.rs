@@ -40,18 +40,19 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Asks `url` which image to download.
-pub async fn plan(fetcher: &Fetcher, url: &Url, server: &ServerInfo) -> Result<Plan, FetchError> {
-    let (answered, response) = fetcher
-        .request(Method::HEAD, url, request_headers(server))
-        .await?;
-    let shown = redact(&answered);
-    let headers = response.headers();
+/// What a discovery answer from `answered` (the URL that answered, after any
+/// redirects) names: the image's SHA-256 and the URL of its file. LXD's and
+/// Incus's header names are both read; the status is not (LXD ignores it).
+pub fn discovery(
+    answered: &Url,
+    status: reqwest::StatusCode,
+    headers: &HeaderMap,
+) -> Result<(String, Url), FetchError> {
+    let shown = redact(answered);
     let hash = header(headers, "Image-Hash").ok_or_else(|| {
         FetchError::Invalid(format!(
-            "Missing LXD-Image-Hash header: {shown} answered {} without LXD-Image-Hash or \
-             Incus-Image-Hash; it does not speak LXD's image URL protocol",
-            response.status()
+            "Missing LXD-Image-Hash header: {shown} answered {status} without LXD-Image-Hash or \
+             Incus-Image-Hash; it does not speak LXD's image URL protocol"
         ))
     })?;
     if !is_sha256(hash) {
@@ -67,6 +68,15 @@ pub async fn plan(fetcher: &Fetcher, url: &Url, server: &ServerInfo) -> Result<P
     let download = answered.join(location).map_err(|e| {
         FetchError::Invalid(format!("{shown} gave LXD-Image-URL {location:?}: {e}"))
     })?;
+    Ok((hash.to_owned(), download))
+}
+
+/// Asks `url` which image to download.
+pub async fn plan(fetcher: &Fetcher, url: &Url, server: &ServerInfo) -> Result<Plan, FetchError> {
+    let (answered, response) = fetcher
+        .request(Method::HEAD, url, request_headers(server))
+        .await?;
+    let (hash, download) = discovery(&answered, response.status(), response.headers())?;
     // Checked now so that a refused location fails the import before anything moves.
     fetcher.filter().check_url(&download)?;
     let filename = download
@@ -74,12 +84,12 @@ pub async fn plan(fetcher: &Fetcher, url: &Url, server: &ServerInfo) -> Result<P
         .and_then(|mut s| s.next_back().map(str::to_owned))
         .unwrap_or_default();
     Ok(Plan {
-        fingerprint: hash.to_owned(),
+        fingerprint: hash.clone(),
         split: false,
         parts: vec![PlannedPart {
             role: Role::Unified,
             source: PartSource::Http(download),
-            sha256: Some(hash.to_owned()),
+            sha256: Some(hash),
             size: None,
         }],
         filename,

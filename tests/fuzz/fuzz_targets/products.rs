@@ -1,0 +1,7 @@
+#![no_main]
+
+#[allow(dead_code)] // each target calls one entry point
+#[path = "../../support/hostile.rs"]
+mod hostile;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hostile::products(data));
