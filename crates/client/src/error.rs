@@ -35,6 +35,9 @@ impl Error {
         match self {
             Error::Address(_) | Error::Invalid(_) => tonic::Code::InvalidArgument,
             Error::Connect { .. } => tonic::Code::Unavailable,
+            // The connection broke (the server died mid-call): as unavailable as
+            // a server that says so, and the CLI exits 5 (run again).
+            Error::Status(s) if from_transport(s) => tonic::Code::Unavailable,
             Error::Status(s) => s.code(),
             Error::Io { .. } => tonic::Code::Internal,
             Error::NotFound(_) => tonic::Code::NotFound,
@@ -92,6 +95,10 @@ mod tests {
     fn transient_is_told_by_kind_not_by_words() {
         let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let broken = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(
+            Error::Status(broken.clone()).code(),
+            tonic::Code::Unavailable
+        );
         assert!(Error::Status(broken).is_transient(), "a broken connection");
         let worded = tonic::Status::internal("h2 transport connection stream error");
         assert!(!Error::Status(worded).is_transient(), "only words");

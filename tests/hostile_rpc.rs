@@ -1,0 +1,389 @@
+//! The catalogue of hostile requests, as one table: each input, the status it
+//! must get (with words a person can act on), and no change to what the server
+//! holds afterwards.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
+use imagestore_tests::*;
+use pb::upload_request::FirstMessage;
+use tonic::Code;
+
+type Call<'a> = Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send + 'a>>;
+
+/// Everything a request could have changed: images with their etags and
+/// aliases, the alias table, and the stored objects.
+async fn state(cp: &ControlPlane, store: &std::path::Path) -> (Vec<String>, Vec<String>, usize) {
+    let images = cp
+        .images()
+        .await
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| format!("{} {} {:?} {}", i.fingerprint, i.etag, i.aliases, i.public))
+        .collect();
+    let aliases = cp
+        .aliases()
+        .await
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases
+        .into_iter()
+        .map(|a| format!("{} {} {}", a.name, a.target, a.description))
+        .collect();
+    let stored = walk(store).len();
+    (images, aliases, stored)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn spec() -> pb::UploadSpec {
+    pb::UploadSpec {
+        layout: pb::ImageLayout::Unified as i32,
+        ..Default::default()
+    }
+}
+
+fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<(), tonic::Status> {
+    r.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_their_status_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let store = dir.path().join("store");
+    let node = BlobNode::start(&cp, &dir.path().join("node"), &StoreSpec::local(&store)).await;
+    let data = fixture("busybox-unified.tar.gz");
+    let mut first = spec();
+    first.aliases = vec![pb::AliasSpec {
+        name: "bb".into(),
+        description: "busybox".into(),
+    }];
+    let image = send_upload(
+        &cp,
+        &node.url(),
+        upload_messages(FirstMessage::Spec(first), &[&data], 1 << 20),
+    )
+    .await
+    .unwrap()
+    .image
+    .unwrap();
+    let fp = image.fingerprint.clone();
+
+    let images = cp.images().await;
+    let aliases = cp.aliases().await;
+    let uploads = cp.uploads().await;
+    let anonymous = || async { pb::images_client::ImagesClient::new(cp.authed(None).await) };
+    let as_node = || async {
+        pb::images_client::ImagesClient::new(cp.authed(Some(&cp.cluster_credential())).await)
+    };
+    let get = |name: String| pb::GetImageRequest {
+        name,
+        ..Default::default()
+    };
+    let list = |filter: String, page_size: i32, page_token: &str| pb::ListImagesRequest {
+        filter,
+        page_size,
+        page_token: page_token.into(),
+    };
+    let alias = |name: &str, description: String| pb::CreateAliasRequest {
+        alias_id: name.into(),
+        alias: Some(pb::Alias {
+            target: format!("images/{fp}"),
+            description,
+            ..Default::default()
+        }),
+    };
+    let upload = |s: pb::UploadSpec| pb::CreateUploadRequest { spec: Some(s) };
+    let with_props = |pairs: &[(&str, &str)]| {
+        let mut s = spec();
+        s.properties = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        s
+    };
+    let update = |key: &str, mask: &str| pb::UpdateImageRequest {
+        image: Some(pb::Image {
+            name: format!("images/{fp}"),
+            properties: [(key.to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![mask.into()],
+        }),
+    };
+    let long_alias_spec = {
+        let mut s = spec();
+        s.aliases = vec![pb::AliasSpec {
+            name: "long".into(),
+            description: "d".repeat(500_000),
+        }];
+        s
+    };
+    let wrong_fp_spec = {
+        let mut s = spec();
+        s.expected_fingerprint = "XYZ".into();
+        s
+    };
+    let huge_spec = {
+        let mut s = spec();
+        s.metadata_size = u64::MAX / 2;
+        s
+    };
+    let forged_download = pb::DownloadRequest {
+        fingerprint: fp.clone(),
+        part: pb::PartRole::Unified as i32,
+        ticket: "v1.99999999999.ZG93bmxvYWQ6.00".into(),
+        ..Default::default()
+    };
+
+    let table: Vec<(&str, Call<'_>, Code, &str)> = vec![
+        (
+            "a 10 KB name",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .get_image(get("images/".to_owned() + &"a".repeat(10_000)))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "bytes long",
+        ),
+        (
+            "a name that is no fingerprint",
+            Box::pin(async { ok(images.clone().get_image(get("images/XYZ".into())).await) }),
+            Code::InvalidArgument,
+            "hex",
+        ),
+        (
+            "an alias name with a bidirectional control",
+            Box::pin(async {
+                ok(aliases
+                    .clone()
+                    .create_alias(alias("ab\u{202e}cd", String::new()))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "bidirectional",
+        ),
+        (
+            "an alias name with a '..' segment",
+            Box::pin(async {
+                ok(aliases
+                    .clone()
+                    .create_alias(alias("a/../b", String::new()))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "\"..\"",
+        ),
+        (
+            "a 5000-byte alias description",
+            Box::pin(async {
+                ok(aliases
+                    .clone()
+                    .create_alias(alias("ok", "d".repeat(5000)))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "description",
+        ),
+        (
+            "a 500 KB alias description in an upload",
+            Box::pin(async { ok(uploads.clone().create_upload(upload(long_alias_spec)).await) }),
+            Code::InvalidArgument,
+            "description",
+        ),
+        (
+            "an upload property key with white space",
+            Box::pin(async {
+                ok(uploads
+                    .clone()
+                    .create_upload(upload(with_props(&[("a b", "c")])))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "spec.properties",
+        ),
+        (
+            "an upload declared larger than the server stages",
+            Box::pin(async { ok(uploads.clone().create_upload(upload(huge_spec)).await) }),
+            Code::ResourceExhausted,
+            "stages at most",
+        ),
+        (
+            "an expected fingerprint that is no fingerprint",
+            Box::pin(async { ok(uploads.clone().create_upload(upload(wrong_fp_spec)).await) }),
+            Code::InvalidArgument,
+            "expected_fingerprint",
+        ),
+        (
+            "a 5000-byte filter",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .list_images(list("a".repeat(5000), 0, ""))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "filter is 5000 bytes",
+        ),
+        (
+            "a filter of 40 terms",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .list_images(list(vec!["a"; 40].join(" "), 0, ""))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "terms",
+        ),
+        (
+            "a forged page token",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .list_images(list(String::new(), 0, "eyJhIjoiIiwicyI6IiJ9"))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "page_token",
+        ),
+        (
+            "a negative page size",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .list_images(list(String::new(), -1, ""))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "page_size",
+        ),
+        (
+            "a property key with '=' in an edit",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .update_image(update("a=b", "properties.a=b"))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "property",
+        ),
+        (
+            "an edit of a field that cannot change",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .update_image(update("x", "fingerprint"))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "cannot be changed",
+        ),
+        (
+            "the cluster credential on a client read",
+            Box::pin(async { ok(as_node().await.get_image(get(format!("images/{fp}"))).await) }),
+            Code::PermissionDenied,
+            "cluster credential",
+        ),
+        (
+            "a delete without trust",
+            Box::pin(async {
+                ok(anonymous()
+                    .await
+                    .delete_image(pb::DeleteImageRequest {
+                        name: format!("images/{fp}"),
+                    })
+                    .await)
+            }),
+            Code::Unauthenticated,
+            "trusted client",
+        ),
+        (
+            "content registered by a client",
+            Box::pin(async {
+                ok(
+                    ipb::registry_client::RegistryClient::new(cp.trusted().await)
+                        .register_content(unified("forged"))
+                        .await,
+                )
+            }),
+            Code::PermissionDenied,
+            "blob nodes",
+        ),
+        (
+            "a download with a forged ticket",
+            Box::pin(async {
+                let mut stream = node
+                    .blobs()
+                    .await
+                    .download(forged_download)
+                    .await?
+                    .into_inner();
+                while stream.message().await?.is_some() {}
+                Ok(())
+            }),
+            Code::Unauthenticated,
+            "ticket",
+        ),
+        (
+            "an upload stream without its first message",
+            Box::pin(async {
+                ok(node
+                    .blobs()
+                    .await
+                    .upload(tokio_stream::iter(vec![pb::UploadRequest {
+                        data: bytes::Bytes::from_static(b"x"),
+                        ..Default::default()
+                    }]))
+                    .await)
+            }),
+            Code::InvalidArgument,
+            "first message",
+        ),
+    ];
+
+    let before = state(&cp, &store).await;
+    let mut wrong = Vec::new();
+    for (what, call, code, says) in table {
+        match call.await {
+            Err(s) if s.code() == code && s.message().contains(says) => {}
+            other => wrong.push(format!(
+                "{what}: expected {code:?} saying {says:?}, got {other:?}"
+            )),
+        }
+        let now = state(&cp, &store).await;
+        if now != before {
+            wrong.push(format!("{what}: changed the state: {before:?} → {now:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    node.stop().await;
+    cp.stop().await;
+}
