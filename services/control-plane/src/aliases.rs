@@ -53,7 +53,8 @@ impl Aliases for AliasesService {
     }
 
     async fn get_alias(&self, req: Request<pb::GetAliasRequest>) -> Reply<pb::Alias> {
-        let public_only = self.auth.public_only(&req)?;
+        let reader = self.auth.reader(&req).await?;
+        let public_only = reader.public_only;
         let r = req.into_inner();
         let name = names::alias("name", &r.name)?.to_owned();
         let alias = self
@@ -68,7 +69,8 @@ impl Aliases for AliasesService {
         &self,
         req: Request<pb::ListAliasesRequest>,
     ) -> Reply<pb::ListAliasesResponse> {
-        let public_only = self.auth.public_only(&req)?;
+        let reader = self.auth.reader(&req).await?;
+        let public_only = reader.public_only;
         let r = req.into_inner();
         if r.filter.len() > 1024 {
             return Err(invalid("filter is longer than 1024 bytes").into());

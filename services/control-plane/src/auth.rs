@@ -37,6 +37,7 @@ pub struct Auth {
     trusted: Arc<RwLock<HashMap<String, Option<UnixNanos>>>>,
     cluster_hash: String,
     tickets: TicketKey,
+    lane: crate::admission::Lane,
     ticket_ttl: Duration,
     secret_ttl: Duration,
 }
@@ -83,6 +84,7 @@ impl Auth {
             trusted: Arc::default(),
             cluster_hash: hash_token(&cluster),
             tickets: TicketKey::derive(&cluster),
+            lane: crate::admission::Lane::new(0, 64),
             ticket_ttl: Duration::from_secs(15 * 60),
             secret_ttl: Duration::from_secs(24 * 3600),
         };
@@ -106,6 +108,18 @@ impl Auth {
         self.ticket_ttl = ticket_ttl;
         self.secret_ttl = secret_ttl;
         self
+    }
+
+    /// How many anonymous reads run at once (0: half the cores), and how many
+    /// may wait for a place.
+    pub fn with_anonymous_lane(mut self, places: usize, queue: usize) -> Self {
+        self.lane = crate::admission::Lane::new(places, queue);
+        self
+    }
+
+    /// Admits a read by the caller of `req`: what it may see and its place.
+    pub async fn reader<T>(&self, req: &Request<T>) -> ApiResult<crate::admission::Reader> {
+        self.lane.admit(self.public_only(req)?).await
     }
 
     pub fn secret_ttl(&self) -> Duration {

@@ -42,6 +42,11 @@ pub struct ControlPlaneConfig {
     /// How long an unused image secret works.
     #[serde(with = "humantime_serde")]
     pub image_secret_ttl: Duration,
+    /// Reads by callers without trust run this many at a time (0: half the
+    /// cores, at least one), so that they cannot crowd out trusted callers.
+    pub anonymous_reads: usize,
+    /// How many such reads may wait for a place; more are RESOURCE_EXHAUSTED.
+    pub anonymous_queue: usize,
     /// TLS: certificate and key files; without them plaintext, on loopback only.
     pub tls: TlsConfig,
     /// Where server-side imports may fetch from (Glance's import filtering).
@@ -152,6 +157,8 @@ impl Default for ControlPlaneConfig {
             sweep_interval: Duration::from_secs(60),
             ticket_ttl: Duration::from_secs(15 * 60),
             image_secret_ttl: Duration::from_secs(24 * 3600),
+            anonymous_reads: 0,
+            anonymous_queue: 64,
             tls: TlsConfig::default(),
             import_filtering: ImportFiltering::default(),
             import: ImportSettings::default(),

@@ -133,7 +133,8 @@ fn export_file(fingerprint: &str, part: &cat::Part) -> pb::ExportFile {
 #[tonic::async_trait]
 impl Images for ImagesService {
     async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Reply<pb::Image> {
-        let public_only = self.auth.public_only(&req)?;
+        let reader = self.auth.reader(&req).await?;
+        let public_only = reader.public_only;
         let r = req.into_inner();
         let image = self
             .visible(public_only, &r.name, r.r#type, &r.secret, false)
@@ -145,7 +146,8 @@ impl Images for ImagesService {
         &self,
         req: Request<pb::ListImagesRequest>,
     ) -> Reply<pb::ListImagesResponse> {
-        let public_only = self.auth.public_only(&req)?;
+        let reader = self.auth.reader(&req).await?;
+        let public_only = reader.public_only;
         let r = req.into_inner();
         let filter = ImageFilter::parse(&r.filter).map_err(ApiError::from)?;
         let scope = format!("images|{public_only}|{}", r.filter);
@@ -199,7 +201,8 @@ impl Images for ImagesService {
         &self,
         req: Request<pb::ExportImageRequest>,
     ) -> Reply<pb::ExportImageResponse> {
-        let public_only = self.auth.public_only(&req)?;
+        let reader = self.auth.reader(&req).await?;
+        let public_only = reader.public_only;
         let r = req.into_inner();
         let image = self
             .visible(public_only, &r.name, r.r#type, &r.secret, true)

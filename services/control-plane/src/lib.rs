@@ -1,6 +1,7 @@
 //! The control plane: owns all metadata (images, aliases, upload sessions,
 //! operations, blob nodes) and serves it over gRPC. Image bytes never come here.
 
+mod admission;
 mod aliases;
 pub mod auth;
 pub mod config;
@@ -107,7 +108,9 @@ pub fn add_services(
     catalog: Catalog,
     auth: Auth,
 ) -> GrpcServer {
-    let auth = auth.with_lifetimes(config.ticket_ttl, config.image_secret_ttl);
+    let auth = auth
+        .with_lifetimes(config.ticket_ttl, config.image_secret_ttl)
+        .with_anonymous_lane(config.anonymous_reads, config.anonymous_queue);
     let nodes = nodes::NodePicker::new(catalog.clone(), config.heartbeat_interval);
     let limit = config.max_request_bytes;
     let upload_limits = uploads::UploadLimits {

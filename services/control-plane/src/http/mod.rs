@@ -63,7 +63,9 @@ type Reply = Result<axum::response::Response, ErrorReply>;
 
 impl Face {
     /// Whether the caller of `req` sees public images only. The token may come
-    /// as a bearer token or as the basic-auth password.
+    /// as a bearer token or as the basic-auth password. (No anonymous lane here:
+    /// every answer of this face is cheap and bounded, and a fleet pulls
+    /// without tokens in bursts.)
     fn public_only(&self, req: &Request) -> Result<bool, ErrorReply> {
         let authorization = req
             .headers()
