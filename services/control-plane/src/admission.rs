@@ -103,6 +103,9 @@ mod tests {
             "trusted: no wait"
         );
         drop(first);
-        assert_eq!(waiting.await.unwrap().unwrap(), true);
+        assert!(
+            waiting.await.unwrap().unwrap(),
+            "the waiting stranger gets the place"
+        );
     }
 }
