@@ -479,26 +479,8 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
 
     // Stream to node A through a channel, so the test decides when A dies: after
     // 600 KiB have gone out and while the stream is still open.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let a_url = a.url();
-    let call = tokio::spawn(async move {
-        blobs_client(&a_url)
-            .await
-            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
     let sent = 600 * 1024;
-    for m in ticketed(
-        messages(
-            Some(FirstMessage::Upload(session.name.clone())),
-            &data[..sent],
-            0,
-            CHUNK,
-        ),
-        &session.ticket,
-    ) {
-        tx.send(m).await.unwrap();
-    }
+    let (call, tx) = held_upload(a.url(), &session, &data[..sent], 1).await;
     a.kill().await;
     let broken = call.await.unwrap();
     assert!(broken.is_err(), "the stream to a killed node fails");
@@ -690,25 +672,7 @@ async fn a_cancelled_upload_registers_nothing_and_its_bytes_are_collected() {
     let s = setup_with(Backend::Local, |c| c.segment_bytes = 64 * 1024).await;
     let data = fixture("busybox-unified.tar.gz");
     let session = s.session(unified_spec(&data)).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let url = s.node.url();
-    let call = tokio::spawn(async move {
-        blobs_client(&url)
-            .await
-            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
-    for m in ticketed(
-        messages(
-            Some(FirstMessage::Upload(session.name.clone())),
-            &data[..300 * 1024],
-            0,
-            CHUNK,
-        ),
-        &session.ticket,
-    ) {
-        tx.send(m).await.unwrap();
-    }
+    let (call, tx) = held_upload(s.node.url(), &session, &data[..300 * 1024], 1).await;
     call.abort(); // the client gives up mid-stream
     let _ = call.await;
     drop(tx);
@@ -826,26 +790,8 @@ async fn a_quiet_stream_commits_what_it_sent_so_a_resume_loses_nothing() {
     .await;
     let data = fixture("busybox-unified.tar.gz");
     let session = s.session(unified_spec(&data)).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let url = s.node.url();
-    let call = tokio::spawn(async move {
-        blobs_client(&url)
-            .await
-            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
     let sent = 300 * 1024;
-    for m in ticketed(
-        messages(
-            Some(FirstMessage::Upload(session.name.clone())),
-            &data[..sent],
-            0,
-            CHUNK,
-        ),
-        &session.ticket,
-    ) {
-        tx.send(m).await.unwrap();
-    }
+    let (call, tx) = held_upload(s.node.url(), &session, &data[..sent], 64).await;
     eventually(
         "what was sent to be committed while the stream is open",
         || async { s.get_upload(&session.name).await.committed_size == sent as u64 },
@@ -891,25 +837,7 @@ async fn a_full_node_refuses_one_more_transfer_instead_of_slowing_all() {
 
     // An upload stream held open takes the one slot.
     let session = s.session(unified_spec(&data)).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let url = s.node.url();
-    let held = tokio::spawn(async move {
-        blobs_client(&url)
-            .await
-            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
-    for m in ticketed(
-        messages(
-            Some(FirstMessage::Upload(session.name.clone())),
-            &data[..CHUNK],
-            0,
-            CHUNK,
-        ),
-        &session.ticket,
-    ) {
-        tx.send(m).await.unwrap();
-    }
+    let (held, tx) = held_upload(s.node.url(), &session, &data[..CHUNK], 4).await;
     eventually("the held upload to be received", || async {
         let r = download(&s.cp, &s.node.url(), &image.fingerprint, pb::PartRole::Unified, 0).await;
         matches!(r, Err(st) if st.code() == Code::ResourceExhausted && st.message().contains("max_transfers 1"))
@@ -957,6 +885,32 @@ async fn deleting_an_image_deletes_its_bytes() {
     })
     .await;
     s.stop().await;
+}
+
+type HeldUpload =
+    tokio::task::JoinHandle<Result<tonic::Response<pb::UploadResponse>, tonic::Status>>;
+
+/// An upload stream to the node at `url` that has sent `data` for `session` and
+/// stays open until the sender is dropped (the test decides when it breaks);
+/// `buffer` messages may wait in it.
+async fn held_upload(
+    url: String,
+    session: &pb::UploadSession,
+    data: &[u8],
+    buffer: usize,
+) -> (HeldUpload, tokio::sync::mpsc::Sender<pb::UploadRequest>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+    let call = tokio::spawn(async move {
+        blobs_client(&url)
+            .await
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let first = Some(FirstMessage::Upload(session.name.clone()));
+    for m in ticketed(messages(first, data, 0, CHUNK), &session.ticket) {
+        tx.send(m).await.unwrap();
+    }
+    (call, tx)
 }
 
 /// A tarball with the given entries, gzip-compressed when asked.

@@ -38,24 +38,8 @@ async fn state(cp: &ControlPlane, store: &std::path::Path) -> (Vec<String>, Vec<
         .into_iter()
         .map(|a| format!("{} {} {}", a.name, a.target, a.description))
         .collect();
-    let stored = walk(store).len();
+    let stored = files_below(store).len();
     (images, aliases, stored)
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 fn spec() -> pb::UploadSpec {

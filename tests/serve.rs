@@ -103,25 +103,11 @@ async fn serve_runs_both_tiers_on_one_address() {
     ] {
         assert_eq!(mode(&dir.path().join(secret)), 0o600, "{secret}");
     }
-    let stored: Vec<std::path::PathBuf> = walk(&dir.path().join("blobs"));
+    let stored = files_below(&dir.path().join("blobs"));
     assert!(!stored.is_empty());
     for file in stored {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
     let stopped = server.terminate().await;
     assert!(stopped.status.success());
-}
-
-/// Every file below `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

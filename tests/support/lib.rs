@@ -934,3 +934,20 @@ pub fn qemu_disk(format: &str, options: &str, size: &str) -> Vec<u8> {
     run(&args);
     std::fs::read(&disk).unwrap()
 }
+
+/// Every file below `dir` (none when it does not exist).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_below(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
