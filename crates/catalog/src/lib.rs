@@ -42,6 +42,8 @@ pub use uploads::SegmentCommit;
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: usize = 4;
+/// Writes that may wait for the writer at once.
+const MAX_WAITING_WRITES: usize = 1024;
 
 /// The catalog: cheap to clone, safe to share between tasks.
 #[derive(Clone)]
@@ -54,6 +56,11 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     reader_slots: Arc<Semaphore>,
+    /// Writes wait their turn here, as async tasks rather than as blocking
+    /// threads parked on the writer's lock; past MAX_WAITING_WRITES waiting,
+    /// another write is refused (RESOURCE_EXHAUSTED) instead of queueing.
+    writer_slot: Arc<Semaphore>,
+    waiting_writes: std::sync::atomic::AtomicUsize,
     /// Bumped after every committed change to an operation, so that waiters wake
     /// without polling.
     operations_changed: watch::Sender<u64>,
@@ -92,6 +99,8 @@ impl Catalog {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(readers),
                 reader_slots: Arc::new(Semaphore::new(READERS)),
+                writer_slot: Arc::new(Semaphore::new(1)),
+                waiting_writes: std::sync::atomic::AtomicUsize::new(0),
                 operations_changed: watch::channel(0).0,
             }),
         })
@@ -139,8 +148,23 @@ impl Catalog {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
+        let permit = {
+            let (_waiting, ahead) = Waiting::join(&self.inner.waiting_writes);
+            if ahead >= MAX_WAITING_WRITES {
+                return Err(CatalogError::ResourceExhausted(format!(
+                    "{ahead} catalog writes are waiting already; try again shortly"
+                )));
+            }
+            self.inner
+                .writer_slot
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| CatalogError::Task(e.to_string()))?
+        };
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            let _turn = permit;
             let mut conn = lock(&inner.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
@@ -158,6 +182,23 @@ impl Catalog {
 
     fn operations_changed(&self) {
         self.inner.operations_changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Counts one waiter until dropped, however the wait ends.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Joins the count; with how many were waiting before.
+    fn join(count: &'a std::sync::atomic::AtomicUsize) -> (Self, usize) {
+        let ahead = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (Self(count), ahead)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
