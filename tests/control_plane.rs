@@ -864,28 +864,46 @@ async fn oversized_requests_are_refused() {
     cp.stop().await;
 }
 
+/// `count` public images with 16 KiB descriptions of "a", "needle" added where
+/// `needle(i)`: (fingerprint, whether it has the needle).
+async fn costly_images(
+    cp: &ControlPlane,
+    count: usize,
+    needle: impl Fn(usize) -> bool,
+) -> Vec<(String, bool)> {
+    let description = "a".repeat(16 * 1024 - 16);
+    let mut out = Vec::new();
+    for i in 0..count {
+        let mut req = unified(&format!("costly image {i}"));
+        req.public = true;
+        let text = if needle(i) {
+            format!("{description} needle")
+        } else {
+            description.clone()
+        };
+        req.properties.insert("description".into(), text);
+        out.push((register(cp, req).await.fingerprint, needle(i)));
+    }
+    out
+}
+
+/// 31 words every costly image's description holds, then one that only the
+/// needles hold: a filter that must read 31 × 16 KiB of each image.
+fn costly_filter() -> String {
+    format!("{} needle", vec!["aaaa"; 31].join(" "))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_costly_filter_is_cut_into_bounded_pages_and_still_finds_everything() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
-    // 16 KiB descriptions: a filter of 31 words they all contain and one that
-    // matches two images reads 31 × 16 KiB of each before it can say no.
-    let description = "a".repeat(16 * 1024 - 16);
-    let mut wanted = Vec::new();
-    for i in 0..100 {
-        let mut req = unified(&format!("costly filter image {i}"));
-        req.public = true;
-        req.properties
-            .insert("description".into(), description.clone());
-        if i % 50 == 7 {
-            req.properties
-                .insert("description".into(), format!("{description} needle"));
-            wanted.push(req.fingerprint.clone());
-        }
-        register(&cp, req).await;
-    }
+    // The filter reads 31 × 16 KiB of each image before it can say no; two
+    // images have the needle.
+    let mut wanted = costly_images(&cp, 100, |i| i % 50 == 7).await;
+    wanted.retain(|(_, needle)| *needle);
+    let mut wanted: Vec<String> = wanted.into_iter().map(|(fp, _)| fp).collect();
     wanted.sort();
-    let filter = format!("{} needle", vec!["aaaa"; 31].join(" "));
+    let filter = costly_filter();
     let mut images = pb::images_client::ImagesClient::new(cp.authed(None).await);
     let (mut found, mut pages, mut token) = (Vec::new(), 0, String::new());
     loop {
@@ -918,18 +936,9 @@ async fn a_costly_filter_is_cut_into_bounded_pages_and_still_finds_everything() 
 async fn untrusted_load_does_not_hold_up_trusted_reads() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
-    // Public images whose 16 KiB descriptions a 32-word filter must read: each
-    // such listing costs as much as its budget allows.
-    let description = "a".repeat(16 * 1024 - 16);
-    let mut fingerprint = String::new();
-    for i in 0..150 {
-        let mut req = unified(&format!("load image {i}"));
-        req.public = true;
-        req.properties
-            .insert("description".into(), description.clone());
-        fingerprint = register(&cp, req).await.fingerprint;
-    }
-    let filter = format!("{} needle", vec!["aaaa"; 31].join(" "));
+    // Each listing with the costly filter costs as much as its budget allows.
+    let (fingerprint, _) = costly_images(&cp, 150, |_| false).await.remove(0);
+    let filter = costly_filter();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let mut strangers = Vec::new();
     for _ in 0..4 {
