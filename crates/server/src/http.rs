@@ -44,6 +44,20 @@ pub(crate) fn dispatch(grpc: Router, http: Router) -> Router {
     }))
 }
 
+/// Whether a request's `If-None-Match` names `etag` (a quoted entity tag), weak
+/// or strong, or is `*`: then the client has it already (304).
+pub fn has_etag(headers: &http::HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag
+        })
+}
+
 /// The HTTP status for a gRPC code (the mapping google.rpc.Code documents).
 pub fn http_status(code: tonic::Code) -> StatusCode {
     use tonic::Code::*;
@@ -131,6 +145,20 @@ mod tests {
         assert!(is_grpc(&req("application/grpc+proto")));
         assert!(!is_grpc(&req("application/json")));
         assert!(!is_grpc(&Request::builder().body(()).unwrap()));
+    }
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_any() {
+        let req = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(has_etag(&req("\"a\", \"b\""), "\"b\""));
+        assert!(has_etag(&req("W/\"b\""), "\"b\""));
+        assert!(has_etag(&req("*"), "\"b\""));
+        assert!(!has_etag(&req("\"a\""), "\"b\""));
+        assert!(!has_etag(&http::HeaderMap::new(), "\"b\""));
     }
 
     #[test]

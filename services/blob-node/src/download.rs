@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use imagestore_auth::Scope;
-use imagestore_image::{ExportRole, export_file_name};
+use imagestore_image::export_file_name;
 use imagestore_proto::v1 as pb;
 use tonic::Status;
 
@@ -53,15 +53,10 @@ pub async fn send(
             req.read_offset, part.size
         )));
     }
-    let role = match want {
-        pb::PartRole::Metadata => ExportRole::Metadata,
-        pb::PartRole::Rootfs => ExportRole::Rootfs,
-        _ => ExportRole::Unified,
-    };
     let info = pb::PartInfo {
         size: part.size,
         sha256: part.sha256.clone(),
-        file_name: export_file_name(fp.as_str(), role, &part.extension),
+        file_name: export_file_name(fp.as_str(), crate::export_role(part.role), &part.extension),
     };
     let data = node
         .store

@@ -14,9 +14,8 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_range_header::parse_range_header_with_max_ranges;
 use imagestore_auth::Scope;
-use imagestore_image::{ExportRole, Fingerprint, export_file_name};
-use imagestore_proto::v1 as pb;
-use imagestore_server::http::HttpError;
+use imagestore_image::{Fingerprint, export_file_name};
+use imagestore_server::http::{HttpError, has_etag};
 use imagestore_store::ReadShape;
 use serde::Deserialize;
 use tonic::Status;
@@ -57,14 +56,6 @@ async fn file(
     match serve(node, &fingerprint, &name, &query.ticket, &method, &headers).await {
         Ok(response) => response,
         Err(e) => http_error(e).into_response(),
-    }
-}
-
-fn export_role(role: i32) -> ExportRole {
-    match pb::PartRole::try_from(role) {
-        Ok(pb::PartRole::Metadata) => ExportRole::Metadata,
-        Ok(pb::PartRole::Rootfs) => ExportRole::Rootfs,
-        _ => ExportRole::Unified,
     }
 }
 
@@ -112,7 +103,7 @@ async fn serve(
     let parts = node.lookup(fp.as_str()).await?;
     let part = parts
         .iter()
-        .find(|p| export_file_name(fp.as_str(), export_role(p.role), &p.extension) == name)
+        .find(|p| export_file_name(fp.as_str(), crate::export_role(p.role), &p.extension) == name)
         .ok_or_else(|| BlobError::NotFound(format!("image {fp} has no file {name:?}")))?;
     let etag = format!("\"{}\"", part.sha256);
     let mut reply = HeaderMap::new();
@@ -124,13 +115,7 @@ async fn serve(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
-    let not_modified = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag);
-    if not_modified {
+    if has_etag(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, reply).into_response());
     }
     let (status, offset, length) = match span(headers, part.size, &etag) {

@@ -113,6 +113,16 @@ impl NodeContext {
     }
 }
 
+/// How a stored part is named on export, from its role on the wire.
+pub(crate) fn export_role(role: i32) -> imagestore_image::ExportRole {
+    use imagestore_image::ExportRole;
+    match pb::PartRole::try_from(role) {
+        Ok(pb::PartRole::Metadata) => ExportRole::Metadata,
+        Ok(pb::PartRole::Rootfs) => ExportRole::Rootfs,
+        _ => ExportRole::Unified,
+    }
+}
+
 /// Counts one more transfer until the guard drops.
 pub fn transfer(node: &Arc<NodeContext>) -> OwnedTransfer {
     node.active.fetch_add(1, Ordering::Relaxed);

@@ -95,16 +95,10 @@ fn serve(doc: &Doc, req: &Request) -> Response {
     } else {
         "no-cache"
     });
-    let fresh = req
-        .headers()
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| {
-            let tag = tag.trim();
-            tag == "*" || tag.trim_start_matches("W/") == doc.etag
-        });
+    let fresh = doc
+        .etag
+        .to_str()
+        .is_ok_and(|etag| imagestore_server::http::has_etag(req.headers(), etag));
     let headers = [
         (header::ETAG, doc.etag.clone()),
         (header::CACHE_CONTROL, cache),
