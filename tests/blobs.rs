@@ -513,6 +513,24 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
         fp,
         "LXD's fingerprint, verified"
     );
+    // What the killed node left (its staging file, an object it stored but never
+    // committed) went when the upload was sealed: only committed objects stay.
+    let files = files_below(&store);
+    assert!(
+        files.iter().all(|f| !f.to_string_lossy().contains('#')),
+        "no staging file stays: {files:?}"
+    );
+    let stored: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert_eq!(
+        stored,
+        data.len() as u64,
+        "only committed objects: {files:?}"
+    );
+    // A superseded writer that finishes an object late, at an offset that was
+    // committed by another, changes nothing that is served: downloads read the
+    // catalog's list of objects, not a listing.
+    let late = files[0].with_file_name(format!("{:020}.late", 0));
+    std::fs::write(&late, b"not the image").unwrap();
     let (_, back) = download(&cp, &b.url(), &fp, pb::PartRole::Unified, 0)
         .await
         .unwrap();

@@ -88,7 +88,8 @@ async fn grpcurl_lists_describes_and_calls_every_service_without_proto_files() {
     let body = format!(
         r#"{{"fingerprint":"{fp}","type":"IMAGE_TYPE_CONTAINER","architecture":"x86_64",
             "layout":"IMAGE_LAYOUT_UNIFIED","filename":"x.tar.gz",
-            "parts":[{{"role":"PART_ROLE_UNIFIED","sha256":"{fp}","size":"12","storage_key":"images/{fp}"}}],
+            "parts":[{{"role":"PART_ROLE_UNIFIED","sha256":"{fp}","size":"12","storage_key":"blobs/grpcurl/unified/"}}],
+            "objects":[{{"objects":[{{"offset":"0","size":"12","key":"blobs/grpcurl/unified/00000000000000000000.t"}}]}}],
             "aliases":[{{"name":"from-grpcurl"}}]}}"#
     );
     let reg = grpcurl(&[

@@ -264,6 +264,20 @@ pub fn fingerprint_with_prefix(prefix: &str, seed: &str) -> String {
         .unwrap()
 }
 
+/// Where a registered part of `size` bytes is said to lie: the part prefix below
+/// `blobs/{id}/{role_dir}/` and one segment object holding all of it.
+pub fn stored_at(id: &str, role_dir: &str, size: u64) -> (String, ipb::PartObjects) {
+    let prefix = imagestore_store::layout::part_prefix(id, role_dir);
+    let objects = ipb::PartObjects {
+        objects: vec![ipb::StoredObject {
+            offset: 0,
+            size,
+            key: imagestore_store::segment_key(&prefix, 0, "t"),
+        }],
+    };
+    (prefix, objects)
+}
+
 /// A RegisterContent request for a unified container image whose "file" hashes to
 /// the fingerprint of `content`.
 pub fn unified(content: &str) -> ipb::RegisterContentRequest {
@@ -274,6 +288,7 @@ pub fn unified(content: &str) -> ipb::RegisterContentRequest {
 /// A RegisterContent request for a unified container image with a given
 /// fingerprint and size.
 pub fn unified_with_fingerprint(fp: &str, size: u64) -> ipb::RegisterContentRequest {
+    let (storage_key, objects) = stored_at(&fp[..32], "unified", size);
     ipb::RegisterContentRequest {
         fingerprint: fp.to_owned(),
         r#type: pb::ImageType::Container as i32,
@@ -284,9 +299,10 @@ pub fn unified_with_fingerprint(fp: &str, size: u64) -> ipb::RegisterContentRequ
             role: pb::PartRole::Unified as i32,
             sha256: fp.to_owned(),
             size,
-            storage_key: format!("images/{fp}"),
+            storage_key,
             extension: ".tar.gz".into(),
         }],
+        objects: vec![objects],
         properties: HashMap::from([
             ("os".to_owned(), "busybox".to_owned()),
             ("description".to_owned(), "BusyBox test image".to_owned()),
@@ -310,6 +326,10 @@ pub fn split(
     all.extend_from_slice(rootfs);
     let fp = sha256_hex(&all);
     let (meta_sha, root_sha) = (sha256_hex(metadata), sha256_hex(rootfs));
+    // Parts are placed by their own hash, so that two images with the same
+    // metadata share its stored part (as a test of release wants).
+    let (meta_key, meta_objects) = stored_at(&meta_sha[..32], "metadata", metadata.len() as u64);
+    let (root_key, root_objects) = stored_at(&root_sha[..32], "rootfs", rootfs.len() as u64);
     let rootfs_ext = if image_type == pb::ImageType::VirtualMachine {
         ".qcow2"
     } else {
@@ -324,19 +344,20 @@ pub fn split(
         parts: vec![
             pb::ImagePart {
                 role: pb::PartRole::Metadata as i32,
-                storage_key: format!("parts/{meta_sha}"),
+                storage_key: meta_key,
                 sha256: meta_sha,
                 size: metadata.len() as u64,
                 extension: ".tar.xz".into(),
             },
             pb::ImagePart {
                 role: pb::PartRole::Rootfs as i32,
-                storage_key: format!("parts/{root_sha}"),
+                storage_key: root_key,
                 sha256: root_sha,
                 size: rootfs.len() as u64,
                 extension: rootfs_ext.into(),
             },
         ],
+        objects: vec![meta_objects, root_objects],
         properties: HashMap::from([("os".to_owned(), "debian".to_owned())]),
         ..Default::default()
     }

@@ -235,8 +235,14 @@ fn validate_new(mut new: NewImage) -> Result<NewImage> {
                 part.sha256
             ));
         }
-        if part.storage_key.is_empty() {
-            return bad(format!("part {} has no storage key", part.role.as_str()));
+        if imagestore_store::layout::check_key(&part.storage_key)
+            != Ok(imagestore_store::layout::KeyKind::Part)
+        {
+            return bad(format!(
+                "part {} has storage key {:?}, which is not a part prefix of the storage layout",
+                part.role.as_str(),
+                part.storage_key
+            ));
         }
         if part.size > i64::MAX as u64 {
             return bad(format!(
@@ -245,6 +251,19 @@ fn validate_new(mut new: NewImage) -> Result<NewImage> {
                 part.size
             ));
         }
+    }
+    if new.objects.len() != new.parts.len() {
+        return bad(format!(
+            "{} object lists were sent for {} parts; every part needs the list of the objects \
+             it is stored as",
+            new.objects.len(),
+            new.parts.len()
+        ));
+    }
+    for (part, objects) in new.parts.iter().zip(&new.objects) {
+        imagestore_store::check_contiguous(&part.storage_key, objects, part.size).map_err(|e| {
+            CatalogError::InvalidArgument(format!("part {}: {e}", part.role.as_str()))
+        })?;
     }
     if new.layout == Layout::Unified && new.parts[0].sha256 != new.fingerprint {
         return bad(format!(
@@ -316,6 +335,19 @@ fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered>
         // Referenced again before the bytes were collected: keep them.
         tx.prepare_cached("DELETE FROM released_content WHERE storage_key = ?1")?
             .execute([&part.storage_key])?;
+        for object in &new.objects[position] {
+            tx.prepare_cached(
+                "INSERT INTO part_objects (fingerprint, position, offset, size, storage_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                new.fingerprint,
+                position as i64,
+                object.offset as i64,
+                object.size as i64,
+                object.key,
+            ])?;
+        }
     }
     let skipped_aliases = insert_aliases(tx, &new.aliases, &new.fingerprint, now)?;
     Ok(Registered {
@@ -400,6 +432,40 @@ impl Catalog {
         .await
     }
 
+    /// The objects each part of an image is stored as, one list per part in
+    /// part order; empty lists for an image registered before they were kept.
+    pub async fn part_objects(&self, fingerprint: String) -> Result<Vec<Vec<StoredObject>>> {
+        self.read(move |conn| {
+            let parts = load_parts(conn, &fingerprint)?.len();
+            let mut lists = vec![Vec::new(); parts];
+            let mut stmt = conn.prepare_cached(
+                "SELECT position, offset, size, storage_key FROM part_objects \
+                 WHERE fingerprint = ?1 ORDER BY position, offset",
+            )?;
+            let rows = stmt.query_map([&fingerprint], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (position, offset, size, key) = row?;
+                let list = lists.get_mut(position as usize).ok_or_else(|| {
+                    CatalogError::Corrupt(format!("object {key} of a part that does not exist"))
+                })?;
+                list.push(StoredObject {
+                    offset: offset as u64,
+                    size: size as u64,
+                    key,
+                });
+            }
+            Ok(lists)
+        })
+        .await
+    }
+
     /// Registers verified content; idempotent by fingerprint. Aliases whose names
     /// are taken are skipped, not moved. In the same transaction: the upload
     /// session it completes becomes COMPLETE (or FAILED, when the fingerprint was
@@ -412,6 +478,9 @@ impl Catalog {
         let registered = self
             .write(move |tx| {
                 let aliases = new.aliases.clone();
+                if let Some(id) = &completes.upload {
+                    crate::uploads::check_objects(tx, id, &new)?;
+                }
                 let mut registered = register(tx, new)?;
                 let fp = registered.image.fingerprint.clone();
                 if !registered.created && completes.operation.is_some() {

@@ -146,6 +146,8 @@ pub struct NewImage {
     pub filename: String,
     pub layout: Layout,
     pub parts: Vec<Part>,
+    /// The objects each part is stored as, one entry per part.
+    pub objects: Vec<Vec<StoredObject>>,
     pub properties: BTreeMap<String, String>,
     pub public: bool,
     pub auto_update: bool,
@@ -275,7 +277,5 @@ impl Upload {
     }
 }
 
-/// The object-store prefix of an upload's bytes: `blobs/{id}/`.
-pub fn upload_prefix(id: &str) -> String {
-    format!("blobs/{id}/")
-}
+pub use imagestore_store::StoredSegment as StoredObject;
+pub use imagestore_store::layout::upload_prefix;

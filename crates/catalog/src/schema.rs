@@ -167,6 +167,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER images_version_alias_update AFTER UPDATE ON aliases
         BEGIN UPDATE images_version SET version = version + 1; END;
     "#,
+    // 6: the objects each part is stored as, recorded at registration: downloads
+    // read this list, never a listing of the store, and whatever else lies under a
+    // part's prefix is a stray to collect. Images registered before have no rows.
+    r#"
+    CREATE TABLE part_objects (
+        fingerprint TEXT NOT NULL,
+        position    INTEGER NOT NULL,
+        offset      INTEGER NOT NULL,
+        size        INTEGER NOT NULL,
+        storage_key TEXT NOT NULL,
+        PRIMARY KEY (fingerprint, position, offset),
+        FOREIGN KEY (fingerprint, position)
+            REFERENCES image_parts(fingerprint, position) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

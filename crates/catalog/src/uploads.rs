@@ -297,6 +297,45 @@ impl Catalog {
     }
 }
 
+/// Checks that the objects a registration names are exactly the session's
+/// committed segments: what no commit recorded (a superseded writer's object)
+/// is never registered, and nothing committed is left out.
+pub(crate) fn check_objects(tx: &Transaction<'_>, id: &str, new: &NewImage) -> Result<()> {
+    let upload = load(tx, id)?;
+    let mut committed: Vec<(usize, StoredObject)> = Vec::new();
+    for seg in upload.segments.iter().filter(|s| s.length > 0) {
+        let rootfs = new.layout == Layout::Split && seg.start >= upload.metadata_size;
+        let (position, start) = if rootfs {
+            (1, upload.metadata_size)
+        } else {
+            (0, 0)
+        };
+        committed.push((
+            position,
+            StoredObject {
+                offset: seg.start - start,
+                size: seg.length,
+                key: seg.storage_key.clone(),
+            },
+        ));
+    }
+    let sent: Vec<(usize, StoredObject)> = new
+        .objects
+        .iter()
+        .enumerate()
+        .flat_map(|(position, list)| list.iter().map(move |o| (position, o.clone())))
+        .collect();
+    if sent != committed {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "the objects sent for upload {id} ({} of them) are not the {} segments it committed; \
+             finish it again from a fresh OpenWrite",
+            sent.len(),
+            committed.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Completes (or fails, when the image existed already) the session a
 /// registration names, in the registration's transaction.
 pub(crate) fn finish_with_registration(

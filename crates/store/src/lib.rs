@@ -1,10 +1,11 @@
 //! Image bytes at rest, through `object_store`.
 //!
-//! A part of an image is stored under a key prefix as one or more objects, each
-//! named by its offset within the part. An upload writes one object per segment
-//! (a stretch of the stream between two commits), so an upload resumed on another
+//! A part of an image is stored under a key prefix as one or more objects (the
+//! key layout is [`layout`]'s). An upload writes one object per segment (a
+//! stretch of the stream between two commits), so an upload resumed on another
 //! node continues with new objects and nothing is ever copied. Reads stream the
-//! objects in order. The same code runs on a local directory and on S3.
+//! objects the catalog recorded, in order; nothing is read because a listing
+//! shows it. The same code runs on a local directory and on S3.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -18,6 +19,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 
 mod direct;
+pub mod layout;
+
+pub use layout::segment_key;
 
 /// Objects are read and re-chunked to at most this many bytes per chunk.
 pub const READ_CHUNK: usize = 1024 * 1024;
@@ -89,11 +93,6 @@ pub struct StoredSegment {
     pub key: String,
 }
 
-/// The object key of the segment at `offset` within the part under `prefix`.
-pub fn segment_key(prefix: &str, offset: u64) -> String {
-    format!("{prefix}{offset:020}")
-}
-
 impl BlobStore {
     /// Opens a store from a URL: `file:///var/lib/imagestore/blobs` (or a plain
     /// path) for a local directory, `s3://bucket/prefix` (with `options` such as
@@ -161,17 +160,17 @@ impl BlobStore {
         }))
     }
 
-    /// The objects under `prefix`, in offset order.
-    pub async fn segments(&self, prefix: &str) -> Result<Vec<StoredSegment>> {
+    /// The segment objects a listing shows under `prefix`, in offset order: for
+    /// images registered before the catalog recorded their objects.
+    pub async fn list_segments(&self, prefix: &str) -> Result<Vec<StoredSegment>> {
         let mut found: Vec<StoredSegment> = self
             .inner
             .list(Some(&Path::from(prefix.trim_end_matches('/'))))
             .map_ok(|meta| {
                 let key = meta.location.to_string();
-                let offset = key.rsplit('/').next().and_then(|n| n.parse().ok());
-                (key, offset, meta.size)
+                (layout::segment_offset(&key), key, meta.size)
             })
-            .try_filter_map(|(key, offset, size)| async move {
+            .try_filter_map(|(offset, key, size)| async move {
                 Ok(offset.map(|offset| StoredSegment { offset, size, key }))
             })
             .try_collect()
@@ -192,60 +191,127 @@ impl BlobStore {
         Ok(keys)
     }
 
-    /// Checks that the objects under `prefix` are exactly contiguous from 0 to
-    /// `size`, deleting any leftover past the end (a segment a crashed node
-    /// stored but never committed).
-    pub async fn seal_part(&self, prefix: &str, size: u64) -> Result<Vec<StoredSegment>> {
-        let mut segments = self.segments(prefix).await?;
-        let mut expected = 0;
-        let mut keep = Vec::new();
-        for s in segments.drain(..) {
-            if s.offset >= size && expected == size {
-                self.inner.delete(&Path::from(s.key.as_str())).await?;
-                continue;
-            }
-            if s.offset != expected {
-                return Err(StoreError::Inconsistent {
-                    prefix: prefix.to_owned(),
-                    reason: format!(
-                        "expected an object at offset {expected}, found {}",
-                        s.offset
-                    ),
-                });
-            }
-            expected += s.size;
-            keep.push(s);
-        }
-        if expected != size {
-            return Err(StoreError::Inconsistent {
-                prefix: prefix.to_owned(),
-                reason: format!("objects hold {expected} bytes, expected {size}"),
-            });
-        }
-        Ok(keep)
-    }
-
-    /// Streams the part under `prefix` from `offset`, at most `limit` bytes
-    /// (0 = to the end), in chunks of at most [`READ_CHUNK`].
-    pub async fn read_part(
+    /// Checks that `objects` are well-formed keys below `prefix`, contiguous from
+    /// 0 to `size`, and stored with the sizes recorded; then deletes whatever
+    /// else lies under the prefix (segments a crashed or superseded writer
+    /// stored but never committed, a killed node's staging files).
+    pub async fn seal_part(
         &self,
         prefix: &str,
+        objects: &[StoredSegment],
+        size: u64,
+    ) -> Result<()> {
+        let damaged = |reason: String| StoreError::Inconsistent {
+            prefix: prefix.to_owned(),
+            reason,
+        };
+        check_contiguous(prefix, objects, size).map_err(damaged)?;
+        for object in objects {
+            let stored = match self.inner.head(&Path::from(object.key.as_str())).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(damaged(format!("object {} is missing", object.key)));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if stored != object.size {
+                return Err(damaged(format!(
+                    "object {} holds {stored} bytes; {} were committed",
+                    object.key, object.size
+                )));
+            }
+        }
+        let keep: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+        self.collect_strays(prefix, &keep, std::time::Duration::ZERO)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes what lies under the part `prefix` but is not in `keep`, once it is
+    /// older than `grace` (a writer may still be finishing it): uncommitted
+    /// segments and, on a local directory, staging files a killed writer left.
+    /// Returns the bytes freed.
+    pub async fn collect_strays(
+        &self,
+        prefix: &str,
+        keep: &[&str],
+        grace: std::time::Duration,
+    ) -> Result<u64> {
+        if layout::check_key(prefix) != Ok(layout::KeyKind::Part) {
+            return Err(StoreError::Inconsistent {
+                prefix: prefix.to_owned(),
+                reason: "not a part prefix of the storage layout; nothing was deleted".into(),
+            });
+        }
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut freed = 0;
+        if let Some(local) = &self.local {
+            // The filesystem, not object_store's listing: staging files are
+            // hidden from the listing.
+            let dir = local.path_to_filesystem(&Path::from(prefix.trim_end_matches('/')))?;
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let meta = entry.metadata().await?;
+                if !meta.is_file()
+                    || keep.contains(&format!("{prefix}{name}").as_str())
+                    || meta.modified()? > cutoff
+                {
+                    continue;
+                }
+                match tokio::fs::remove_file(entry.path()).await {
+                    Ok(()) => freed += meta.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(freed);
+        }
+        let stray: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&Path::from(prefix.trim_end_matches('/'))))
+            .try_filter(|m| {
+                let go = !keep.contains(&m.location.as_ref())
+                    && std::time::SystemTime::from(m.last_modified) <= cutoff;
+                async move { go }
+            })
+            .try_collect()
+            .await?;
+        for meta in stray {
+            match self.inner.delete(&meta.location).await {
+                Ok(()) => freed += meta.size,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Streams the part stored as `objects` from `offset`, at most `limit` bytes
+    /// (0 = to the end), in chunks of at most [`READ_CHUNK`].
+    pub fn read_part(
+        &self,
+        objects: Vec<StoredSegment>,
         offset: u64,
         limit: u64,
-    ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        self.read_part_shaped(prefix, offset, limit, ReadShape::BULK)
-            .await
+    ) -> BoxStream<'static, Result<Bytes>> {
+        self.read_part_shaped(objects, offset, limit, ReadShape::BULK)
     }
 
     /// As [`Self::read_part`], cut and read ahead as `shape` says.
-    pub async fn read_part_shaped(
+    pub fn read_part_shaped(
         &self,
-        prefix: &str,
+        segments: Vec<StoredSegment>,
         offset: u64,
         limit: u64,
         shape: ReadShape,
-    ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let segments = self.segments(prefix).await?;
+    ) -> BoxStream<'static, Result<Bytes>> {
         let end = match limit {
             0 => u64::MAX,
             n => offset.saturating_add(n),
@@ -284,22 +350,29 @@ impl BlobStore {
             })
             .try_flatten()
             .flat_map(move |chunk| futures::stream::iter(rechunk(chunk, shape.chunk)));
-        Ok(stream.boxed())
+        stream.boxed()
     }
 
     /// A blocking reader over a part, for parsers that want `std::io::Read`. Use it
     /// from a blocking thread (`spawn_blocking`), never on the async workers.
-    pub async fn blocking_reader(&self, prefix: &str) -> Result<BlockingReader> {
-        Ok(BlockingReader {
-            stream: self.read_part(prefix, 0, 0).await?,
+    pub fn blocking_reader(&self, objects: Vec<StoredSegment>) -> BlockingReader {
+        BlockingReader {
+            stream: self.read_part(objects, 0, 0),
             current: Bytes::new(),
             handle: tokio::runtime::Handle::current(),
-        })
+        }
     }
 
     /// Deletes one object, or every object under a prefix ending in "/" (and, on a
     /// local directory, whatever crash leftovers lie there).
+    /// The key must have the layout's form ([`layout::check_key`]).
     pub async fn delete(&self, key: &str) -> Result<()> {
+        if let Err(reason) = layout::check_key(key) {
+            return Err(StoreError::Inconsistent {
+                prefix: key.to_owned(),
+                reason: format!("{reason}; nothing was deleted"),
+            });
+        }
         if !key.ends_with('/') {
             return match self.inner.delete(&Path::from(key)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -325,6 +398,39 @@ impl BlobStore {
         }
         Ok(())
     }
+}
+
+/// Checks that `objects` lie below `prefix` and cover 0..size without gap or
+/// overlap.
+pub fn check_contiguous(
+    prefix: &str,
+    objects: &[StoredSegment],
+    size: u64,
+) -> std::result::Result<(), String> {
+    let mut expected = 0u64;
+    for o in objects {
+        if !layout::is_within(&o.key, prefix)
+            || layout::check_key(&o.key) != Ok(layout::KeyKind::Object)
+        {
+            return Err(format!(
+                "object {:?} is not a segment object below {prefix}",
+                o.key
+            ));
+        }
+        if o.offset != expected {
+            return Err(format!(
+                "expected an object at offset {expected}, found {}",
+                o.offset
+            ));
+        }
+        expected = expected
+            .checked_add(o.size)
+            .ok_or_else(|| "object sizes overflow".to_owned())?;
+    }
+    if expected != size {
+        return Err(format!("objects hold {expected} bytes, expected {size}"));
+    }
+    Ok(())
 }
 
 /// Reads `range` of a local file in `shape.chunk` pieces on one blocking thread
@@ -482,41 +588,48 @@ impl Read for BlockingReader {
 mod tests {
     use super::*;
 
+    async fn put(store: &BlobStore, key: &str, data: &[u8]) -> StoredSegment {
+        let mut w = store.begin_segment(key).await.unwrap();
+        w.put(Bytes::copy_from_slice(data)).await.unwrap();
+        let size = w.finish().await.unwrap();
+        assert_eq!(size, data.len() as u64);
+        StoredSegment {
+            offset: layout::segment_offset(key).unwrap(),
+            size,
+            key: key.to_owned(),
+        }
+    }
+
     #[tokio::test]
     async fn segments_read_back_as_one_part_from_any_offset() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let prefix = "blobs/u1/unified/";
+        let mut objects = Vec::new();
         for (start, end) in [
             (0, 1_000_000),
             (1_000_000, 2_500_000),
             (2_500_000, 3_000_000),
         ] {
-            let mut w = store
-                .begin_segment(&segment_key(prefix, start as u64))
-                .await
-                .unwrap();
-            w.put(Bytes::copy_from_slice(&data[start..end]))
-                .await
-                .unwrap();
-            assert_eq!(w.finish().await.unwrap(), (end - start) as u64);
+            let key = segment_key(prefix, start as u64, "a");
+            objects.push(put(&store, &key, &data[start..end]).await);
         }
-        // A stray object past the end (an uncommitted segment) is dropped by seal.
-        let mut stray = store
-            .begin_segment(&segment_key(prefix, 3_000_000))
-            .await
-            .unwrap();
-        stray.put(Bytes::from_static(b"junk")).await.unwrap();
-        stray.finish().await.unwrap();
-        assert_eq!(store.seal_part(prefix, 3_000_000).await.unwrap().len(), 3);
-        assert_eq!(store.segments(prefix).await.unwrap().len(), 3);
+        // What was never committed goes at seal: an object past the end, and a
+        // superseded writer's object at a committed offset.
+        put(&store, &segment_key(prefix, 3_000_000, "a"), b"junk").await;
+        put(
+            &store,
+            &segment_key(prefix, 1_000_000, "b"),
+            b"other writer",
+        )
+        .await;
+        store.seal_part(prefix, &objects, 3_000_000).await.unwrap();
+        assert_eq!(store.list_segments(prefix).await.unwrap(), objects);
 
         for (offset, limit) in [(0u64, 0u64), (999_999, 2), (1_234_567, 0), (2_999_999, 10)] {
             let got: Vec<Bytes> = store
-                .read_part(prefix, offset, limit)
-                .await
-                .unwrap()
+                .read_part(objects.clone(), offset, limit)
                 .try_collect()
                 .await
                 .unwrap();
@@ -529,7 +642,7 @@ mod tests {
             };
             assert_eq!(got, &data[offset as usize..end.min(data.len())]);
         }
-        let reader = store.blocking_reader(prefix).await.unwrap();
+        let reader = store.blocking_reader(objects);
         let all = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
             let mut r = reader;
@@ -541,39 +654,54 @@ mod tests {
         assert_eq!(all, data);
 
         store.delete("blobs/u1/").await.unwrap();
-        assert!(store.segments(prefix).await.unwrap().is_empty());
+        assert!(store.list_segments(prefix).await.unwrap().is_empty());
         assert!(!dir.path().join("blobs/u1").exists());
     }
 
     #[tokio::test]
-    async fn a_gap_between_segments_is_reported() {
+    async fn a_gap_a_missing_object_or_a_wrong_size_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
         let prefix = "blobs/u2/rootfs/";
+        let mut objects = Vec::new();
         for start in [0u64, 10] {
-            let mut w = store
-                .begin_segment(&segment_key(prefix, start))
-                .await
-                .unwrap();
-            w.put(Bytes::from_static(b"12345")).await.unwrap();
-            w.finish().await.unwrap();
+            objects.push(put(&store, &segment_key(prefix, start, "a"), b"12345").await);
         }
-        assert!(matches!(
-            store.seal_part(prefix, 15).await,
-            Err(StoreError::Inconsistent { .. })
-        ));
+        let gap = store.seal_part(prefix, &objects, 15).await;
+        assert!(
+            matches!(gap, Err(StoreError::Inconsistent { .. })),
+            "{gap:?}"
+        );
+        objects[1].offset = 5;
+        objects[1].key = segment_key(prefix, 5, "a");
+        let missing = store.seal_part(prefix, &objects, 10).await;
+        assert!(format!("{missing:?}").contains("missing"), "{missing:?}");
+        put(&store, &objects[1].key, b"12345").await;
+        objects[1].size = 4;
+        let short = store.seal_part(prefix, &objects, 9).await;
+        assert!(format!("{short:?}").contains("holds 5 bytes"), "{short:?}");
+        let outside = vec![StoredSegment {
+            offset: 0,
+            size: 5,
+            key: segment_key("blobs/other/rootfs/", 0, "a"),
+        }];
+        assert!(store.seal_part(prefix, &outside, 5).await.is_err());
+        // Nothing outside the layout is ever deleted.
+        for key in ["blobs/../", "../x/", "blobs/u2/rootfs/../../"] {
+            assert!(store.delete(key).await.is_err(), "{key}");
+        }
     }
 
     /// Local segments are written in aligned blocks with a padded, cut-back tail;
-    /// nothing but finished objects is ever visible, and an aborted or dropped
-    /// writer leaves no file.
+    /// nothing but finished objects is ever visible, an aborted or dropped
+    /// writer leaves no file, and a killed writer's staging file is collected.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_segments_span_blocks_and_leave_nothing_unfinished() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
         let size = 2 * direct::BLOCK + 12_345;
         let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-        let key = segment_key("blobs/u3/unified/", 0);
+        let key = segment_key("blobs/u3/unified/", 0, "a");
         let mut w = store.begin_segment(&key).await.unwrap();
         for chunk in data.chunks(1_000_003) {
             w.put(Bytes::copy_from_slice(chunk)).await.unwrap();
@@ -589,8 +717,9 @@ mod tests {
             .count();
         assert_eq!(files, 1, "no staging file stays");
 
+        let rootfs = "blobs/u3/rootfs/";
         let mut aborted = store
-            .begin_segment(&segment_key("blobs/u3/rootfs/", 0))
+            .begin_segment(&segment_key(rootfs, 0, "a"))
             .await
             .unwrap();
         aborted
@@ -599,16 +728,44 @@ mod tests {
             .unwrap();
         aborted.abort().await.unwrap();
         let mut dropped = store
-            .begin_segment(&segment_key("blobs/u3/rootfs/", 0))
+            .begin_segment(&segment_key(rootfs, 0, "b"))
             .await
             .unwrap();
         dropped.put(Bytes::from_static(b"partial")).await.unwrap();
         drop(dropped);
-        assert_eq!(
+        let count = || {
             std::fs::read_dir(dir.path().join("blobs/u3/rootfs"))
                 .unwrap()
-                .count(),
-            0
+                .count()
+        };
+        assert_eq!(count(), 0);
+
+        // A writer killed mid-segment leaves its staging file; collection takes it
+        // once it is older than the grace, and keeps what was committed.
+        let kept = put(&store, &segment_key(rootfs, 0, "c"), b"committed").await;
+        let mut killed = store
+            .begin_segment(&segment_key(rootfs, 9, "d"))
+            .await
+            .unwrap();
+        killed
+            .put(Bytes::from(vec![7u8; direct::BLOCK * 2]))
+            .await
+            .unwrap();
+        std::mem::forget(killed);
+        assert_eq!(count(), 2);
+        let keep = [kept.key.as_str()];
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(store.collect_strays(rootfs, &keep, hour).await.unwrap(), 0);
+        store
+            .collect_strays(rootfs, &keep, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(count(), 1);
+        assert!(
+            store
+                .collect_strays("blobs/u3/", &keep, hour)
+                .await
+                .is_err()
         );
     }
 }

@@ -27,6 +27,9 @@ fn fingerprint(i: usize) -> String {
 
 fn content(i: usize) -> ipb::RegisterContentRequest {
     let fp = fingerprint(i);
+    let size = 1000 + i as u64;
+    let prefix = imagestore_store::layout::part_prefix(&fp[..32], "unified");
+    let object = imagestore_store::segment_key(&prefix, 0, "bench");
     ipb::RegisterContentRequest {
         fingerprint: fp.clone(),
         r#type: pb::ImageType::Container as i32,
@@ -36,9 +39,16 @@ fn content(i: usize) -> ipb::RegisterContentRequest {
         parts: vec![pb::ImagePart {
             role: pb::PartRole::Unified as i32,
             sha256: fp.clone(),
-            size: 1000 + i as u64,
-            storage_key: format!("bench/{fp}/"),
+            size,
+            storage_key: prefix,
             extension: ".tar.gz".into(),
+        }],
+        objects: vec![ipb::PartObjects {
+            objects: vec![ipb::StoredObject {
+                offset: 0,
+                size,
+                key: object,
+            }],
         }],
         properties: [
             (

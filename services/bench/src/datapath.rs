@@ -243,14 +243,18 @@ async fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64>
     let mut figures = Vec::new();
     for run in 0..runs {
         let started = Instant::now();
-        let mut writer = store.begin_segment(&format!("probe/{run}")).await?;
+        let part = imagestore_store::layout::part_prefix("probe", "unified");
+        let key = imagestore_store::segment_key(&part, run as u64, "probe");
+        let mut writer = store.begin_segment(&key).await?;
         for _ in 0..size.div_ceil(chunk.len() as u64) {
             writer.put(chunk.clone()).await?;
         }
         writer.finish().await?;
         figures.push(size as f64 / started.elapsed().as_secs_f64() / 1e6);
     }
-    store.delete("probe/").await?;
+    store
+        .delete(&imagestore_store::layout::upload_prefix("probe"))
+        .await?;
     Ok(median(figures))
 }
 

@@ -29,14 +29,14 @@ pub async fn send(
         .ok_or_else(|| Status::invalid_argument("part is required: UNIFIED, METADATA or ROOTFS"))?;
     let guard = crate::admit(&node)?;
     let parts = node.lookup(fp.as_str()).await?;
-    let part = parts
+    let stored = parts
         .iter()
-        .find(|p| p.role == want as i32)
+        .find(|p| p.part.role == want as i32)
         .ok_or_else(|| {
             let has: Vec<&str> = parts
                 .iter()
                 .map(|p| {
-                    pb::PartRole::try_from(p.role)
+                    pb::PartRole::try_from(p.part.role)
                         .map(|r| r.as_str_name())
                         .unwrap_or("?")
                 })
@@ -47,6 +47,7 @@ pub async fn send(
                 has.join(" and ")
             ))
         })?;
+    let part = &stored.part;
     if req.read_offset > part.size {
         return Err(Status::out_of_range(format!(
             "read_offset {} is past the end of the {}-byte part",
@@ -58,11 +59,10 @@ pub async fn send(
         sha256: part.sha256.clone(),
         file_name: export_file_name(fp.as_str(), crate::export_role(part.role), &part.extension),
     };
+    let objects = stored.objects(&node.store).await.map_err(BlobError::from)?;
     let data = node
         .store
-        .read_part(&part.storage_key, req.read_offset, req.read_limit)
-        .await
-        .map_err(BlobError::from)?;
+        .read_part(objects, req.read_offset, req.read_limit);
     let first = futures::stream::once(async move {
         Ok(pb::DownloadResponse {
             data: Default::default(),

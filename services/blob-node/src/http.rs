@@ -101,10 +101,14 @@ async fn serve(
         .check(ticket, &Scope::Download(fp.as_str().to_owned()))?;
     let guard = crate::admit(&node)?;
     let parts = node.lookup(fp.as_str()).await?;
-    let part = parts
+    let stored = parts
         .iter()
-        .find(|p| export_file_name(fp.as_str(), crate::export_role(p.role), &p.extension) == name)
+        .find(|p| {
+            let p = &p.part;
+            export_file_name(fp.as_str(), crate::export_role(p.role), &p.extension) == name
+        })
         .ok_or_else(|| BlobError::NotFound(format!("image {fp} has no file {name:?}")))?;
+    let part = &stored.part;
     let etag = format!("\"{}\"", part.sha256);
     let mut reply = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| BlobError::Internal(e.to_string()));
@@ -150,10 +154,10 @@ async fn serve(
     if method == Method::HEAD || length == 0 {
         return Ok((status, reply).into_response());
     }
+    let objects = stored.objects(&node.store).await?;
     let data = node
         .store
-        .read_part_shaped(&part.storage_key, offset, length, ReadShape::FLEET)
-        .await?;
+        .read_part_shaped(objects, offset, length, ReadShape::FLEET);
     let body = data.map(move |chunk| {
         let _active = &guard;
         chunk.inspect_err(|e| tracing::error!(error = %e, "reading a file for HTTP failed"))

@@ -18,7 +18,7 @@ use imagestore_image::{
 };
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
-use imagestore_store::{SegmentWriter, segment_key};
+use imagestore_store::{SegmentWriter, StoredSegment, layout, segment_key};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
@@ -94,6 +94,12 @@ pub struct Ingest {
     /// The current part's hash (split images only; a unified image is one part).
     part_hash: Option<HashPipe>,
     open: Option<OpenSegment>,
+    /// Names this writer's objects, so that no other writer (a node this one
+    /// superseded, or its successor) ever writes the same key.
+    writer: String,
+    /// Every segment object stored so far, committed or handed to `pending`,
+    /// in stream order (`start` is the offset in the image stream).
+    objects: Vec<ipb::Segment>,
     /// Where the last commit handed to `pending` ends.
     recorded: u64,
     /// When the last commit was handed over (or the upload opened).
@@ -186,6 +192,12 @@ impl Ingest {
             metadata_size,
             metadata_sha: None,
             open: None,
+            writer: writer_tag(),
+            objects: opened
+                .segments
+                .into_iter()
+                .filter(|s| s.length > 0)
+                .collect(),
             registration: Registration::default(),
         })))
     }
@@ -222,6 +234,8 @@ impl Ingest {
             image_hash: HashPipe::start(Sha256::new())?,
             part_hash: part_hash(split, &[])?,
             open: None,
+            writer: writer_tag(),
+            objects: Vec::new(),
             recorded: 0,
             last_commit: std::time::Instant::now(),
             pending: None,
@@ -283,11 +297,25 @@ impl Ingest {
     /// Everything this upload stored lives below here (the catalog's
     /// `upload_prefix` names the same place).
     fn upload_prefix(&self) -> String {
-        format!("blobs/{}/", self.id)
+        layout::upload_prefix(&self.id)
     }
 
     fn prefix(&self, role: Role) -> String {
-        format!("{}{}/", self.upload_prefix(), role.dir())
+        layout::part_prefix(&self.id, role.dir())
+    }
+
+    /// The objects of the part that spans `start..end` of the stream, with
+    /// offsets within the part.
+    fn part_objects(&self, start: u64, end: u64) -> Vec<StoredSegment> {
+        self.objects
+            .iter()
+            .filter(|s| s.start >= start && s.start < end)
+            .map(|s| StoredSegment {
+                offset: s.start - start,
+                size: s.length,
+                key: s.storage_key.clone(),
+            })
+            .collect()
     }
 
     fn part_start(&self) -> u64 {
@@ -327,7 +355,11 @@ impl Ingest {
         }
         self.check_room(data.len() as u64)?;
         if self.open.is_none() {
-            let key = segment_key(&self.prefix(self.role()), self.pos - self.part_start());
+            let key = segment_key(
+                &self.prefix(self.role()),
+                self.pos - self.part_start(),
+                &self.writer,
+            );
             let writer = self.node.store.begin_segment(&key).await?;
             self.open = Some(OpenSegment { writer, key });
         }
@@ -467,6 +499,10 @@ impl Ingest {
             length: self.pos - self.recorded,
             storage_key,
         };
+        let stored = open.as_ref().map(|o| o.key.clone());
+        if stored.is_some() {
+            self.objects.push(segment.clone());
+        }
         self.recorded = self.pos;
         self.last_commit = std::time::Instant::now();
         let end = self.pos;
@@ -481,10 +517,23 @@ impl Ingest {
             if let Some(open) = open {
                 open.writer.finish().await?;
             }
-            match record {
-                Some(r) => r.send(&node, image, part).await,
-                None => Ok(end),
+            let Some(record) = record else {
+                return Ok(end);
+            };
+            let sent = record.send(&node, image, part).await;
+            if let (Err(BlobError::ControlPlane(status)), Some(key)) = (&sent, stored)
+                && matches!(
+                    status.code(),
+                    tonic::Code::Aborted | tonic::Code::FailedPrecondition
+                )
+            {
+                // Refused, so never committed: the object is this writer's alone
+                // and no download will ever name it.
+                if let Err(e) = node.store.delete(&key).await {
+                    tracing::warn!(key, error = %e, "could not delete a refused segment; collection will");
+                }
             }
+            sent
         }));
         Ok(())
     }
@@ -572,7 +621,7 @@ impl Ingest {
         self.commit().await?;
         let total = self.pos;
         let fingerprint = hex::encode(self.image_hash.state().await?.finalize());
-        let mut parts = Vec::new();
+        let mut parts: Vec<(Role, u64, Option<String>)> = Vec::new();
         if self.split {
             let meta_size = self.metadata_size.ok_or_else(|| {
                 BlobError::InvalidArgument(
@@ -604,11 +653,16 @@ impl Ingest {
                 "fingerprints don't match: expected {expected}, received {fingerprint} after {total} bytes"
             )));
         }
+        let mut objects = Vec::new();
+        let mut start = 0;
         for (role, size, _) in &parts {
+            let list = self.part_objects(start, start + size);
             self.node
                 .store
-                .seal_part(&self.prefix(*role), *size)
+                .seal_part(&self.prefix(*role), &list, *size)
                 .await?;
+            objects.push(list);
+            start += size;
         }
 
         let limits = ScanLimits {
@@ -618,7 +672,7 @@ impl Ingest {
         let (scanned, image_type, rootfs_ext) = if self.split {
             let (scanned, meta_sha) = scan_metadata_part(
                 &self.node.store,
-                &self.prefix(Role::Metadata),
+                objects[0].clone(),
                 self.metadata_sha.clone(),
                 limits,
             )
@@ -627,8 +681,7 @@ impl Ingest {
             let head: Vec<Bytes> = self
                 .node
                 .store
-                .read_part(&self.prefix(Role::Rootfs), 0, DISK_HEADER_LEN as u64)
-                .await?
+                .read_part(objects[1].clone(), 0, DISK_HEADER_LEN as u64)
                 .try_collect()
                 .await?;
             let head = head.concat();
@@ -649,11 +702,7 @@ impl Ingest {
                 format.map(Format::extension).unwrap_or(""),
             )
         } else {
-            let reader = self
-                .node
-                .store
-                .blocking_reader(&self.prefix(Role::Unified))
-                .await?;
+            let reader = self.node.store.blocking_reader(objects[0].clone());
             let scanned = tokio::task::spawn_blocking(move || scan_tarball(reader, true, limits))
                 .await
                 .map_err(|e| BlobError::Internal(format!("scan task: {e}")))??;
@@ -731,6 +780,19 @@ impl Ingest {
                 update_source: self.registration.update_source.clone(),
                 auto_update: self.registration.auto_update,
                 cached: self.registration.cached,
+                objects: objects
+                    .into_iter()
+                    .map(|list| ipb::PartObjects {
+                        objects: list
+                            .into_iter()
+                            .map(|o| ipb::StoredObject {
+                                offset: o.offset,
+                                size: o.size,
+                                key: o.key,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
             })
             .await
             .map_err(|s| match s.code() {
@@ -806,14 +868,19 @@ impl Record {
     }
 }
 
+/// A fresh name for one writer's objects.
+fn writer_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
 /// Scans the stored metadata part, and hashes it unless this node saw it whole.
 async fn scan_metadata_part(
     store: &imagestore_store::BlobStore,
-    prefix: &str,
+    objects: Vec<StoredSegment>,
     known: Option<String>,
     limits: ScanLimits,
 ) -> BlobResult<(Scanned, String)> {
-    let reader = store.blocking_reader(prefix).await?;
+    let reader = store.blocking_reader(objects);
     tokio::task::spawn_blocking(move || -> BlobResult<(Scanned, String)> {
         let mut tee = HashingReader {
             inner: reader,

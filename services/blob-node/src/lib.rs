@@ -21,7 +21,7 @@ use imagestore_auth::{Bearer, TicketKey, read_secret};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use imagestore_server::{GrpcServer, ServeError, Tls};
-use imagestore_store::{BlobStore, StoreError};
+use imagestore_store::{BlobStore, StoreError, StoredSegment};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -96,20 +96,59 @@ impl NodeContext {
         )
     }
 
-    /// The stored parts of an image.
-    pub async fn lookup(&self, fingerprint: &str) -> Result<Vec<pb::ImagePart>, Status> {
-        Ok(self
+    /// The stored parts of an image, with the objects each is stored as.
+    pub async fn lookup(&self, fingerprint: &str) -> Result<Vec<StoredPart>, Status> {
+        let found = self
             .registry()
             .lookup_content(ipb::LookupContentRequest {
                 fingerprint: fingerprint.to_owned(),
             })
             .await?
-            .into_inner()
-            .parts)
+            .into_inner();
+        let mut objects = found.objects.into_iter();
+        Ok(found
+            .parts
+            .into_iter()
+            .map(|part| StoredPart {
+                part,
+                objects: objects
+                    .next()
+                    .map(|list| {
+                        list.objects
+                            .into_iter()
+                            .map(|o| StoredSegment {
+                                offset: o.offset,
+                                size: o.size,
+                                key: o.key,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect())
     }
 
     pub fn active_transfers(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// A part as the catalog records it.
+pub struct StoredPart {
+    pub part: pb::ImagePart,
+    /// The objects it is stored as; empty for an image registered before the
+    /// catalog kept the list.
+    objects: Vec<StoredSegment>,
+}
+
+impl StoredPart {
+    /// The objects to read: the catalog's list, or a listing of the part's
+    /// prefix for an image registered before the catalog kept lists.
+    pub async fn objects(&self, store: &BlobStore) -> Result<Vec<StoredSegment>, StoreError> {
+        if !self.objects.is_empty() || self.part.size == 0 {
+            return Ok(self.objects.clone());
+        }
+        store.list_segments(&self.part.storage_key).await
     }
 }
 

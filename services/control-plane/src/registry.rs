@@ -167,6 +167,20 @@ fn new_image(r: ipb::RegisterContentRequest) -> ApiResult<NewImage> {
         filename: r.filename,
         layout,
         parts: r.parts.into_iter().map(part).collect::<ApiResult<_>>()?,
+        objects: r
+            .objects
+            .into_iter()
+            .map(|list| {
+                list.objects
+                    .into_iter()
+                    .map(|o| cat::StoredObject {
+                        offset: o.offset,
+                        size: o.size,
+                        key: o.key,
+                    })
+                    .collect()
+            })
+            .collect(),
         properties: r.properties.into_iter().collect(),
         public: r.public,
         auto_update: r.auto_update,
@@ -397,8 +411,26 @@ impl Registry for RegistryService {
             .get_image(what, false)
             .await
             .map_err(ApiError::from)?;
+        let objects = self
+            .catalog
+            .part_objects(image.fingerprint.clone())
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(ipb::LookupContentResponse {
             parts: convert::image(image).parts,
+            objects: objects
+                .into_iter()
+                .map(|list| ipb::PartObjects {
+                    objects: list
+                        .into_iter()
+                        .map(|o| ipb::StoredObject {
+                            offset: o.offset,
+                            size: o.size,
+                            key: o.key,
+                        })
+                        .collect(),
+                })
+                .collect(),
         }))
     }
 
