@@ -348,6 +348,48 @@ async fn import_list_info_export_and_delete_every_kind_of_image() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_damaged_image_and_info_list_and_export_say_so() {
+    let fx = Fixture::start().await;
+    let fp = fx
+        .import(&[&fixture_path("busybox-unified.tar.gz"), "--alias", "app"])
+        .await;
+    let out = fx.ok(&["verify", "app"]).await;
+    assert!(out.contains("is sound"), "{out}");
+
+    // A byte flipped behind the server's back, in the one stored object.
+    let stored: Vec<PathBuf> = files_below(&fx.dir.path().join("data"))
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("/unified/"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&stored[0], &bytes).unwrap();
+
+    let ran = fx.run(&["verify", "app"]).await;
+    ran.fails(7, "DAMAGED");
+    assert!(
+        ran.stderr.contains(&fp),
+        "names the expected hash: {}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains(&sha256_hex(&bytes)),
+        "names the found hash: {}",
+        ran.stderr
+    );
+    let info = fx.ok(&["info", "app"]).await;
+    assert!(info.contains("Damaged: "), "{info}");
+    let list = fx.ok(&["list"]).await;
+    assert!(list.contains("[DAMAGED]"), "{list}");
+    let json = fx.json(&["info", "app", "--format", "json"]).await;
+    assert_eq!(json["damage"]["found_sha256"], sha256_hex(&bytes));
+    fx.run(&["export", "app", "out/"])
+        .await
+        .fails(7, "is damaged and is not served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aliases_and_properties_through_their_lifecycle() {
     let fx = Fixture::start().await;
     let fp = fx

@@ -452,6 +452,12 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
         .await;
     c.check("RefreshImage", write(Code::FailedPrecondition), r);
     let r = images
+        .verify_image(pb::VerifyImageRequest {
+            name: format!("images/{}", "0".repeat(64)),
+        })
+        .await;
+    c.check("VerifyImage", write(Code::NotFound), r);
+    let r = images
         .delete_image(pb::DeleteImageRequest {
             name: format!("images/{}", "0".repeat(64)),
         })
@@ -645,6 +651,14 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
         .forget_released(ipb::ForgetReleasedRequest::default())
         .await;
     c.check("ForgetReleased", node_only(Code::Ok), r);
+    let r = registry
+        .report_scrub(ipb::ReportScrubRequest::default())
+        .await;
+    c.check("ReportScrub", node_only(Code::InvalidArgument), r);
+    let r = registry
+        .claim_scrub(ipb::ClaimScrubRequest::default())
+        .await;
+    c.check("ClaimScrub", node_only(Code::InvalidArgument), r);
 
     // Blobs: a ticket decides, whoever holds it.
     let mut blobs = w.blobs(who).await;

@@ -81,6 +81,7 @@ fn sample_image() -> Image {
             name: "busybox/1.35".into(),
             description: String::new(),
         }],
+        damage: None,
     }
 }
 

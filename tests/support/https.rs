@@ -44,6 +44,16 @@ pub struct TlsCluster {
 
 impl TlsCluster {
     pub async fn start(nodes: usize) -> Self {
+        Self::start_with(nodes, |_| {}, |_| {}).await
+    }
+
+    /// As [`Self::start`], with the control plane's and each node's
+    /// configuration tweaked.
+    pub async fn start_with(
+        nodes: usize,
+        cp_tweak: impl FnOnce(&mut imagestore_control_plane::ControlPlaneConfig),
+        node_tweak: impl Fn(&mut imagestore_blob_node::BlobNodeConfig) + Clone,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let pair = imagestore_auth::self_signed("imagestore http test", &names).unwrap();
@@ -57,14 +67,25 @@ impl TlsCluster {
         };
         let cp = {
             let tls = tls.clone();
-            ControlPlane::start_with(&dir.path().join("cp"), move |c| c.tls = tls).await
+            ControlPlane::start_with(&dir.path().join("cp"), move |c| {
+                c.tls = tls;
+                cp_tweak(c);
+            })
+            .await
         };
         let store = StoreSpec::local(&dir.path().join("store"));
         let mut started = Vec::new();
         for n in 0..nodes {
             let tls = tls.clone();
             let node_dir = dir.path().join(format!("node{n}"));
-            started.push(BlobNode::start_with(&cp, &node_dir, &store, move |c| c.tls = tls).await);
+            let tweak = node_tweak.clone();
+            started.push(
+                BlobNode::start_with(&cp, &node_dir, &store, move |c| {
+                    c.tls = tls;
+                    tweak(c);
+                })
+                .await,
+            );
         }
         Self {
             cert_pem: pair.cert_pem,

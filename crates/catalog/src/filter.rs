@@ -262,6 +262,7 @@ mod tests {
                 name: "hello-world".into(),
                 description: String::new(),
             }],
+            damage: None,
         }
     }
 

@@ -43,7 +43,7 @@ fn not_found(what: &ImageRef) -> CatalogError {
 
 const IMAGE_COLUMNS: &str = "fingerprint, image_type, architecture, size, filename, layout, \
      properties, public, auto_update, cached, created_at, uploaded_at, last_used_at, expires_at, \
-     update_source";
+     update_source, damage";
 
 /// Resolves a reference to a full fingerprint; `public_only` hides private images.
 pub(crate) fn resolve(conn: &Connection, what: &ImageRef, public_only: bool) -> Result<String> {
@@ -111,6 +111,7 @@ fn image_from_row(r: &Row<'_>) -> rusqlite::Result<Image> {
     let layout: String = r.get(5)?;
     let properties: String = r.get(6)?;
     let update_source: Option<String> = r.get(14)?;
+    let damage: Option<String> = r.get(15)?;
     Ok(Image {
         fingerprint: r.get(0)?,
         image_type: ImageType::parse(&image_type).ok_or_else(|| text_enum_err(1, &image_type))?,
@@ -132,6 +133,10 @@ fn image_from_row(r: &Row<'_>) -> rusqlite::Result<Image> {
             .transpose()
             .map_err(|e| json_err(14, e))?,
         aliases: Vec::new(),
+        damage: damage
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| json_err(15, e))?,
     })
 }
 
@@ -297,7 +302,7 @@ fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered>
     let now = now();
     tx.prepare_cached(&format!(
         "INSERT INTO images ({IMAGE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13, ?14)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13, ?14, NULL)"
     ))?
     .execute(params![
         new.fingerprint,
@@ -349,6 +354,9 @@ fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered>
             ])?;
         }
     }
+    // Its bytes were hashed on the way in: the first scrub is due one period on.
+    tx.prepare_cached("INSERT INTO image_checks (fingerprint, checked_at) VALUES (?1, ?2)")?
+        .execute(params![new.fingerprint, now])?;
     let skipped_aliases = insert_aliases(tx, &new.aliases, &new.fingerprint, now)?;
     Ok(Registered {
         image: must_load(tx, &new.fingerprint)?,

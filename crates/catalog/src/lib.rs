@@ -15,6 +15,7 @@ mod nodes;
 mod operations;
 mod page;
 mod schema;
+mod scrub;
 mod secrets;
 mod trust;
 mod uploads;
@@ -36,6 +37,7 @@ pub use nodes::NodeAnnouncement;
 pub use operations::OperationUpdate;
 pub use page::{Page, PageRequest};
 pub use schema::latest_version as schema_version;
+pub use scrub::{ScrubJob, ScrubOutcome};
 pub use trust::{TrustEntry, TrustKind};
 pub use uploads::SegmentCommit;
 

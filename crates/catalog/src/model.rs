@@ -120,6 +120,22 @@ pub struct Image {
     pub expires_at: Option<UnixNanos>,
     pub update_source: Option<UpdateSource>,
     pub aliases: Vec<AliasRef>,
+    /// What a verification found wrong with the stored bytes; None while sound.
+    pub damage: Option<Damage>,
+}
+
+/// What a verification found wrong with a stored image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    /// The damaged part's role ("unified", "metadata", "rootfs").
+    pub part: String,
+    pub expected_sha256: String,
+    pub expected_size: u64,
+    /// Empty when the part could not be read whole (an object is missing).
+    pub found_sha256: String,
+    pub found_size: u64,
+    pub detected_at: UnixNanos,
+    pub message: String,
 }
 
 impl Image {

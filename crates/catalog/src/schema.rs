@@ -182,6 +182,28 @@ const MIGRATIONS: &[&str] = &[
             REFERENCES image_parts(fingerprint, position) ON DELETE CASCADE
     ) WITHOUT ROWID;
     "#,
+    // 7: scrubbing. An image's damage (JSON, NULL while sound) is part of what
+    // clients see of it (and a damaged image leaves the simplestreams index); when
+    // each image was last verified and who is verifying it now; verifications
+    // asked for, each tracked by an operation.
+    r#"
+    ALTER TABLE images ADD COLUMN damage TEXT;
+    CREATE TRIGGER images_version_damage AFTER UPDATE OF damage ON images
+        BEGIN UPDATE images_version SET version = version + 1; END;
+    CREATE TABLE image_checks (
+        fingerprint   TEXT PRIMARY KEY REFERENCES images(fingerprint) ON DELETE CASCADE,
+        checked_at    INTEGER,
+        claimed_by    TEXT,
+        claimed_until INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX image_checks_checked ON image_checks(checked_at);
+    CREATE TABLE verify_jobs (
+        operation_id  TEXT PRIMARY KEY REFERENCES operations(id) ON DELETE CASCADE,
+        fingerprint   TEXT NOT NULL,
+        claimed_by    TEXT,
+        claimed_until INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

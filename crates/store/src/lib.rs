@@ -206,25 +206,35 @@ impl BlobStore {
             reason,
         };
         check_contiguous(prefix, objects, size).map_err(damaged)?;
-        for object in objects {
-            let stored = match self.inner.head(&Path::from(object.key.as_str())).await {
-                Ok(meta) => meta.size,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(damaged(format!("object {} is missing", object.key)));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if stored != object.size {
-                return Err(damaged(format!(
-                    "object {} holds {stored} bytes; {} were committed",
-                    object.key, object.size
-                )));
-            }
-        }
+        self.check_objects(objects).await?.map_err(damaged)?;
         let keep: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
         self.collect_strays(prefix, &keep, std::time::Duration::ZERO)
             .await?;
         Ok(())
+    }
+
+    /// Whether every object is stored with its recorded size: `Ok(Err(why))`
+    /// names one that is missing or of another size; `Err` is a failure to ask.
+    pub async fn check_objects(
+        &self,
+        objects: &[StoredSegment],
+    ) -> Result<std::result::Result<(), String>> {
+        for object in objects {
+            let stored = match self.inner.head(&Path::from(object.key.as_str())).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Ok(Err(format!("object {} is missing", object.key)));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if stored != object.size {
+                return Ok(Err(format!(
+                    "object {} holds {stored} bytes; {} were recorded",
+                    object.key, object.size
+                )));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Deletes what lies under the part `prefix` but is not in `keep`, once it is
@@ -679,7 +689,10 @@ mod tests {
         put(&store, &objects[1].key, b"12345").await;
         objects[1].size = 4;
         let short = store.seal_part(prefix, &objects, 9).await;
-        assert!(format!("{short:?}").contains("holds 5 bytes"), "{short:?}");
+        assert!(
+            format!("{short:?}").contains("holds 5 bytes; 4 were recorded"),
+            "{short:?}"
+        );
         let outside = vec![StoredSegment {
             offset: 0,
             size: 5,

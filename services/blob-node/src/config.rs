@@ -54,6 +54,16 @@ pub struct BlobNodeConfig {
     /// Decompressed bytes a metadata scan may read before refusing the image as a
     /// possible decompression bomb.
     pub scan_budget_bytes: u64,
+    /// How fast the background scrubber reads stored images again to compare
+    /// them with their recorded SHA-256, in bytes per second (how often each
+    /// image's turn comes is the control plane's scrub_every); 0 turns this
+    /// node's background scrubbing off. Images.VerifyImage is not paced.
+    pub scrub_bytes_per_second: u64,
+    /// What lies under a registered part's prefix but is not one of its objects
+    /// (a late write of a superseded node) is deleted by the scrubber once it is
+    /// this old.
+    #[serde(with = "humantime_serde")]
+    pub stray_grace: Duration,
     /// Logging and tracing.
     pub log: LogConfig,
 }
@@ -77,6 +87,8 @@ impl Default for BlobNodeConfig {
             max_transfers: 512,
             gc_interval: Duration::from_secs(30),
             scan_budget_bytes: 4 << 30,
+            scrub_bytes_per_second: 32 << 20,
+            stray_grace: Duration::from_secs(3600),
             log: LogConfig::default(),
         }
     }

@@ -28,7 +28,7 @@ pub async fn send(
         .filter(|r| *r != pb::PartRole::Unspecified)
         .ok_or_else(|| Status::invalid_argument("part is required: UNIFIED, METADATA or ROOTFS"))?;
     let guard = crate::admit(&node)?;
-    let parts = node.lookup(fp.as_str()).await?;
+    let parts = node.lookup(fp.as_str()).await?.servable()?;
     let stored = parts
         .iter()
         .find(|p| p.part.role == want as i32)

@@ -100,7 +100,7 @@ async fn serve(
     node.tickets
         .check(ticket, &Scope::Download(fp.as_str().to_owned()))?;
     let guard = crate::admit(&node)?;
-    let parts = node.lookup(fp.as_str()).await?;
+    let parts = node.lookup(fp.as_str()).await?.servable()?;
     let stored = parts
         .iter()
         .find(|p| {

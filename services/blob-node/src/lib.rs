@@ -11,6 +11,7 @@ mod http;
 mod import;
 mod ingest;
 mod lifecycle;
+mod scrub;
 mod upload;
 
 use std::path::Path;
@@ -76,6 +77,10 @@ pub struct NodeLimits {
     pub max_chunk_bytes: u32,
     pub scan_budget_bytes: u64,
     pub max_upload_bytes: u64,
+    /// Background scrubbing's pace; 0: no background scrubbing on this node.
+    pub scrub_bytes_per_second: u64,
+    /// How old a stray under a registered part must be before it is collected.
+    pub stray_grace: std::time::Duration,
 }
 
 /// Counts a transfer in progress while alive (it may outlive the handler, as a
@@ -97,7 +102,7 @@ impl NodeContext {
     }
 
     /// The stored parts of an image, with the objects each is stored as.
-    pub async fn lookup(&self, fingerprint: &str) -> Result<Vec<StoredPart>, Status> {
+    pub async fn lookup(&self, fingerprint: &str) -> Result<Content, Status> {
         let found = self
             .registry()
             .lookup_content(ipb::LookupContentRequest {
@@ -105,9 +110,51 @@ impl NodeContext {
             })
             .await?
             .into_inner();
-        let mut objects = found.objects.into_iter();
-        Ok(found
-            .parts
+        Ok(Content {
+            fingerprint: fingerprint.to_owned(),
+            parts: StoredPart::pair(found.parts, found.objects),
+            damage: found.damage,
+        })
+    }
+
+    pub fn active_transfers(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// An image's stored content as the catalog records it.
+pub struct Content {
+    fingerprint: String,
+    parts: Vec<StoredPart>,
+    damage: Option<pb::ImageDamage>,
+}
+
+impl Content {
+    /// The parts to serve; DATA_LOSS when a verification found them damaged.
+    pub fn servable(self) -> Result<Vec<StoredPart>, error::BlobError> {
+        match self.damage {
+            Some(d) => Err(error::BlobError::DataLoss(format!(
+                "image {} is damaged and is not served: {}",
+                self.fingerprint, d.message
+            ))),
+            None => Ok(self.parts),
+        }
+    }
+}
+
+/// A part as the catalog records it.
+pub struct StoredPart {
+    pub part: pb::ImagePart,
+    /// The objects it is stored as; empty for an image registered before the
+    /// catalog kept the list.
+    objects: Vec<StoredSegment>,
+}
+
+impl StoredPart {
+    /// Pairs parts with their object lists, as the wire sends them.
+    pub fn pair(parts: Vec<pb::ImagePart>, objects: Vec<ipb::PartObjects>) -> Vec<Self> {
+        let mut objects = objects.into_iter();
+        parts
             .into_iter()
             .map(|part| StoredPart {
                 part,
@@ -125,23 +172,15 @@ impl NodeContext {
                     })
                     .unwrap_or_default(),
             })
-            .collect())
+            .collect()
     }
 
-    pub fn active_transfers(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+    /// Whether the catalog recorded this part's objects (it did not for images
+    /// registered before schema 6).
+    pub fn recorded(&self) -> bool {
+        !self.objects.is_empty()
     }
-}
 
-/// A part as the catalog records it.
-pub struct StoredPart {
-    pub part: pb::ImagePart,
-    /// The objects it is stored as; empty for an image registered before the
-    /// catalog kept the list.
-    objects: Vec<StoredSegment>,
-}
-
-impl StoredPart {
     /// The objects to read: the catalog's list, or a listing of the part's
     /// prefix for an image registered before the catalog kept lists.
     pub async fn objects(&self, store: &BlobStore) -> Result<Vec<StoredSegment>, StoreError> {
@@ -320,6 +359,8 @@ impl BlobNode {
                     max_chunk_bytes: config.max_chunk_bytes,
                     scan_budget_bytes: config.scan_budget_bytes,
                     max_upload_bytes: 64 << 30,
+                    scrub_bytes_per_second: config.scrub_bytes_per_second,
+                    stray_grace: config.stray_grace,
                 },
                 tickets: TicketKey::derive(&credential),
                 channel,

@@ -24,6 +24,16 @@ pub async fn run(
     }
     let imports = crate::import::work(node.clone());
     tokio::pin!(imports);
+    let asked = crate::scrub::work(node.clone(), false);
+    tokio::pin!(asked);
+    let background = async {
+        if node.config.scrub_bytes_per_second > 0 {
+            crate::scrub::work(node.clone(), true).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(background);
     let mut beat = tokio::time::interval(interval);
     let mut gc = tokio::time::interval(gc_every.max(Duration::from_millis(10)));
     loop {
@@ -51,6 +61,8 @@ pub async fn run(
             }
             _ = gc.tick() => collect(&node).await,
             () = &mut imports => {}
+            () = &mut asked => {}
+            () = &mut background => {}
         }
     }
 }

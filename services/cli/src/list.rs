@@ -123,7 +123,14 @@ impl Column {
             Column::Fingerprint => i.fingerprint.chars().take(12).collect(),
             Column::FullFingerprint => i.fingerprint.clone(),
             Column::Public => yes_no(i.public).into(),
-            Column::Description => i.properties.get("description").cloned().unwrap_or_default(),
+            Column::Description => {
+                let description = i.properties.get("description").cloned().unwrap_or_default();
+                match &i.damage {
+                    // Where a person reads the table: it is not served.
+                    Some(_) => format!("[DAMAGED] {description}").trim_end().to_owned(),
+                    None => description,
+                }
+            }
             Column::Architecture => i.architecture.clone(),
             Column::Size => mib(i.size),
             Column::Type => type_name(i.r#type).to_uppercase(),
@@ -162,6 +169,11 @@ fn info_text(i: &pb::Image) -> String {
     let _ = writeln!(s, "Architecture: {}", i.architecture);
     let _ = writeln!(s, "Type: {}", type_name(i.r#type));
     let _ = writeln!(s, "Public: {}", yes_no(i.public));
+    if let Some(d) = &i.damage {
+        let _ = writeln!(s, "Damaged: {}", d.message);
+        let _ = writeln!(s, "    Found: {}", human_time(&d.detect_time, "unknown"));
+        let _ = writeln!(s, "    Not served until deleted, or verified sound again");
+    }
     let _ = writeln!(s, "Timestamps:");
     let _ = writeln!(s, "    Created: {}", human_time(&i.create_time, "unknown"));
     let _ = writeln!(s, "    Uploaded: {}", human_time(&i.upload_time, "unknown"));

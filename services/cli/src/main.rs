@@ -95,6 +95,12 @@ enum ClientCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Read images' stored bytes again on a blob node and compare every part with
+    /// its SHA-256; a damaged image is marked and served no more (exit 7).
+    Verify {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Manage the remote servers this command talks to.
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
@@ -137,6 +143,7 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
         Command::GetProperty { image, key } => manage::get_property(ctx, &image, &key).await,
         Command::Delete { images } => manage::delete(ctx, images).await,
         Command::Refresh { images } => import::refresh(ctx, images).await,
+        Command::Verify { images } => manage::verify(ctx, images).await,
         Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd).await,
         Command::Trust(cmd) => trust::run(ctx, cmd).await,
     }

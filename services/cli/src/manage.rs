@@ -192,3 +192,43 @@ pub fn edit_text(current: &str, banner: &str) -> CliResult<String> {
         .collect::<Vec<_>>()
         .join("\n"))
 }
+
+/// Verifies each image on its server, says what was found, and fails (exit 7)
+/// when any is damaged.
+pub async fn verify(ctx: &Ctx, images: Vec<String>) -> CliResult {
+    let mut damaged = Vec::new();
+    for arg in &images {
+        let (client, image) = ctx.image(arg, false).await?;
+        let op = client
+            .images()
+            .verify_image(pb::VerifyImageRequest {
+                name: format!("images/{}", image.fingerprint),
+            })
+            .await?
+            .into_inner();
+        match crate::import::follow(ctx, &client, op).await {
+            Ok(_) => ctx.say(format!(
+                "Image {arg} is sound: every part matches its SHA-256 ({})",
+                image.fingerprint
+            )),
+            Err(f) if f.code == exit::INTEGRITY => {
+                eprintln!("Image {arg} is DAMAGED: {}", f.message);
+                damaged.push(arg.as_str());
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    match damaged.as_slice() {
+        [] => Ok(()),
+        names => Err(Failure::new(
+            exit::INTEGRITY,
+            format!(
+                "{} of {} images are damaged ({}); they are not served: delete them and upload or \
+                 import them again",
+                names.len(),
+                images.len(),
+                names.join(", ")
+            ),
+        )),
+    }
+}

@@ -133,6 +133,17 @@ pub fn image_json(i: &pb::Image) -> Value {
             "image_type": match s.image_type { 0 => "", t => type_name(t) },
         });
     }
+    if let Some(d) = &i.damage {
+        v["damage"] = json!({
+            "part": pb::PartRole::try_from(d.part).map(|r| r.as_str_name()).unwrap_or(""),
+            "expected_sha256": d.expected_sha256,
+            "expected_size": d.expected_size,
+            "found_sha256": d.found_sha256,
+            "found_size": d.found_size,
+            "detected_at": time(&d.detect_time, NEVER),
+            "message": d.message,
+        });
+    }
     v
 }
 

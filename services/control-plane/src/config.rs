@@ -47,6 +47,12 @@ pub struct ControlPlaneConfig {
     pub anonymous_reads: usize,
     /// How many such reads may wait for a place; more are RESOURCE_EXHAUSTED.
     pub anonymous_queue: usize,
+    /// How often each stored image is read again and compared with its recorded
+    /// SHA-256 by a blob node's background scrubber (which paces itself at its
+    /// own scrub_bytes_per_second); 0 turns background scrubbing off.
+    /// Images.VerifyImage runs at once whatever this says.
+    #[serde(with = "humantime_serde")]
+    pub scrub_every: Duration,
     /// TLS: certificate and key files; without them plaintext, on loopback only.
     pub tls: TlsConfig,
     /// Where server-side imports may fetch from (Glance's import filtering).
@@ -159,6 +165,7 @@ impl Default for ControlPlaneConfig {
             image_secret_ttl: Duration::from_secs(24 * 3600),
             anonymous_reads: 0,
             anonymous_queue: 64,
+            scrub_every: Duration::from_secs(7 * 24 * 3600),
             tls: TlsConfig::default(),
             import_filtering: ImportFiltering::default(),
             import: ImportSettings::default(),

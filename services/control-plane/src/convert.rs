@@ -65,6 +65,16 @@ pub fn export_role(r: cat::PartRole) -> imagestore_image::ExportRole {
     }
 }
 
+/// A part role from the wire; None for unspecified.
+pub fn catalog_part_role(r: pb::PartRole) -> Option<cat::PartRole> {
+    match r {
+        pb::PartRole::Unified => Some(cat::PartRole::Unified),
+        pb::PartRole::Metadata => Some(cat::PartRole::Metadata),
+        pb::PartRole::Rootfs => Some(cat::PartRole::Rootfs),
+        pb::PartRole::Unspecified => None,
+    }
+}
+
 pub fn part_role(r: cat::PartRole) -> pb::PartRole {
     match r {
         cat::PartRole::Unified => pb::PartRole::Unified,
@@ -122,6 +132,21 @@ pub fn image(i: cat::Image) -> pb::Image {
             })
             .collect(),
         etag,
+        damage: i.damage.map(damage),
+    }
+}
+
+pub fn damage(d: cat::Damage) -> pb::ImageDamage {
+    pb::ImageDamage {
+        part: cat::PartRole::parse(&d.part)
+            .map(part_role)
+            .unwrap_or(pb::PartRole::Unspecified) as i32,
+        expected_sha256: d.expected_sha256,
+        expected_size: d.expected_size,
+        found_sha256: d.found_sha256,
+        found_size: d.found_size,
+        detect_time: Some(timestamp(d.detected_at)),
+        message: d.message,
     }
 }
 

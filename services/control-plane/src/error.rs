@@ -25,6 +25,9 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The stored bytes are not what was registered (a verification found it).
+    #[error("{0}")]
+    DataLoss(String),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -34,6 +37,17 @@ pub type Reply<T> = Result<tonic::Response<T>, Status>;
 
 pub fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
+}
+
+/// Refuses to serve an image a verification found damaged.
+pub fn refuse_damaged(image: &imagestore_catalog::Image) -> ApiResult<()> {
+    match &image.damage {
+        Some(d) => Err(ApiError::DataLoss(format!(
+            "image {} is damaged and is not served: {}; delete it and upload or import it again",
+            image.fingerprint, d.message
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl From<ApiError> for Status {
@@ -49,6 +63,7 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
             ApiError::PermissionDenied(_) => Status::permission_denied(msg),
+            ApiError::DataLoss(_) => Status::data_loss(msg),
             ApiError::Catalog(c) => match c {
                 CatalogError::NotFound(_) => Status::not_found(msg),
                 CatalogError::AlreadyExists(_) => Status::already_exists(msg),

@@ -207,6 +207,7 @@ impl Images for ImagesService {
         let image = self
             .visible(public_only, &r.name, r.r#type, &r.secret, true)
             .await?;
+        crate::error::refuse_damaged(&image)?;
         let node = self.nodes.pick().await?;
         if image.cached {
             // A cached image lives while it is used (LXD's last_used_at).
@@ -262,6 +263,18 @@ impl Images for ImagesService {
             .await
             .map_err(ApiError::from)?;
         let op = crate::imports::queue_refresh(&self.catalog, &image).await?;
+        Ok(Response::new(convert::operation(op)))
+    }
+
+    async fn verify_image(&self, req: Request<pb::VerifyImageRequest>) -> Reply<pb::Operation> {
+        self.auth.require_trusted(&req)?;
+        let what = names::image_ref("name", &req.get_ref().name, None)?;
+        let op = self
+            .catalog
+            .create_verification(what)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(operation = %op.id, image = %op.image, "verification queued");
         Ok(Response::new(convert::operation(op)))
     }
 }

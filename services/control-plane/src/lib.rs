@@ -177,6 +177,7 @@ pub fn add_services(
                 upload_limits,
                 import_rules,
                 stopping,
+                config.scrub_every,
             ))
             .max_decoding_message_size(limit),
             auth.nodes_only(),

@@ -26,6 +26,28 @@ pub struct RegistryService {
     limits: UploadLimits,
     imports: Arc<ImportRules>,
     stopping: Stopping,
+    /// How often background scrubbing reads each image again; zero: never.
+    scrub_every: std::time::Duration,
+}
+
+/// How long a node has to verify one image before another may take it over.
+const SCRUB_CLAIM: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The objects of each part, as the wire has them.
+fn objects_pb(lists: Vec<Vec<cat::StoredObject>>) -> Vec<ipb::PartObjects> {
+    lists
+        .into_iter()
+        .map(|list| ipb::PartObjects {
+            objects: list
+                .into_iter()
+                .map(|o| ipb::StoredObject {
+                    offset: o.offset,
+                    size: o.size,
+                    key: o.key,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 impl RegistryService {
@@ -35,6 +57,7 @@ impl RegistryService {
         limits: UploadLimits,
         imports: Arc<ImportRules>,
         stopping: Stopping,
+        scrub_every: std::time::Duration,
     ) -> Self {
         Self {
             catalog,
@@ -42,6 +65,7 @@ impl RegistryService {
             limits,
             imports,
             stopping,
+            scrub_every,
         }
     }
 
@@ -119,12 +143,10 @@ fn optional_fingerprint(field: &str, s: &str) -> ApiResult<Option<String>> {
 }
 
 fn part(p: pb::ImagePart) -> ApiResult<cat::Part> {
-    let role = match pb::PartRole::try_from(p.role) {
-        Ok(pb::PartRole::Unified) => cat::PartRole::Unified,
-        Ok(pb::PartRole::Metadata) => cat::PartRole::Metadata,
-        Ok(pb::PartRole::Rootfs) => cat::PartRole::Rootfs,
-        _ => return Err(invalid(format!("part role {} is not valid", p.role))),
-    };
+    let role = pb::PartRole::try_from(p.role)
+        .ok()
+        .and_then(convert::catalog_part_role)
+        .ok_or_else(|| invalid(format!("part role {} is not valid", p.role)))?;
     if p.extension.len() > 32 {
         return Err(invalid("part extension is longer than 32 bytes"));
     }
@@ -416,21 +438,11 @@ impl Registry for RegistryService {
             .part_objects(image.fingerprint.clone())
             .await
             .map_err(ApiError::from)?;
+        let image = convert::image(image);
         Ok(Response::new(ipb::LookupContentResponse {
-            parts: convert::image(image).parts,
-            objects: objects
-                .into_iter()
-                .map(|list| ipb::PartObjects {
-                    objects: list
-                        .into_iter()
-                        .map(|o| ipb::StoredObject {
-                            offset: o.offset,
-                            size: o.size,
-                            key: o.key,
-                        })
-                        .collect(),
-                })
-                .collect(),
+            parts: image.parts,
+            objects: objects_pb(objects),
+            damage: image.damage,
         }))
     }
 
@@ -502,6 +514,111 @@ impl Registry for RegistryService {
             }
         }
         Ok(Response::new(ipb::ClaimImportResponse::default()))
+    }
+
+    async fn claim_scrub(
+        &self,
+        req: Request<ipb::ClaimScrubRequest>,
+    ) -> Reply<ipb::ClaimScrubResponse> {
+        let r = req.into_inner();
+        validate_node_id(&r.node_id)?;
+        let background = r.background;
+        let wait = std::time::Duration::from_secs(u64::from(r.wait_seconds.min(60)));
+        let deadline = tokio::time::Instant::now() + wait;
+        if background && self.scrub_every.is_zero() {
+            // Background scrubbing is off here: the node asks again later.
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                () = self.stopping.stopped() => {}
+            }
+            return Ok(Response::new(ipb::ClaimScrubResponse::default()));
+        }
+        let mut changes = self.catalog.watch_operations();
+        loop {
+            changes.borrow_and_update();
+            let claimed = self
+                .catalog
+                .claim_scrub(r.node_id.clone(), background, self.scrub_every, SCRUB_CLAIM)
+                .await
+                .map_err(ApiError::from)?;
+            if let Some(job) = claimed {
+                let fingerprint = job.image.fingerprint.clone();
+                let objects = self
+                    .catalog
+                    .part_objects(fingerprint.clone())
+                    .await
+                    .map_err(ApiError::from)?;
+                return Ok(Response::new(ipb::ClaimScrubResponse {
+                    fingerprint,
+                    operation: job
+                        .operation
+                        .map(|id| format!("operations/{id}"))
+                        .unwrap_or_default(),
+                    parts: convert::image(job.image).parts,
+                    objects: objects_pb(objects),
+                }));
+            }
+            // Background work falls due as time passes, not on a change: look
+            // again every so often.
+            let recheck = if background {
+                self.scrub_every.min(std::time::Duration::from_secs(5))
+            } else {
+                wait
+            };
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(recheck) => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                () = self.stopping.stopped() => break,
+            }
+        }
+        Ok(Response::new(ipb::ClaimScrubResponse::default()))
+    }
+
+    async fn report_scrub(
+        &self,
+        req: Request<ipb::ReportScrubRequest>,
+    ) -> Reply<ipb::ReportScrubResponse> {
+        let r = req.into_inner();
+        validate_node_id(&r.node_id)?;
+        let fp = imagestore_image::Fingerprint::parse(&r.fingerprint)
+            .map_err(|e| invalid(format!("fingerprint: {e}")))?;
+        let operation = match r.operation.as_str() {
+            "" => None,
+            name => Some(names::operation("operation", name)?.to_owned()),
+        };
+        let outcome = match (r.damage, r.error_code) {
+            (Some(d), _) => {
+                let part = pb::PartRole::try_from(d.part)
+                    .ok()
+                    .and_then(convert::catalog_part_role)
+                    .ok_or_else(|| invalid("damage.part is required"))?;
+                tracing::error!(
+                    fingerprint = %fp, node = %r.node_id, part = part.as_str(),
+                    expected = %d.expected_sha256, found = %d.found_sha256,
+                    "stored image is damaged: {}", d.message
+                );
+                cat::ScrubOutcome::Damaged(cat::Damage {
+                    part: part.as_str().to_owned(),
+                    expected_sha256: d.expected_sha256,
+                    expected_size: d.expected_size,
+                    found_sha256: d.found_sha256,
+                    found_size: d.found_size,
+                    detected_at: cat::now(),
+                    message: d.message,
+                })
+            }
+            (None, 0) => cat::ScrubOutcome::Sound,
+            (None, code) => cat::ScrubOutcome::Failed {
+                code,
+                message: r.error_message,
+            },
+        };
+        self.catalog
+            .report_scrub(fp.as_str().to_owned(), operation, outcome)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ipb::ReportScrubResponse {}))
     }
 
     async fn report_import(

@@ -66,6 +66,7 @@ pub async fn file(
         )
         .await
         .map_err(ApiError::from)?;
+    crate::error::refuse_damaged(&image)?;
     let part = image
         .parts
         .iter()
@@ -120,6 +121,7 @@ pub async fn discover(
 ) -> Reply {
     let public_only = face.public_only(&req)?;
     let image = named(&face, &name, public_only).await?;
+    crate::error::refuse_damaged(&image)?;
     if image.layout == Layout::Split {
         return Err(ApiError::FailedPrecondition(format!(
             "image {} is split (metadata and rootfs); LXD's URL import carries one file only: \

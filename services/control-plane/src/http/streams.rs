@@ -66,7 +66,9 @@ impl Cache {
         if let Some(docs) = cached.as_ref().filter(|d| d.version == version) {
             return Ok(docs.clone());
         }
-        let (version, images) = face.catalog.all_images(public_only).await?;
+        let (version, mut images) = face.catalog.all_images(public_only).await?;
+        // A damaged image is served to nobody, so it is offered to nobody.
+        images.retain(|i| i.damage.is_none());
         let docs = tokio::task::spawn_blocking(move || make(version, &images))
             .await
             .map_err(|e| ApiError::Unavailable(format!("making the simplestreams index: {e}")))?
@@ -323,6 +325,7 @@ mod tests {
                     description: String::new(),
                 })
                 .collect(),
+            damage: None,
         }
     }
 
