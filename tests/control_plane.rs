@@ -861,8 +861,11 @@ async fn oversized_requests_are_refused() {
         .register_content(req)
         .await
         .expect_err("a request over the limit must fail");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        status
+            .message()
+            .contains("larger than this server takes (65536 bytes)"),
         "{status:?}"
     );
     // A property value under the message limit but over the property limit.
@@ -873,6 +876,60 @@ async fn oversized_requests_are_refused() {
         Code::InvalidArgument,
         "the most is 16384",
     );
+    cp.stop().await;
+}
+
+/// Past max_concurrent_requests, one more request is shed at once with
+/// RESOURCE_EXHAUSTED (not queued), and served again once a place is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_limit_are_shed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with(dir.path(), |c| c.max_concurrent_requests = 2).await;
+    let fp = register(&cp, unified("shed")).await.fingerprint;
+    // Two long polls hold both places for up to 30 s.
+    let mut holds = Vec::new();
+    for n in 0..2 {
+        let mut registry = cp.registry().await;
+        holds.push(tokio::spawn(async move {
+            registry
+                .claim_import(ipb::ClaimImportRequest {
+                    node_id: format!("holder-{n}"),
+                    wait_seconds: 30,
+                })
+                .await
+        }));
+    }
+    let images = cp.images().await;
+    let get = || {
+        let mut images = images.clone();
+        let fp = fp.clone();
+        async move {
+            images
+                .get_image(pb::GetImageRequest {
+                    name: format!("images/{fp}"),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    eventually("both places to be taken", || async {
+        matches!(get().await, Err(s) if s.code() == Code::ResourceExhausted)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let shed = get().await.expect_err("over the limit");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "shed at once, not queued"
+    );
+    assert!(
+        shed.message().contains("limit of 2 requests at once"),
+        "{shed:?}"
+    );
+    for hold in &holds {
+        hold.abort();
+    }
+    eventually("a place to be free again", || async { get().await.is_ok() }).await;
     cp.stop().await;
 }
 

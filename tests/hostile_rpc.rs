@@ -53,6 +53,63 @@ fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<(), tonic::Stat
     r.map(|_| ())
 }
 
+/// Sends `bytes` as the request message of `path`, as they are: what a broken
+/// or hostile client in another language could send.
+async fn raw_call(
+    cp: &ControlPlane,
+    path: &'static str,
+    bytes: &'static [u8],
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(cp.trusted().await);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    ok(grpc.unary(tonic::Request::new(bytes), path, RawCodec).await)
+}
+
+/// Encodes a message's bytes as given; decodes nothing.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = &'static [u8];
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = &'static [u8];
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: &'static [u8],
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        bytes::Buf::advance(src, bytes::Buf::remaining(src));
+        Ok(Some(()))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_their_status_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,6 +202,37 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
     };
 
     let table: Vec<(&str, Call<'_>, Code, &str)> = vec![
+        (
+            "bytes that are no protobuf",
+            Box::pin(raw_call(
+                &cp,
+                "/imagestore.v1.Images/GetImage",
+                &[0x10, 0xff],
+            )),
+            Code::InvalidArgument,
+            "not a valid protobuf",
+        ),
+        (
+            "a name that is not UTF-8",
+            Box::pin(raw_call(
+                &cp,
+                "/imagestore.v1.Images/GetImage",
+                &[0x0a, 0x02, 0xff, 0xfe],
+            )),
+            Code::InvalidArgument,
+            "not a valid protobuf",
+        ),
+        (
+            "a 2 MiB request (the control plane takes 1 MiB)",
+            Box::pin(async {
+                ok(images
+                    .clone()
+                    .get_image(get("images/".to_owned() + &"a".repeat(2 << 20)))
+                    .await)
+            }),
+            Code::ResourceExhausted,
+            "larger than this server takes",
+        ),
         (
             "a 10 KB name",
             Box::pin(async {

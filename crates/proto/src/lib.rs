@@ -1,5 +1,7 @@
 //! The imagestore contract, generated from `proto/` at build time.
 
+pub mod codec;
+
 /// The public API: images, aliases, uploads, blobs, imports, operations, trust.
 pub mod v1 {
     tonic::include_proto!("imagestore.v1");

@@ -53,6 +53,8 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     tls: Tls,
     stop: StopSignal,
+    messages: crate::limits::MessageLimits,
+    max_concurrent: usize,
 }
 
 impl Default for GrpcServer {
@@ -69,6 +71,8 @@ impl GrpcServer {
             names: Vec::new(),
             tls: Tls::default(),
             stop: StopSignal::new(),
+            messages: crate::limits::MessageLimits::default(),
+            max_concurrent: crate::limits::DEFAULT_MAX_CONCURRENT,
         }
     }
 
@@ -99,6 +103,31 @@ impl GrpcServer {
     pub fn add_http(mut self, router: axum::Router) -> Self {
         self.http = self.http.merge(router);
         self
+    }
+
+    /// Serves at most `n` gRPC requests at once (a streaming response counts
+    /// until its handler has answered); one more is RESOURCE_EXHAUSTED at once.
+    pub fn with_max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+
+    /// Adds a service whose request messages may be at most `max_message`
+    /// bytes: a larger one is RESOURCE_EXHAUSTED from its frame header, before
+    /// it is read. (Give the service the same decoding limit.)
+    pub fn add_limited_service<S>(mut self, service: S, max_message: usize) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.messages.set(S::NAME, max_message);
+        self.add_service(service)
     }
 
     /// Serves with `tls` (the default is plaintext, allowed on loopback only).
@@ -145,7 +174,11 @@ impl GrpcServer {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
         let routes = tonic::service::Routes::from(crate::http::dispatch(
-            routes.into_axum_router(),
+            crate::limits::apply(
+                routes.into_axum_router(),
+                self.messages,
+                self.max_concurrent,
+            ),
             self.http,
         ));
 

@@ -383,11 +383,12 @@ impl BlobNode {
     pub fn add_services(&self, server: GrpcServer) -> GrpcServer {
         server
             .add_http(http::router(self.node.clone()))
-            .add_service(
+            .add_limited_service(
                 pb::blobs_server::BlobsServer::new(BlobService {
                     node: self.node.clone(),
                 })
                 .max_decoding_message_size(self.max_message),
+                self.max_message,
             )
     }
 

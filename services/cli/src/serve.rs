@@ -165,7 +165,9 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     };
     let node = BlobNode::prepare(&node_config, reach)?;
     let server = node.add_services(imagestore_control_plane::add_services(
-        GrpcServer::new().with_tls(node.tls()),
+        GrpcServer::new()
+            .with_tls(node.tls())
+            .with_max_concurrent(control.max_concurrent_requests),
         &control,
         catalog.clone(),
         auth,

@@ -47,6 +47,9 @@ pub struct ControlPlaneConfig {
     pub anonymous_reads: usize,
     /// How many such reads may wait for a place; more are RESOURCE_EXHAUSTED.
     pub anonymous_queue: usize,
+    /// gRPC requests served at once, whoever asks (a long poll counts while it
+    /// waits); one more is refused at once with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
     /// How often each stored image is read again and compared with its recorded
     /// SHA-256 by a blob node's background scrubber (which paces itself at its
     /// own scrub_bytes_per_second); 0 turns background scrubbing off.
@@ -165,6 +168,7 @@ impl Default for ControlPlaneConfig {
             image_secret_ttl: Duration::from_secs(24 * 3600),
             anonymous_reads: 0,
             anonymous_queue: 64,
+            max_concurrent_requests: imagestore_server::DEFAULT_MAX_CONCURRENT,
             scrub_every: Duration::from_secs(7 * 24 * 3600),
             tls: TlsConfig::default(),
             import_filtering: ImportFiltering::default(),

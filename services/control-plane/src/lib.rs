@@ -92,7 +92,10 @@ pub async fn serve_catalog(
     config.import.validate().map_err(StartError::Config)?;
     let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
     let sweeper = spawn_background(&config, catalog.clone());
-    let served = add_services(GrpcServer::new().with_tls(tls), &config, catalog, auth)
+    let server = GrpcServer::new()
+        .with_tls(tls)
+        .with_max_concurrent(config.max_concurrent_requests);
+    let served = add_services(server, &config, catalog, auth)
         .serve(listener, shutdown)
         .await;
     sweeper.abort();
@@ -127,61 +130,78 @@ pub fn add_services(
     });
     server
         .add_http(face)
-        .add_service(
+        .add_limited_service(
             ImagesServer::new(images::ImagesService::new(
                 catalog.clone(),
                 nodes.clone(),
                 auth.clone(),
             ))
             .max_decoding_message_size(limit),
+            limit,
         )
-        .add_service(
+        .add_limited_service(
             AliasesServer::new(aliases::AliasesService::new(catalog.clone(), auth.clone()))
                 .max_decoding_message_size(limit),
+            limit,
         )
-        .add_service(trusted(
-            &auth,
-            OperationsServer::new(operations::OperationsService::new(
-                catalog.clone(),
-                stopping.clone(),
-            ))
-            .max_decoding_message_size(limit),
-        ))
-        .add_service(trusted(
-            &auth,
-            UploadsServer::new(uploads::UploadsService::new(
-                catalog.clone(),
-                nodes.clone(),
-                upload_limits,
-                auth.clone(),
-            ))
-            .max_decoding_message_size(limit),
-        ))
-        .add_service(trusted(
-            &auth,
-            ImportsServer::new(imports::ImportsService::new(
-                catalog.clone(),
-                import_rules.clone(),
-            ))
-            .max_decoding_message_size(limit),
-        ))
-        .add_service(trusted(
-            &auth,
-            TrustServer::new(trust::TrustService::new(auth.clone()))
+        .add_limited_service(
+            trusted(
+                &auth,
+                OperationsServer::new(operations::OperationsService::new(
+                    catalog.clone(),
+                    stopping.clone(),
+                ))
                 .max_decoding_message_size(limit),
-        ))
-        .add_service(InterceptedService::new(
-            RegistryServer::new(registry::RegistryService::new(
-                catalog,
-                nodes,
-                upload_limits,
-                import_rules,
-                stopping,
-                config.scrub_every,
-            ))
-            .max_decoding_message_size(limit),
-            auth.nodes_only(),
-        ))
+            ),
+            limit,
+        )
+        .add_limited_service(
+            trusted(
+                &auth,
+                UploadsServer::new(uploads::UploadsService::new(
+                    catalog.clone(),
+                    nodes.clone(),
+                    upload_limits,
+                    auth.clone(),
+                ))
+                .max_decoding_message_size(limit),
+            ),
+            limit,
+        )
+        .add_limited_service(
+            trusted(
+                &auth,
+                ImportsServer::new(imports::ImportsService::new(
+                    catalog.clone(),
+                    import_rules.clone(),
+                ))
+                .max_decoding_message_size(limit),
+            ),
+            limit,
+        )
+        .add_limited_service(
+            trusted(
+                &auth,
+                TrustServer::new(trust::TrustService::new(auth.clone()))
+                    .max_decoding_message_size(limit),
+            ),
+            limit,
+        )
+        .add_limited_service(
+            InterceptedService::new(
+                RegistryServer::new(registry::RegistryService::new(
+                    catalog,
+                    nodes,
+                    upload_limits,
+                    import_rules,
+                    stopping,
+                    config.scrub_every,
+                ))
+                .max_decoding_message_size(limit),
+                auth.nodes_only(),
+            ),
+            limit,
+        )
 }
 
 /// `svc` behind the trust check: for services where every call needs trust.
