@@ -1004,6 +1004,26 @@ async fn bad_tarballs_are_refused_without_exhausting_anything() {
             "unsafe path",
         ),
         (
+            "an unsafe path after metadata.yaml and the rootfs",
+            tarball(
+                &[
+                    ("metadata.yaml", meta),
+                    ("rootfs/", b""),
+                    ("rootfs/../../etc/cron.d/x", b"x"),
+                ],
+                true,
+            ),
+            "unsafe path",
+        ),
+        (
+            "an LXD image whose gzip stream is cut short",
+            {
+                let whole = fixture("busybox-unified.tar.gz");
+                whole[..whole.len() * 2 / 3].to_vec()
+            },
+            "damaged",
+        ),
+        (
             "huge metadata",
             tarball(&[("metadata.yaml", &huge_yaml)], true),
             "the most accepted is",

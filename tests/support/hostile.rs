@@ -16,10 +16,13 @@ use imagestore_simplestreams::{Client, Products, candidates};
 const LIMITS: ScanLimits = ScanLimits {
     max_decompressed: 1 << 20,
     max_entries: 1000,
+    whole: true,
 };
 
-/// An image tarball (unified, or a split image's metadata tarball).
+/// An image tarball (unified, or a split image's metadata tarball), and the
+/// same bytes as a split image's rootfs tarball.
 pub fn tarball(data: &[u8]) {
+    let _ = imagestore_image::check_rootfs_tarball(data, LIMITS);
     for need_rootfs in [true, false] {
         match scan_tarball(data, need_rootfs, LIMITS) {
             Ok(scanned) => {

@@ -17,6 +17,11 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether the file is a tarball, compressed or not.
+    pub fn is_tarball(self) -> bool {
+        !matches!(self, Self::Squashfs | Self::Qcow2)
+    }
+
     /// Recognises `head` (the first [`SNIFF_LEN`] bytes, or all of a shorter file).
     pub fn sniff(head: &[u8]) -> Option<Self> {
         let starts = |magic: &[u8]| head.starts_with(magic);

@@ -1,6 +1,9 @@
 //! Reading what an image tarball says about itself without unpacking it: find
 //! metadata.yaml and the first entry that proves the type (rootfs/ for a
-//! container, rootfs.img for a virtual machine), then stop, as LXD does.
+//! container, rootfs.img for a virtual machine), as LXD does; then, with
+//! `ScanLimits::whole`, walk on to the end, so that an unsafe path anywhere in
+//! the archive, or a compressed stream that is cut short or damaged (its
+//! checksum, its end), refuses the image before it is registered.
 //!
 //! Everything is streamed: memory stays bounded whatever the tarball holds, and a
 //! budget on decompressed bytes stops decompression bombs.
@@ -36,13 +39,34 @@ pub struct ScanLimits {
     pub max_decompressed: u64,
     /// Tar entries the scan may look at.
     pub max_entries: u64,
+    /// Read the whole archive (every path, the compressed stream to its end),
+    /// not only up to metadata.yaml and the rootfs.
+    pub whole: bool,
 }
 
 impl Default for ScanLimits {
     fn default() -> Self {
         Self {
             max_decompressed: 4 << 30,
-            max_entries: 1_000_000,
+            max_entries: 4_000_000,
+            whole: true,
+        }
+    }
+}
+
+impl ScanLimits {
+    /// Decompressed bytes a whole walk may read per compressed byte: far above
+    /// what real images reach (a rootfs tar.xz expands 3–6 times), far below a
+    /// bomb's thousands.
+    pub const MAX_RATIO: u64 = 64;
+
+    /// Limits for an archive of `size` compressed bytes: the whole of it, with a
+    /// budget of `MAX_RATIO` times its size and never less than `floor`.
+    pub fn whole_archive(size: u64, floor: u64) -> Self {
+        Self {
+            max_decompressed: size.saturating_mul(Self::MAX_RATIO).max(floor),
+            whole: true,
+            ..Self::default()
         }
     }
 }
@@ -63,12 +87,13 @@ pub enum ScanError {
     #[error("the tarball holds an unsafe path {0:?} (absolute, or with '..')")]
     UnsafePath(String),
     #[error(
-        "the tarball decompresses to more than {0} bytes before metadata.yaml and the rootfs are \
-         found; refused as a possible decompression bomb"
+        "the tarball decompresses to more than {0} bytes; refused as a possible decompression bomb"
     )]
     DecompressionBudget(u64),
-    #[error("the tarball has more than {0} entries before metadata.yaml and the rootfs are found")]
+    #[error("the tarball has more than {0} entries")]
     TooManyEntries(u64),
+    #[error("the tarball holds a hard link {0:?} to an unsafe path {1:?} (absolute, or with '..')")]
+    UnsafeLink(String, String),
     #[error(
         "a unified image needs rootfs/ (container) or rootfs.img (virtual machine); this tarball has neither"
     )]
@@ -210,9 +235,60 @@ fn entry_name(raw: &[u8]) -> Result<String, ScanError> {
     Ok(name.trim_start_matches("./").to_owned())
 }
 
+/// An entry's path, refused when unsafe, and a hard link's target likewise
+/// (a symbolic link may point anywhere: it is resolved inside the instance).
+fn checked_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, ScanError> {
+    let name = entry_name(&entry.path_bytes())?;
+    if entry.header().entry_type().is_hard_link()
+        && let Some(target) = entry.link_name_bytes()
+        && entry_name(&target).is_err()
+    {
+        return Err(ScanError::UnsafeLink(
+            name,
+            String::from_utf8_lossy(&target).into_owned(),
+        ));
+    }
+    Ok(name)
+}
+
+/// Reads what follows the archive's end to the end of the compressed stream,
+/// so that the decoder checks its trailer (gzip's CRC and length, xz's index):
+/// a stream cut short or damaged there is found too.
+fn drain(mut rest: impl Read, limit: u64) -> Result<(), ScanError> {
+    io::copy(&mut rest, &mut io::sink())
+        .map(|_| ())
+        .map_err(|e| io_error(e, limit))
+}
+
+/// Walks a whole rootfs tarball (a split container image's rootfs): every path
+/// safe, every entry and the compressed stream whole.
+pub fn check_rootfs_tarball(reader: impl Read, limits: ScanLimits) -> Result<Format, ScanError> {
+    let (head, reader) = sniffed(Source(reader)).map_err(ScanError::Io)?;
+    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
+    let limit = limits.max_decompressed;
+    let budget = Budget {
+        inner: decompressor(format, reader)?,
+        left: limit,
+        limit,
+    };
+    let mut archive = tar::Archive::new(budget);
+    let mut seen = 0u64;
+    for entry in archive.entries().map_err(|e| io_error(e, limit))? {
+        let entry = entry.map_err(|e| io_error(e, limit))?;
+        seen += 1;
+        if seen > limits.max_entries {
+            return Err(ScanError::TooManyEntries(limits.max_entries));
+        }
+        checked_entry(&entry)?;
+    }
+    drain(archive.into_inner(), limit)?;
+    Ok(format)
+}
+
 /// Scans an image tarball (unified, or a split image's metadata tarball).
 /// With `need_rootfs`, the scan also looks for the rootfs and refuses a tarball
-/// without one (unified images); otherwise it stops at metadata.yaml.
+/// without one (unified images). Unless `limits.whole`, it stops once it has
+/// found what it looks for.
 pub fn scan_tarball(
     reader: impl Read,
     need_rootfs: bool,
@@ -236,7 +312,7 @@ pub fn scan_tarball(
         if seen > limits.max_entries {
             return Err(ScanError::TooManyEntries(limits.max_entries));
         }
-        let name = entry_name(&entry.path_bytes())?;
+        let name = checked_entry(&entry)?;
         if name == "metadata.yaml" {
             if !entry.header().entry_type().is_file() {
                 return Err(ScanError::IrregularMetadata);
@@ -264,9 +340,12 @@ pub fn scan_tarball(
                 found_type = Some(FoundType::Container);
             }
         }
-        if metadata.is_some() && (!need_rootfs || found_type.is_some()) {
+        if !limits.whole && metadata.is_some() && (!need_rootfs || found_type.is_some()) {
             break;
         }
+    }
+    if limits.whole {
+        drain(archive.into_inner(), limit)?;
     }
     let metadata = metadata.ok_or(ScanError::MissingMetadata)?;
     if need_rootfs && found_type.is_none() {
@@ -415,6 +494,105 @@ mod tests {
                 ScanLimits::default()
             ),
             Err(ScanError::Corrupt(_) | ScanError::MissingMetadata)
+        ));
+    }
+
+    /// Found only by reading to the end: what lies after metadata.yaml and the
+    /// first rootfs entry, and the compressed stream's own end.
+    #[test]
+    fn the_whole_archive_is_checked_not_only_its_head() {
+        let mut entries: Vec<(&str, &[u8])> = vec![
+            ("metadata.yaml", META),
+            ("rootfs/", b""),
+            ("rootfs/a", &[1u8; 8192]),
+        ];
+        let good = gzip(&tarball(&entries));
+        scan_tarball(&good[..], true, ScanLimits::default()).unwrap();
+        let early = ScanLimits {
+            whole: false,
+            ..ScanLimits::default()
+        };
+
+        entries.push(("rootfs/../../etc/cron.d/x", b"* * * * * root sh"));
+        let late_escape = gzip(&tarball(&entries));
+        assert!(
+            scan_tarball(&late_escape[..], true, early).is_ok(),
+            "the head alone passes"
+        );
+        let r = scan_tarball(&late_escape[..], true, ScanLimits::default());
+        assert!(matches!(r, Err(ScanError::UnsafePath(_))), "{r:?}");
+
+        // Cut inside the rootfs, after what the head needs: damaged.
+        let big = gzip(&tarball(&[
+            ("metadata.yaml", META),
+            ("rootfs/", b""),
+            (
+                "rootfs/noise",
+                &(0..200_000u32)
+                    .map(|i| (i * 7919 % 251) as u8)
+                    .collect::<Vec<_>>(),
+            ),
+        ]));
+        let cut = &big[..big.len() * 2 / 3];
+        assert!(
+            scan_tarball(cut, true, early).is_ok(),
+            "the head alone passes"
+        );
+        let r = scan_tarball(cut, true, ScanLimits::default());
+        assert!(matches!(r, Err(ScanError::Corrupt(_))), "{r:?}");
+        // Only the gzip trailer (CRC) damaged: every tar block reads.
+        let mut bad_crc = good.clone();
+        let at = bad_crc.len() - 6;
+        bad_crc[at] ^= 0xff;
+        let r = scan_tarball(&bad_crc[..], true, ScanLimits::default());
+        assert!(matches!(r, Err(ScanError::Corrupt(_))), "{r:?}");
+
+        // A hard link out of the tree; a symbolic one may point anywhere.
+        let link = |kind: tar::EntryType, target: &str| {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(META.len() as u64);
+            h.set_mode(0o644);
+            h.set_path("metadata.yaml").unwrap();
+            h.set_cksum();
+            b.append(&h, META).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_path("rootfs/etc/l").unwrap();
+            let raw = &mut h.as_old_mut().linkname;
+            raw[..target.len()].copy_from_slice(target.as_bytes());
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+            b.into_inner().unwrap()
+        };
+        let r = scan_tarball(
+            &link(tar::EntryType::Link, "../../etc/shadow")[..],
+            true,
+            ScanLimits::default(),
+        );
+        assert!(matches!(r, Err(ScanError::UnsafeLink(..))), "{r:?}");
+        scan_tarball(
+            &link(tar::EntryType::Symlink, "/usr/bin/env")[..],
+            true,
+            ScanLimits::default(),
+        )
+        .unwrap();
+
+        // A split image's rootfs tarball, walked alone.
+        let rootfs = gzip(&tarball(&[("bin/", b""), ("bin/sh", b"x")]));
+        assert_eq!(
+            check_rootfs_tarball(&rootfs[..], ScanLimits::default()).unwrap(),
+            Format::Gzip
+        );
+        let escape = gzip(&tarball(&[("bin/", b""), ("../x", b"x")]));
+        assert!(matches!(
+            check_rootfs_tarball(&escape[..], ScanLimits::default()),
+            Err(ScanError::UnsafePath(_))
+        ));
+        assert!(matches!(
+            check_rootfs_tarball(&rootfs[..rootfs.len() - 4], ScanLimits::default()),
+            Err(ScanError::Corrupt(_))
         ));
     }
 

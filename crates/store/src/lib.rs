@@ -585,7 +585,8 @@ impl Read for BlockingReader {
             match self.handle.block_on(self.stream.next()) {
                 None => return Ok(0),
                 Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                // The store's error itself, kind and all, for whoever reads on.
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
             }
         }
         let n = buf.len().min(self.current.len());

@@ -8,6 +8,7 @@ mod fleet;
 mod image;
 mod limits;
 mod procs;
+mod scan;
 
 use clap::Parser;
 
@@ -129,6 +130,7 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
         return Ok(());
     }
     datapath::measure(report, &mut system, size, args.large_mib << 20, runs, limit).await?;
+    scan::measure(report, tmp.path(), size / 4, runs)?;
     control::measure(report, &system, args.images).await?;
     system.stop().await;
     fleet::measure(report, tmp.path(), args.fleet_mib << 20, runs).await?;

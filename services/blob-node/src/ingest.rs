@@ -13,8 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use imagestore_image::{
-    DISK_HEADER_LEN, Format, FoundType, ScanError, ScanLimits, Scanned, inspect_rootfs,
-    scan_tarball,
+    DISK_HEADER_LEN, Format, FoundType, ScanError, ScanLimits, Scanned, check_rootfs_tarball,
+    inspect_rootfs, scan_tarball,
 };
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
@@ -665,16 +665,16 @@ impl Ingest {
             start += size;
         }
 
-        let limits = ScanLimits {
-            max_decompressed: self.node.config.scan_budget_bytes,
-            ..ScanLimits::default()
-        };
+        // The whole archive is read before anything is registered (every path,
+        // the compressed stream to its checked end), bounded by a budget in
+        // proportion to what was uploaded.
+        let floor = self.node.config.scan_budget_bytes;
         let (scanned, image_type, rootfs_ext) = if self.split {
             let (scanned, meta_sha) = scan_metadata_part(
                 &self.node.store,
                 objects[0].clone(),
                 self.metadata_sha.clone(),
-                limits,
+                ScanLimits::whole_archive(parts[0].1, floor),
             )
             .await?;
             parts[0].2 = Some(meta_sha);
@@ -696,6 +696,13 @@ impl Ingest {
             let image_type = self.registration.image_type.unwrap_or(found);
             inspect_rootfs(image_type == pb::ImageType::VirtualMachine, &head)
                 .map_err(ScanError::from)?;
+            if format.is_some_and(Format::is_tarball) {
+                let reader = self.node.store.blocking_reader(objects[1].clone());
+                let limits = ScanLimits::whole_archive(parts[1].1, floor);
+                tokio::task::spawn_blocking(move || check_rootfs_tarball(reader, limits))
+                    .await
+                    .map_err(|e| BlobError::Internal(format!("scan task: {e}")))??;
+            }
             (
                 scanned,
                 image_type,
@@ -703,6 +710,7 @@ impl Ingest {
             )
         } else {
             let reader = self.node.store.blocking_reader(objects[0].clone());
+            let limits = ScanLimits::whole_archive(total, floor);
             let scanned = tokio::task::spawn_blocking(move || scan_tarball(reader, true, limits))
                 .await
                 .map_err(|e| BlobError::Internal(format!("scan task: {e}")))??;
