@@ -15,6 +15,7 @@ use imagestore_simplestreams::{Client, Products, candidates};
 /// Small limits, so that a run spends its time on many inputs.
 const LIMITS: ScanLimits = ScanLimits {
     max_decompressed: 1 << 20,
+    max_ratio: 0,
     max_entries: 1000,
     whole: true,
 };

@@ -119,22 +119,7 @@ impl Catalog {
                         return load_op(tx, &id);
                     }
                 }
-                let now = now();
-                let op = Operation {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    description,
-                    state: OperationState::Queued,
-                    stage: "queued".into(),
-                    bytes_done: 0,
-                    bytes_total: 0,
-                    bytes_per_second: 0,
-                    error: None,
-                    image: String::new(),
-                    metadata: Default::default(),
-                    may_cancel: true,
-                    created_at: now,
-                    updated_at: now,
-                };
+                let op = crate::operations::queued(description, "queued", true);
                 store_op(tx, &op)?;
                 tx.prepare_cached(
                     "INSERT INTO import_jobs (operation_id, request, replaces) VALUES (?1, ?2, ?3)",

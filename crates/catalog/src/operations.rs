@@ -101,6 +101,26 @@ pub struct OperationUpdate {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A new QUEUED operation, at `stage`, not yet stored.
+pub(crate) fn queued(description: String, stage: &str, may_cancel: bool) -> Operation {
+    let now = now();
+    Operation {
+        id: uuid::Uuid::new_v4().to_string(),
+        description,
+        state: OperationState::Queued,
+        stage: stage.to_owned(),
+        bytes_done: 0,
+        bytes_total: 0,
+        bytes_per_second: 0,
+        error: None,
+        image: String::new(),
+        metadata: BTreeMap::new(),
+        may_cancel,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 impl Catalog {
     /// Records a new QUEUED operation.
     pub async fn create_operation(
@@ -108,22 +128,7 @@ impl Catalog {
         description: String,
         may_cancel: bool,
     ) -> Result<Operation> {
-        let now = now();
-        let op = Operation {
-            id: uuid::Uuid::new_v4().to_string(),
-            description,
-            state: OperationState::Queued,
-            stage: String::new(),
-            bytes_done: 0,
-            bytes_total: 0,
-            bytes_per_second: 0,
-            error: None,
-            image: String::new(),
-            metadata: BTreeMap::new(),
-            may_cancel,
-            created_at: now,
-            updated_at: now,
-        };
+        let op = queued(description, "", may_cancel);
         let stored = op.clone();
         self.write(move |tx| store(tx, &stored)).await?;
         self.operations_changed();

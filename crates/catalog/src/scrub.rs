@@ -46,22 +46,10 @@ impl Catalog {
         let op = self
             .write(move |tx| {
                 let fp = resolve(tx, &what, false)?;
-                let now = now();
-                let op = Operation {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    description: format!("Verifying image {fp}"),
-                    state: OperationState::Queued,
-                    stage: "queued".into(),
-                    bytes_done: 0,
-                    bytes_total: 0,
-                    bytes_per_second: 0,
-                    error: None,
-                    image: format!("images/{fp}"),
-                    metadata: [("fingerprint".to_owned(), fp.clone())].into(),
-                    may_cancel: false,
-                    created_at: now,
-                    updated_at: now,
-                };
+                let mut op =
+                    crate::operations::queued(format!("Verifying image {fp}"), "queued", false);
+                op.image = format!("images/{fp}");
+                op.metadata.insert("fingerprint".to_owned(), fp.clone());
                 store_op(tx, &op)?;
                 tx.prepare_cached(
                     "INSERT INTO verify_jobs (operation_id, fingerprint) VALUES (?1, ?2)",

@@ -8,7 +8,9 @@
 //! Everything is streamed: memory stays bounded whatever the tarball holds, and a
 //! budget on decompressed bytes stops decompression bombs.
 
+use std::cell::Cell;
 use std::io::{self, Read};
+use std::rc::Rc;
 
 use crate::format::{Format, SNIFF_LEN};
 use crate::inspect::{DISK_HEADER_LEN, DiskError, inspect_vm_disk};
@@ -35,8 +37,13 @@ pub struct Scanned {
 /// Bounds on what a scan may read.
 #[derive(Debug, Clone, Copy)]
 pub struct ScanLimits {
-    /// Decompressed bytes the scan may read before giving up.
+    /// Decompressed bytes the scan may read before giving up (with `max_ratio`,
+    /// the floor of its budget).
     pub max_decompressed: u64,
+    /// When not 0: decompressed bytes may also reach this many times the
+    /// compressed bytes read so far, so that a large real image passes and a
+    /// bomb (thousands to one) stops early whatever its size.
+    pub max_ratio: u64,
     /// Tar entries the scan may look at.
     pub max_entries: u64,
     /// Read the whole archive (every path, the compressed stream to its end),
@@ -48,6 +55,7 @@ impl Default for ScanLimits {
     fn default() -> Self {
         Self {
             max_decompressed: 4 << 30,
+            max_ratio: 0,
             max_entries: 4_000_000,
             whole: true,
         }
@@ -60,11 +68,12 @@ impl ScanLimits {
     /// bomb's thousands.
     pub const MAX_RATIO: u64 = 64;
 
-    /// Limits for an archive of `size` compressed bytes: the whole of it, with a
-    /// budget of `MAX_RATIO` times its size and never less than `floor`.
-    pub fn whole_archive(size: u64, floor: u64) -> Self {
+    /// Limits for reading a whole archive: at least `floor` decompressed bytes,
+    /// and up to `MAX_RATIO` times the compressed bytes read.
+    pub fn whole_archive(floor: u64) -> Self {
         Self {
-            max_decompressed: size.saturating_mul(Self::MAX_RATIO).max(floor),
+            max_decompressed: floor,
+            max_ratio: Self::MAX_RATIO,
             whole: true,
             ..Self::default()
         }
@@ -87,7 +96,9 @@ pub enum ScanError {
     #[error("the tarball holds an unsafe path {0:?} (absolute, or with '..')")]
     UnsafePath(String),
     #[error(
-        "the tarball decompresses to more than {0} bytes; refused as a possible decompression bomb"
+        "the tarball decompresses to more than its budget (at least {0} bytes, and at most \
+         {ratio} times what was read of it); refused as a possible decompression bomb",
+        ratio = ScanLimits::MAX_RATIO
     )]
     DecompressionBudget(u64),
     #[error("the tarball has more than {0} entries")]
@@ -108,11 +119,31 @@ pub enum ScanError {
     Io(io::Error),
 }
 
-/// Counts decompressed bytes and fails past the budget.
+/// Counts decompressed bytes and fails past the budget: `floor`, or `ratio`
+/// times the compressed bytes read so far when that is more.
 struct Budget<R> {
     inner: R,
-    left: u64,
-    limit: u64,
+    used: u64,
+    floor: u64,
+    ratio: u64,
+    compressed: Rc<Cell<u64>>,
+}
+
+impl<R> Budget<R> {
+    fn new(inner: R, limits: &ScanLimits, compressed: Rc<Cell<u64>>) -> Self {
+        Self {
+            inner,
+            used: 0,
+            floor: limits.max_decompressed,
+            ratio: limits.max_ratio,
+            compressed,
+        }
+    }
+
+    fn limit(&self) -> u64 {
+        self.floor
+            .max(self.compressed.get().saturating_mul(self.ratio))
+    }
 }
 
 /// The error [`Budget`] raises, found again below the decoders by its type.
@@ -122,14 +153,25 @@ struct BudgetExceeded;
 
 impl<R: Read> Read for Budget<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Err(io::Error::other(BudgetExceeded));
+        // The compressed side may run ahead of what it allows: read a little
+        // at a time near the limit so the check is exact.
+        if buf.is_empty() {
+            return Ok(0);
         }
-        let max = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let left = self.limit().saturating_sub(self.used);
+        if left == 0 {
+            // One byte at a time at the limit: reading it may pull in more
+            // compressed bytes and so raise the limit, or end the stream.
+            let n = self.inner.read(&mut buf[..1])?;
+            self.used += n as u64;
+            if self.used > self.limit() {
+                return Err(io::Error::other(BudgetExceeded));
+            }
+            return Ok(n);
+        }
+        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
-        self.left -= n as u64;
+        self.used += n as u64;
         Ok(n)
     }
 }
@@ -142,14 +184,20 @@ struct SourceFailed(#[source] io::Error);
 
 /// Marks every error of the reader it wraps as [`SourceFailed`], so that what the
 /// decoders and the tar reader pass on can still be told apart from what they
-/// find wrong.
-struct Source<R>(R);
+/// find wrong; and counts the (compressed) bytes it passes.
+struct Source<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
 
 impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0
+        let n = self
+            .inner
             .read(buf)
-            .map_err(|e| io::Error::new(e.kind(), SourceFailed(e)))
+            .map_err(|e| io::Error::new(e.kind(), SourceFailed(e)))?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
     }
 }
 
@@ -263,14 +311,15 @@ fn drain(mut rest: impl Read, limit: u64) -> Result<(), ScanError> {
 /// Walks a whole rootfs tarball (a split container image's rootfs): every path
 /// safe, every entry and the compressed stream whole.
 pub fn check_rootfs_tarball(reader: impl Read, limits: ScanLimits) -> Result<Format, ScanError> {
-    let (head, reader) = sniffed(Source(reader)).map_err(ScanError::Io)?;
-    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
-    let limit = limits.max_decompressed;
-    let budget = Budget {
-        inner: decompressor(format, reader)?,
-        left: limit,
-        limit,
+    let compressed = Rc::new(Cell::new(0));
+    let source = Source {
+        inner: reader,
+        read: compressed.clone(),
     };
+    let (head, reader) = sniffed(source).map_err(ScanError::Io)?;
+    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
+    let budget = Budget::new(decompressor(format, reader)?, &limits, compressed);
+    let limit = limits.max_decompressed;
     let mut archive = tar::Archive::new(budget);
     let mut seen = 0u64;
     for entry in archive.entries().map_err(|e| io_error(e, limit))? {
@@ -294,14 +343,15 @@ pub fn scan_tarball(
     need_rootfs: bool,
     limits: ScanLimits,
 ) -> Result<Scanned, ScanError> {
-    let (head, reader) = sniffed(Source(reader)).map_err(ScanError::Io)?;
-    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
-    let budget = Budget {
-        inner: decompressor(format, reader)?,
-        left: limits.max_decompressed,
-        limit: limits.max_decompressed,
+    let compressed = Rc::new(Cell::new(0));
+    let source = Source {
+        inner: reader,
+        read: compressed.clone(),
     };
-    let limit = budget.limit;
+    let (head, reader) = sniffed(source).map_err(ScanError::Io)?;
+    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
+    let budget = Budget::new(decompressor(format, reader)?, &limits, compressed);
+    let limit = limits.max_decompressed;
     let mut archive = tar::Archive::new(budget);
     let mut metadata = None;
     let mut found_type = None;
@@ -642,5 +692,25 @@ mod tests {
             scan_tarball(&bomb[..], false, limits),
             Err(ScanError::DecompressionBudget(_))
         ));
+        // In proportion: past a small floor, a real image (here 4 MiB that
+        // hardly compress) passes, a bomb does not.
+        let by_ratio = ScanLimits::whole_archive(1 << 20);
+        assert!(matches!(
+            scan_tarball(&bomb[..], false, by_ratio),
+            Err(ScanError::DecompressionBudget(_))
+        ));
+        let mut state = 7u32;
+        let noise: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (state >> 16) as u8
+            })
+            .collect();
+        let real = gzip(&tarball(&[
+            ("metadata.yaml", META),
+            ("rootfs/", b""),
+            ("rootfs/noise", &noise),
+        ]));
+        scan_tarball(&real[..], true, by_ratio).unwrap();
     }
 }

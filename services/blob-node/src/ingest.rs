@@ -11,10 +11,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use imagestore_image::{
-    DISK_HEADER_LEN, Format, FoundType, ScanError, ScanLimits, Scanned, check_rootfs_tarball,
-    inspect_rootfs, scan_tarball,
+    Format, FoundType, ScanError, ScanLimits, Scanned, inspect_rootfs, scan_tarball,
 };
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
@@ -25,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::NodeContext;
 use crate::error::{BlobError, BlobResult};
 use crate::hasher::{HashPipe, PendingState};
+use crate::walker::{ArchiveWalk, Walked};
 
 fn save(h: &Sha256) -> Bytes {
     Bytes::copy_from_slice(h.serialize().as_slice())
@@ -110,6 +110,11 @@ pub struct Ingest {
     broken: bool,
     /// What a server-side import adds to the registration.
     registration: Registration,
+    /// The walk of the current part's archive, fed as bytes arrive.
+    walk: Option<ArchiveWalk>,
+    /// A split image's metadata part, as its walk found it at end_metadata
+    /// (None when that was on another node: the finish reads it again).
+    metadata_scan: Option<BlobResult<Scanned>>,
 }
 
 /// What an import records with the image besides what an upload does.
@@ -173,7 +178,7 @@ impl Ingest {
         let hash = opened.hash_state.unwrap_or_default();
         let metadata_size = (opened.metadata_size > 0).then_some(opened.metadata_size);
         let split = spec.layout == pb::ImageLayout::Split as i32;
-        Ok(Opened::Ready(Box::new(Self {
+        let mut ingest = Self {
             split,
             image_hash: HashPipe::start(restore(&hash.image)?)?,
             part_hash: part_hash(split, &hash.part)?,
@@ -199,7 +204,11 @@ impl Ingest {
                 .filter(|s| s.length > 0)
                 .collect(),
             registration: Registration::default(),
-        })))
+            walk: None,
+            metadata_scan: None,
+        };
+        ingest.start_walk().await?;
+        Ok(Opened::Ready(Box::new(ingest)))
     }
 
     /// A one-shot upload: nothing is recorded until it is registered.
@@ -219,6 +228,7 @@ impl Ingest {
             )));
         }
         let split = layout == pb::ImageLayout::Split;
+        let node_limits = node.config.clone();
         Ok(Self {
             split,
             max_size: node.config.max_upload_bytes,
@@ -241,6 +251,8 @@ impl Ingest {
             pending: None,
             broken: false,
             registration: Registration::default(),
+            walk: Some(ArchiveWalk::image(!split, walk_limits(&node_limits))?),
+            metadata_scan: None,
         })
     }
 
@@ -369,6 +381,9 @@ impl Ingest {
         if let Some(part) = &self.part_hash {
             part.update(data.clone()).await?;
         }
+        if let Some(walk) = &self.walk {
+            walk.feed(data.clone()).await;
+        }
         if let Some(open) = self.open.as_mut() {
             open.writer.put(data).await?;
         }
@@ -431,7 +446,40 @@ impl Ingest {
         let end = self.pos;
         self.commit_behind(end).await?;
         self.metadata_size = Some(end);
+        self.metadata_scan = Some(match self.walk.take() {
+            Some(walk) => walk.finish().await.and_then(Walked::into_image),
+            None => Err(BlobError::Internal(
+                "a split upload without its walk".into(),
+            )),
+        });
+        self.walk = Some(ArchiveWalk::rootfs(walk_limits(&self.node.config))?);
         self.settle().await
+    }
+
+    /// Starts the walk of the current part, first feeding it what was
+    /// committed of that part (an upload resumed here after another node).
+    async fn start_walk(&mut self) -> BlobResult<()> {
+        let limits = walk_limits(&self.node.config);
+        let (walk, from) = match self.metadata_size {
+            Some(meta) => (ArchiveWalk::rootfs(limits)?, meta),
+            None => (ArchiveWalk::image(!self.split, limits)?, 0),
+        };
+        let stored: Vec<StoredSegment> = self
+            .objects
+            .iter()
+            .filter(|s| s.start >= from)
+            .map(|s| StoredSegment {
+                offset: s.start - from,
+                size: s.length,
+                key: s.storage_key.clone(),
+            })
+            .collect();
+        let mut data = self.node.store.read_part(stored, 0, 0);
+        while let Some(chunk) = data.next().await {
+            walk.feed(chunk?).await;
+        }
+        self.walk = Some(walk);
+        Ok(())
     }
 
     fn part(&self) -> BlobResult<&HashPipe> {
@@ -665,26 +713,32 @@ impl Ingest {
             start += size;
         }
 
-        // The whole archive is read before anything is registered (every path,
-        // the compressed stream to its checked end), bounded by a budget in
-        // proportion to what was uploaded.
-        let floor = self.node.config.scan_budget_bytes;
-        let (scanned, image_type, rootfs_ext) = if self.split {
-            let (scanned, meta_sha) = scan_metadata_part(
-                &self.node.store,
-                objects[0].clone(),
-                self.metadata_sha.clone(),
-                ScanLimits::whole_archive(parts[0].1, floor),
-            )
+        // The whole archive was walked as it arrived (every path, the compressed
+        // stream to its checked end); here is what the walk found.
+        let walked = self
+            .walk
+            .take()
+            .ok_or_else(|| BlobError::Internal("an upload without its walk".into()))?
+            .finish()
             .await?;
+        let (scanned, image_type, rootfs_ext) = if self.split {
+            let (scanned, meta_sha) = match (self.metadata_scan.take(), self.metadata_sha.clone()) {
+                (Some(scanned), Some(sha)) => (scanned?, sha),
+                // The metadata part ended on another node: read it again.
+                _ => {
+                    scan_metadata_part(
+                        &self.node.store,
+                        objects[0].clone(),
+                        self.metadata_sha.clone(),
+                        walk_limits(&self.node.config),
+                    )
+                    .await?
+                }
+            };
             parts[0].2 = Some(meta_sha);
-            let head: Vec<Bytes> = self
-                .node
-                .store
-                .read_part(objects[1].clone(), 0, DISK_HEADER_LEN as u64)
-                .try_collect()
-                .await?;
-            let head = head.concat();
+            let Walked::Rootfs { head } = walked else {
+                return Err(BlobError::Internal("the rootfs walk found an image".into()));
+            };
             let format = Format::sniff(&head);
             // As LXD's client decides: a qcow2 rootfs makes a virtual-machine
             // image. A type the source declares must fit the file.
@@ -696,24 +750,13 @@ impl Ingest {
             let image_type = self.registration.image_type.unwrap_or(found);
             inspect_rootfs(image_type == pb::ImageType::VirtualMachine, &head)
                 .map_err(ScanError::from)?;
-            if format.is_some_and(Format::is_tarball) {
-                let reader = self.node.store.blocking_reader(objects[1].clone());
-                let limits = ScanLimits::whole_archive(parts[1].1, floor);
-                tokio::task::spawn_blocking(move || check_rootfs_tarball(reader, limits))
-                    .await
-                    .map_err(|e| BlobError::Internal(format!("scan task: {e}")))??;
-            }
             (
                 scanned,
                 image_type,
                 format.map(Format::extension).unwrap_or(""),
             )
         } else {
-            let reader = self.node.store.blocking_reader(objects[0].clone());
-            let limits = ScanLimits::whole_archive(total, floor);
-            let scanned = tokio::task::spawn_blocking(move || scan_tarball(reader, true, limits))
-                .await
-                .map_err(|e| BlobError::Internal(format!("scan task: {e}")))??;
+            let scanned = walked.into_image()?;
             let image_type = match scanned.found_type {
                 Some(FoundType::VirtualMachine) => pb::ImageType::VirtualMachine,
                 _ => pb::ImageType::Container,
@@ -874,6 +917,12 @@ impl Record {
             .into_inner();
         Ok(reply.committed_size)
     }
+}
+
+/// How far a walk may decompress: the node's scan budget, or 64 times what
+/// it read when that is more.
+fn walk_limits(config: &crate::NodeLimits) -> ScanLimits {
+    ScanLimits::whole_archive(config.scan_budget_bytes)
 }
 
 /// A fresh name for one writer's objects.

@@ -13,6 +13,7 @@ mod ingest;
 mod lifecycle;
 mod scrub;
 mod upload;
+mod walker;
 
 use std::path::Path;
 use std::sync::Arc;
