@@ -122,9 +122,15 @@ impl TicketKey {
         mac
     }
 
-    /// A ticket for `scope` that works for `ttl`; with its expiry (Unix seconds).
+    /// A ticket for `scope` that works for `ttl` (at least, whole seconds, so
+    /// one issued late in a second does not lapse at the next); with its expiry
+    /// (Unix seconds).
     pub fn issue(&self, scope: &Scope, ttl: Duration) -> (String, u64) {
-        let expires = now() + ttl.as_secs().max(1);
+        let end = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + ttl.max(Duration::from_secs(1));
+        let expires = end.as_secs() + u64::from(end.subsec_nanos() > 0);
         let body = format!("v1.{expires}.{}", URL_SAFE_NO_PAD.encode(scope.encode()));
         let tag = hex::encode(self.mac(&body).finalize().into_bytes());
         (format!("{body}.{tag}"), expires)

@@ -51,6 +51,22 @@ impl From<serde_json::Error> for CatalogError {
 }
 
 impl CatalogError {
+    /// Its kind, as the one classification every layer shares (gRPC's codes):
+    /// the edge answers with it, the CLI exits by it.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::InvalidArgument(_) | Self::Fingerprint(_) => Code::InvalidArgument,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Aborted(_) => Code::Aborted,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            busy if busy.is_busy() => Code::Unavailable,
+            Self::Database(_) | Self::File(_) | Self::Corrupt(_) | Self::Task(_) => Code::Internal,
+        }
+    }
+
     /// SQLite could not get its lock in time (another process holds it): worth
     /// retrying, not a fault.
     pub fn is_busy(&self) -> bool {

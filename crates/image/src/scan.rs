@@ -119,6 +119,18 @@ pub enum ScanError {
     Io(io::Error),
 }
 
+impl ScanError {
+    /// Its kind (gRPC's codes, the classification every layer shares): what is
+    /// wrong with the bytes is the sender's (INVALID_ARGUMENT); a failure to
+    /// read them says nothing against them (UNAVAILABLE: try again).
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::Io(_) => tonic::Code::Unavailable,
+            _ => tonic::Code::InvalidArgument,
+        }
+    }
+}
+
 /// Counts decompressed bytes and fails past the budget: `floor`, or `ratio`
 /// times the compressed bytes read so far when that is more.
 struct Budget<R> {

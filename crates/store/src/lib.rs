@@ -67,6 +67,20 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// Its kind (gRPC's codes, the classification every layer shares): a store
+    /// that fails says nothing against the bytes given to it, so a caller may
+    /// try again; a store that cannot be opened is the operator's to fix.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::BadUrl { .. } => tonic::Code::FailedPrecondition,
+            Self::ObjectStore(_) | Self::Inconsistent { .. } | Self::Io(_) => {
+                tonic::Code::Unavailable
+            }
+        }
+    }
+}
+
 /// An object store, plus what only the local backend needs.
 #[derive(Clone)]
 pub struct BlobStore {

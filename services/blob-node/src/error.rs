@@ -38,15 +38,42 @@ pub enum BlobError {
 pub type BlobResult<T> = Result<T, BlobError>;
 
 impl BlobError {
+    /// Its kind (gRPC's codes, the classification every layer shares), as the
+    /// library that raised it said.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::OutOfRange(_) => Code::OutOfRange,
+            Self::DataLoss(_) => Code::DataLoss,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::NotFound(_) => Code::NotFound,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Image(e) => e.code(),
+            Self::Store(e) => e.code(),
+            Self::Ticket(TicketError::WrongScope { .. }) => Code::PermissionDenied,
+            Self::Ticket(_) => Code::Unauthenticated,
+            Self::ControlPlane(s) => match s.code() {
+                // Not the caller's doing: this node is not trusted, or the
+                // control plane is away; either is worth another node or a retry.
+                Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded => Code::Unavailable,
+                code => code,
+            },
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
     /// Whether this is a verdict on the bytes (they are not what was declared, or
     /// not an image this server takes), as opposed to a fault of the store, the
-    /// control plane or the network, after which the same bytes may do.
+    /// control plane or the network, after which the same bytes may do. Only
+    /// this node's own findings are verdicts, never a word passed on.
     pub fn is_verdict(&self) -> bool {
-        match self {
-            Self::DataLoss(_) | Self::InvalidArgument(_) => true,
-            Self::Image(e) => !matches!(e, ScanError::Io(_)),
-            _ => false,
-        }
+        !matches!(self, Self::ControlPlane(_))
+            && matches!(self.code(), Code::InvalidArgument | Code::DataLoss)
     }
 }
 
@@ -58,25 +85,10 @@ impl From<Status> for BlobError {
 
 impl From<BlobError> for Status {
     fn from(e: BlobError) -> Self {
-        let msg = e.to_string();
+        let code = e.code();
         match e {
-            BlobError::InvalidArgument(_) => Status::invalid_argument(msg),
-            BlobError::OutOfRange(_) => Status::out_of_range(msg),
-            BlobError::DataLoss(_) => Status::data_loss(msg),
-            BlobError::AlreadyExists(_) => Status::already_exists(msg),
-            BlobError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            BlobError::NotFound(_) => Status::not_found(msg),
-            BlobError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            BlobError::Image(ScanError::Io(_)) | BlobError::Store(_) => {
-                tracing::error!(error = %msg, "storage error");
-                Status::unavailable(msg)
-            }
-            BlobError::Image(_) => Status::invalid_argument(msg),
             BlobError::Ticket(t) => {
-                let mut status = match t {
-                    TicketError::WrongScope { .. } => Status::permission_denied(msg),
-                    _ => Status::unauthenticated(msg),
-                };
+                let mut status = Status::new(code, t.to_string());
                 status.metadata_mut().insert(
                     imagestore_auth::TICKET_ERROR_METADATA,
                     tonic::metadata::MetadataValue::from_static(t.kind()),
@@ -84,23 +96,28 @@ impl From<BlobError> for Status {
                 status
             }
             BlobError::ControlPlane(s) => match s.code() {
-                // Not the caller's fault: this node's credential is wrong.
                 Code::Unauthenticated | Code::PermissionDenied => {
                     tracing::error!(error = %s.message(), "the control plane refused this node");
-                    Status::unavailable(
+                    Status::new(
+                        code,
                         "this blob node is not trusted by the control plane (its cluster \
                          credential is wrong); try another node, and tell the operator",
                     )
                 }
-                // The control plane being away is worth a retry, not a failure.
-                Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => Status::unavailable(
+                c if c != code => Status::new(
+                    code,
                     format!("the control plane did not answer: {}", s.message()),
                 ),
                 _ => s,
             },
-            BlobError::Internal(_) => {
-                tracing::error!(error = %msg, "internal error");
-                Status::internal(msg)
+            other => {
+                let msg = other.to_string();
+                match code {
+                    Code::Unavailable => tracing::error!(error = %msg, "storage error"),
+                    Code::Internal => tracing::error!(error = %msg, "internal error"),
+                    _ => {}
+                }
+                Status::new(code, msg)
             }
         }
     }

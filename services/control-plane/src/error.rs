@@ -2,7 +2,7 @@
 
 use imagestore_catalog::CatalogError;
 use imagestore_image::FingerprintError;
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// Anything an RPC handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -50,41 +50,37 @@ pub fn refuse_damaged(image: &imagestore_catalog::Image) -> ApiResult<()> {
     }
 }
 
+impl ApiError {
+    /// Its kind (gRPC's codes, the classification every layer shares).
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) | Self::Fingerprint(_) => Code::InvalidArgument,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::DataLoss(_) => Code::DataLoss,
+            Self::Catalog(c) => c.code(),
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
+        let code = e.code();
         let msg = e.to_string();
-        match e {
-            ApiError::InvalidArgument(_) | ApiError::Fingerprint(_) => {
-                Status::invalid_argument(msg)
+        match (&e, code) {
+            (ApiError::Catalog(c), Code::Unavailable) if c.is_busy() => Status::unavailable(
+                "the catalog database is busy (locked by another process); retry shortly",
+            ),
+            (_, Code::Internal) => {
+                // The detail is for the operator, not the caller.
+                tracing::error!(error = %msg, "internal error");
+                Status::internal("internal error in the control plane; its log has the details")
             }
-            ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            ApiError::Unavailable(_) => Status::unavailable(msg),
-            ApiError::Unimplemented(_) => Status::unimplemented(msg),
-            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
-            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
-            ApiError::DataLoss(_) => Status::data_loss(msg),
-            ApiError::Catalog(c) => match c {
-                CatalogError::NotFound(_) => Status::not_found(msg),
-                CatalogError::AlreadyExists(_) => Status::already_exists(msg),
-                CatalogError::InvalidArgument(_) | CatalogError::Fingerprint(_) => {
-                    Status::invalid_argument(msg)
-                }
-                CatalogError::FailedPrecondition(_) => Status::failed_precondition(msg),
-                CatalogError::Aborted(_) => Status::aborted(msg),
-                CatalogError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-                ref busy if busy.is_busy() => Status::unavailable(
-                    "the catalog database is busy (locked by another process); retry shortly",
-                ),
-                CatalogError::Database(_)
-                | CatalogError::File(_)
-                | CatalogError::Corrupt(_)
-                | CatalogError::Task(_) => {
-                    // The detail is for the operator, not the caller.
-                    tracing::error!(error = %msg, "internal error");
-                    Status::internal("internal error in the control plane; its log has the details")
-                }
-            },
+            _ => Status::new(code, msg),
         }
     }
 }
