@@ -68,7 +68,10 @@ impl Setup {
         self.cp
             .uploads()
             .await
-            .get_upload(pb::GetUploadRequest { name: name.into() })
+            .get_upload(pb::GetUploadRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -491,6 +494,7 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
         .await
         .get_upload(pb::GetUploadRequest {
             name: session.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -535,6 +539,127 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
         .await
         .unwrap();
     assert!(back == data);
+    b.terminate().await;
+    cp.stop().await;
+}
+
+/// A blob node that dies is passed over at once when a client reports it, and
+/// within two heartbeats when none does; the client moves its session to
+/// another node by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_blob_node_is_passed_over_and_the_client_moves_on_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    // Heartbeats far apart, so that only a client's report explains A being
+    // passed over in the first part.
+    let cp = ControlPlane::start_with(&dir.path().join("cp"), |c| {
+        c.heartbeat_interval = Duration::from_secs(5);
+    })
+    .await;
+    let store = dir.path().join("store");
+    let start_node = |name: &'static str| {
+        let data_dir = dir.path().join(name);
+        let store = store.clone();
+        let cp_url = cp.url();
+        let credential = cp.cluster_credential_file();
+        async move {
+            Process::start_until(
+                &binary("imagestore-blob"),
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    data_dir.to_str().unwrap(),
+                    "--control-plane",
+                    &cp_url,
+                    "--store",
+                    store.to_str().unwrap(),
+                    "--cluster-credential-file",
+                    credential.to_str().unwrap(),
+                ],
+                &[],
+                Some("registered with the control plane"),
+            )
+            .await
+        }
+    };
+    let a = start_node("node-a").await;
+    let b = start_node("node-b").await;
+    let (a_url, b_url) = (a.url(), b.url());
+    let data = fixture("busybox-unified.tar.gz");
+    let create = || async {
+        cp.uploads()
+            .await
+            .create_upload(pb::CreateUploadRequest {
+                spec: Some(unified_spec(&data)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    // A dies while its last heartbeat is fresh: the control plane still hands
+    // it out every other time.
+    a.kill().await;
+    let client = imagestore_client::Client::connect_with(
+        &cp.url(),
+        Some(&cp.admin_token()),
+        imagestore_client::TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for seed in 0..3 {
+        let meta = format!(
+            "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  seed: \"{seed}\"\n"
+        );
+        let file = work.join(format!("image-{seed}.tar"));
+        std::fs::write(
+            &file,
+            tarball(
+                &[("metadata.yaml", meta.as_bytes()), ("rootfs/", b"")],
+                false,
+            ),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        client
+            .upload(
+                &imagestore_client::Source::Unified(file),
+                &imagestore_client::UploadOptions {
+                    retries: 2,
+                    ..Default::default()
+                },
+                std::sync::Arc::new(imagestore_client::NoProgress),
+            )
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "moved on at once, not once A's heartbeats went stale: {:?}",
+            started.elapsed()
+        );
+    }
+    // Reported by the client that met it dead, A is no longer handed out,
+    // though its last heartbeat is not yet stale.
+    for _ in 0..10 {
+        let node = create().await.blob_node;
+        assert_ne!(node, a_url, "the dead node is handed out again");
+        assert_eq!(node, b_url);
+    }
+
+    // Without any report: a node that stops heartbeating is passed over within
+    // two heartbeat intervals.
+    let c = start_node("node-c").await;
+    let c_url = c.url();
+    c.kill().await;
+    eventually("the dead node's heartbeats to go stale", || async {
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(create().await.blob_node);
+        }
+        !seen.contains(&c_url)
+    })
+    .await;
     b.terminate().await;
     cp.stop().await;
 }
@@ -1430,9 +1555,12 @@ async fn sessions_expire_and_staging_is_limited() {
         let mut u = uploads.clone();
         let name = idle.name.clone();
         async move {
-            u.get_upload(pb::GetUploadRequest { name })
-                .await
-                .is_err_and(|s| s.code() == Code::NotFound)
+            u.get_upload(pb::GetUploadRequest {
+                name,
+                ..Default::default()
+            })
+            .await
+            .is_err_and(|s| s.code() == Code::NotFound)
         }
     })
     .await;

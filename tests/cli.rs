@@ -943,7 +943,10 @@ async fn an_interrupted_import_continues_when_run_again() {
         let name = session.clone();
         async move {
             uploads
-                .get_upload(pb::GetUploadRequest { name })
+                .get_upload(pb::GetUploadRequest {
+                    name,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -957,6 +960,7 @@ async fn an_interrupted_import_continues_when_run_again() {
         .clone()
         .get_upload(pb::GetUploadRequest {
             name: session.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -973,7 +977,10 @@ async fn an_interrupted_import_continues_when_run_again() {
     // The same session finished: the bytes it had were not sent again.
     let done = uploads
         .clone()
-        .get_upload(pb::GetUploadRequest { name: session })
+        .get_upload(pb::GetUploadRequest {
+            name: session,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

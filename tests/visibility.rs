@@ -568,6 +568,7 @@ async fn every_rpc(w: &World, who: Who) -> Calls {
     let r = uploads
         .get_upload(pb::GetUploadRequest {
             name: session.clone().unwrap_or_else(|| "uploads/nope".into()),
+            ..Default::default()
         })
         .await;
     c.check("GetUpload", write(Code::Ok), r);
@@ -851,6 +852,7 @@ async fn tickets_open_exactly_what_they_name_and_only_while_they_last() {
     let r = pb::uploads_client::UploadsClient::new(stolen)
         .get_upload(pb::GetUploadRequest {
             name: a.name.clone(),
+            ..Default::default()
         })
         .await;
     assert_status(r, Code::Unauthenticated, "not trusted");

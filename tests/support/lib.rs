@@ -178,7 +178,10 @@ pub trait Cluster {
         let mut uploads = self.uploads().await;
         match first.first_message.as_ref()? {
             FirstMessage::Upload(name) => uploads
-                .get_upload(pb::GetUploadRequest { name: name.clone() })
+                .get_upload(pb::GetUploadRequest {
+                    name: name.clone(),
+                    ..Default::default()
+                })
                 .await
                 .ok()
                 .map(|r| r.into_inner().ticket),

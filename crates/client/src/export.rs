@@ -113,8 +113,13 @@ impl Client {
                         attempt += 1;
                         tracing::info!(error = %e, attempt, "download interrupted; resuming");
                         tokio::time::sleep(crate::backoff(attempt)).await;
-                        // A fresh ticket and a healthy node for the next try.
-                        if let Ok(fresh) = self.images().export_image(request.clone()).await {
+                        // A fresh ticket and another node for the next try: the
+                        // one that failed is reported, so it is passed over.
+                        let retry = pb::ExportImageRequest {
+                            unreachable_blob_node: export.blob_node.clone(),
+                            ..request.clone()
+                        };
+                        if let Ok(fresh) = self.images().export_image(retry).await {
                             export = fresh.into_inner();
                         }
                     }

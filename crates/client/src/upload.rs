@@ -95,6 +95,8 @@ impl Client {
             }
         };
         let mut attempt = 0;
+        // The node the last try failed on, reported when asking for the next.
+        let mut unreachable = String::new();
         let outcome = loop {
             match pb::UploadState::try_from(session.state).unwrap_or_default() {
                 pb::UploadState::Complete => {
@@ -132,12 +134,16 @@ impl Client {
                 }
                 Err(e) if e.is_transient() && attempt < opts.retries => {
                     tracing::info!(error = %e, attempt, "upload interrupted; resuming");
+                    unreachable = session.blob_node.clone();
                 }
                 Err(e) => break Err(e),
             }
             attempt += 1;
             tokio::time::sleep(crate::backoff(attempt)).await;
-            session = match self.get_upload(&session.name).await {
+            session = match self
+                .get_upload_avoiding(&session.name, std::mem::take(&mut unreachable))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) if e.is_transient() && attempt < opts.retries => {
                     // The control plane itself is away: try again on the next turn.
@@ -157,10 +163,21 @@ impl Client {
     }
 
     async fn get_upload(&self, name: &str) -> Result<pb::UploadSession, Error> {
+        self.get_upload_avoiding(name, String::new()).await
+    }
+
+    /// The session, with `unreachable` (a node the last try failed on) reported
+    /// so that the answer names another node when there is one.
+    async fn get_upload_avoiding(
+        &self,
+        name: &str,
+        unreachable: String,
+    ) -> Result<pb::UploadSession, Error> {
         Ok(self
             .uploads()
             .get_upload(pb::GetUploadRequest {
                 name: name.to_owned(),
+                unreachable_blob_node: unreachable,
             })
             .await?
             .into_inner())

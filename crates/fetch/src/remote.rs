@@ -117,6 +117,7 @@ pub async fn plan(
             name: format!("images/{}", image.fingerprint),
             r#type: 0,
             secret,
+            ..Default::default()
         })
         .await?
         .into_inner();

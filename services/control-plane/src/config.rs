@@ -16,8 +16,9 @@ pub struct ControlPlaneConfig {
     pub listen: String,
     /// Where the catalog database lives.
     pub data_dir: PathBuf,
-    /// How often blob nodes heartbeat; a node silent for three intervals is not
-    /// handed to clients.
+    /// How often blob nodes heartbeat; a node silent for two intervals is not
+    /// handed to clients (nor, for four intervals, one a client reported
+    /// unreachable).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// The largest request message accepted, in bytes. Metadata requests are small;
@@ -158,7 +159,7 @@ impl Default for ControlPlaneConfig {
         Self {
             listen: "127.0.0.1:7443".into(),
             data_dir: default_data_dir(),
-            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
             max_request_bytes: 1024 * 1024,
             upload_ttl: Duration::from_secs(3600),
             max_upload_bytes: 64 << 30,

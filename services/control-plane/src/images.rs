@@ -208,6 +208,10 @@ impl Images for ImagesService {
             .visible(public_only, &r.name, r.r#type, &r.secret, true)
             .await?;
         crate::error::refuse_damaged(&image)?;
+        if !public_only {
+            // Only trusted callers' reports count: a stranger cannot move load.
+            self.nodes.report_unreachable(&r.unreachable_blob_node);
+        }
         let node = self.nodes.pick().await?;
         if image.cached {
             // A cached image lives while it is used (LXD's last_used_at).

@@ -1,8 +1,9 @@
 //! Which blob node a client is sent to.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use imagestore_catalog::{Catalog, Node, now};
 
@@ -10,7 +11,11 @@ use crate::error::{ApiError, ApiResult};
 
 /// A node is healthy when it says so and its last heartbeat is at most this many
 /// intervals old.
-const MISSED_HEARTBEATS: u32 = 3;
+const MISSED_HEARTBEATS: u32 = 2;
+
+/// How long a node a client reported unreachable is not handed out, in
+/// heartbeat intervals (by then a dead node's heartbeats are stale anyway).
+const SUSPECT_FOR: u32 = 4;
 
 #[derive(Clone)]
 pub struct NodePicker {
@@ -19,6 +24,10 @@ pub struct NodePicker {
     /// Turns among equally loaded nodes, so that a client retrying after a node
     /// died before its last heartbeat went stale is sent elsewhere.
     turn: Arc<AtomicUsize>,
+    /// Addresses clients reported unreachable, until when they are passed over.
+    /// Passed over, not banned: with no other node they are still handed out,
+    /// so a report can move load but never deny service.
+    suspects: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl NodePicker {
@@ -27,7 +36,33 @@ impl NodePicker {
             catalog,
             heartbeat_interval,
             turn: Arc::default(),
+            suspects: Arc::default(),
         }
+    }
+
+    /// A client could not reach the node at `address` (as it was handed out):
+    /// pass it over for a while. An empty address is no report.
+    pub fn report_unreachable(&self, address: &str) {
+        if address.is_empty() || address.len() > 512 {
+            return;
+        }
+        let now = Instant::now();
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: expired reports go before a new one is kept.
+        suspects.retain(|_, until| *until > now);
+        if suspects.len() < 4096 {
+            suspects.insert(
+                address.to_owned(),
+                now + self.heartbeat_interval * SUSPECT_FOR,
+            );
+        }
+    }
+
+    fn suspected(&self, address: &str) -> bool {
+        let suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        suspects
+            .get(address)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -50,6 +85,9 @@ impl NodePicker {
             .into_iter()
             .filter(|n| self.is_healthy(n))
             .collect();
+        if healthy.iter().any(|n| !self.suspected(&n.address)) {
+            healthy.retain(|n| !self.suspected(&n.address));
+        }
         let fewest = healthy.iter().map(|n| n.active_transfers).min();
         healthy.retain(|n| Some(n.active_transfers) == fewest);
         if healthy.is_empty() {

@@ -239,6 +239,8 @@ impl Uploads for UploadsService {
 
     async fn get_upload(&self, req: Request<pb::GetUploadRequest>) -> Reply<pb::UploadSession> {
         let id = names::upload("name", &req.get_ref().name)?;
+        self.nodes
+            .report_unreachable(&req.get_ref().unreachable_blob_node);
         let upload = self.catalog.get_upload(id).await.map_err(ApiError::from)?;
         Ok(Response::new(self.session(upload).await?))
     }
