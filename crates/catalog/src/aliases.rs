@@ -3,7 +3,7 @@
 use imagestore_image::FingerprintQuery;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::{CatalogError, Result};
 use crate::images::{ImageRef, resolve};
 use crate::model::*;
@@ -168,7 +168,7 @@ pub struct AliasEdit {
     pub description: Option<String>,
 }
 
-impl Catalog {
+impl Sqlite {
     /// Creates an alias to an existing image.
     pub async fn create_alias(
         &self,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use imagestore_image::{FingerprintQuery, canonical_architecture};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::aliases::{insert_aliases, validate_alias};
 use crate::error::{CatalogError, Result};
 use crate::filter::ImageFilter;
@@ -429,7 +429,7 @@ pub struct Completes {
     pub replaces: Option<String>,
 }
 
-impl Catalog {
+impl Sqlite {
     /// Resolves `what` and loads the whole record; `public_only` hides private
     /// images (they read as not found).
     pub async fn get_image(&self, what: ImageRef, public_only: bool) -> Result<Image> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::aliases::{insert_aliases, validate_alias_name};
 use crate::error::{CatalogError, Result};
 use crate::images::{delete_in, must_load};
@@ -95,7 +95,7 @@ pub(crate) fn finish_import(
     succeed(tx, operation, &image, skipped)
 }
 
-impl Catalog {
+impl Sqlite {
     /// Queues an import. A refresh of an image that has one queued or running
     /// already returns that operation instead of a second one.
     pub async fn create_import(

@@ -16,6 +16,7 @@ mod operations;
 mod page;
 mod schema;
 mod scrub;
+mod seam;
 mod secrets;
 mod trust;
 mod uploads;
@@ -38,6 +39,7 @@ pub use operations::OperationUpdate;
 pub use page::{Page, PageRequest};
 pub use schema::latest_version as schema_version;
 pub use scrub::{ScrubJob, ScrubOutcome};
+pub use seam::{Backend, Catalog};
 pub use trust::{TrustEntry, TrustKind};
 pub use uploads::SegmentCommit;
 
@@ -49,7 +51,7 @@ const MAX_WAITING_WRITES: usize = 1024;
 
 /// The catalog: cheap to clone, safe to share between tasks.
 #[derive(Clone)]
-pub struct Catalog {
+pub struct Sqlite {
     inner: Arc<Inner>,
 }
 
@@ -68,7 +70,7 @@ struct Inner {
     operations_changed: watch::Sender<u64>,
 }
 
-impl Catalog {
+impl Sqlite {
     /// Opens (creating if needed) the catalog database at `path` and migrates it to
     /// the newest schema.
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {

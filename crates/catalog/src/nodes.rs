@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::{CatalogError, Result};
 use crate::model::*;
 
@@ -37,7 +37,7 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-impl Catalog {
+impl Sqlite {
     /// Records a node, or refreshes it when the same id registers again.
     pub async fn register_node(&self, n: NodeAnnouncement) -> Result<Node> {
         self.write(move |tx| {

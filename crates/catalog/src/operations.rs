@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::{CatalogError, Result};
 use crate::model::*;
 use crate::page::{Page, PageRequest};
@@ -121,7 +121,7 @@ pub(crate) fn queued(description: String, stage: &str, may_cancel: bool) -> Oper
     }
 }
 
-impl Catalog {
+impl Sqlite {
     /// Records a new QUEUED operation.
     pub async fn create_operation(
         &self,

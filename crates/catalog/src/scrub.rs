@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::{CatalogError, Result};
 use crate::images::{ImageRef, must_load, resolve};
 use crate::model::*;
@@ -40,7 +40,7 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-impl Catalog {
+impl Sqlite {
     /// Queues a verification of an image and returns the operation that tracks it.
     pub async fn create_verification(&self, what: ImageRef) -> Result<Operation> {
         let op = self

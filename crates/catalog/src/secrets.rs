@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::Result;
 use crate::images::{ImageRef, must_load, resolve};
 use crate::model::{Image, UnixNanos, now};
@@ -30,7 +30,7 @@ fn opened(conn: &Connection, what: &ImageRef, secret_hash: &str) -> Result<(Stri
     Ok((resolve(conn, what, true)?, false))
 }
 
-impl Catalog {
+impl Sqlite {
     /// Stores a secret (by hash) for the image `what` names; returns the image and
     /// when the secret expires.
     pub async fn create_image_secret(

@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::{CatalogError, Result};
 use crate::model::{UnixNanos, now};
 
@@ -52,7 +52,7 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<TrustEntry> {
     })
 }
 
-impl Catalog {
+impl Sqlite {
     /// Adds a credential; ALREADY_EXISTS when its fingerprint is trusted already.
     pub async fn add_trust(
         &self,

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::Catalog;
+use crate::Sqlite;
 use crate::error::{CatalogError, Result};
 use crate::model::*;
 
@@ -117,7 +117,7 @@ pub struct SegmentCommit {
     pub metadata_size: u64,
 }
 
-impl Catalog {
+impl Sqlite {
     /// Opens a session that expires `ttl` after its last activity.
     pub async fn create_upload(
         &self,

@@ -1,0 +1,522 @@
+//! The catalog's seam: what the control plane asks of its metadata, use case by
+//! use case (register an image, resolve a name, list with a filter and a page
+//! token, open, commit and finish an upload, claim an import, ...). One adapter
+//! per database implements it, as Garage does: [`Sqlite`] (the modules beside
+//! this one, the embedded default). Services hold a [`Catalog`] and never know
+//! which adapter answers.
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::Sqlite;
+use crate::aliases::AliasEdit;
+use crate::error::Result;
+use crate::filter::ImageFilter;
+use crate::images::{Completes, ImageRef};
+use crate::imports::ImportJob;
+use crate::model::*;
+use crate::nodes::NodeAnnouncement;
+use crate::operations::OperationUpdate;
+use crate::page::{Page, PageRequest};
+use crate::scrub::{ScrubJob, ScrubOutcome};
+use crate::trust::{TrustEntry, TrustKind};
+use crate::uploads::SegmentCommit;
+
+/// What every catalog adapter answers.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Creates an alias to an existing image.
+    async fn create_alias(
+        &self,
+        name: String,
+        target: String,
+        description: String,
+    ) -> Result<Alias>;
+    /// Returns an alias; with `image_type`, only if its target has that type.
+    async fn get_alias(
+        &self,
+        name: String,
+        image_type: Option<ImageType>,
+        public_only: bool,
+    ) -> Result<Alias>;
+    /// One page of aliases in name order whose names contain every word of
+    /// `filter`.
+    async fn list_aliases(
+        &self,
+        filter: String,
+        page: PageRequest,
+        public_only: bool,
+    ) -> Result<Page<Alias>>;
+    /// Retargets and/or re-describes an alias.
+    async fn update_alias(&self, name: String, edit: AliasEdit) -> Result<Alias>;
+    /// Renames an alias; the new name must be free.
+    async fn rename_alias(&self, name: String, new_name: String) -> Result<Alias>;
+    /// Deletes an alias (not its image).
+    async fn delete_alias(&self, name: String) -> Result<()>;
+    /// Resolves `what` and loads the whole record; `public_only` hides private
+    /// images (they read as not found).
+    async fn get_image(&self, what: ImageRef, public_only: bool) -> Result<Image>;
+    /// The objects each part of an image is stored as, one list per part in
+    /// part order; empty lists for an image registered before they were kept.
+    async fn part_objects(&self, fingerprint: String) -> Result<Vec<Vec<StoredObject>>>;
+    /// Registers verified content; idempotent by fingerprint. Aliases whose names
+    /// are taken are skipped, not moved. In the same transaction: the upload
+    /// session it completes becomes COMPLETE (or FAILED, when the fingerprint was
+    /// registered already); the import operation it completes SUCCEEDED (with the
+    /// record found, when it existed), unless it was cancelled, when nothing is
+    /// registered; the image a refresh replaces hands over its aliases and goes.
+    async fn register_image(&self, new: NewImage, completes: Completes) -> Result<Registered>;
+    /// Changes editable fields and returns the new record.
+    async fn update_image(&self, what: ImageRef, edit: ImageEdit) -> Result<Image>;
+    /// Deletes an image and its aliases. Returns the record as it was and the
+    /// storage keys no other image refers to any more (their bytes may go).
+    async fn delete_image(&self, what: ImageRef) -> Result<(Image, Vec<String>)>;
+    /// One page of images in fingerprint order that match `filter`.
+    async fn list_images(
+        &self,
+        filter: ImageFilter,
+        page: PageRequest,
+        public_only: bool,
+    ) -> Result<Page<Image>>;
+    /// A number that changes whenever what clients see of any image changes
+    /// (records, parts, aliases), in this process or another.
+    async fn images_version(&self) -> Result<u64>;
+    /// Every image (public ones only, with `public_only`) with its parts and
+    /// aliases, in fingerprint order, and the [`Self::images_version`] they are
+    /// as of: for documents that describe the whole catalog.
+    async fn all_images(&self, public_only: bool) -> Result<(u64, Vec<Image>)>;
+    /// Storage keys (and prefixes ending in "/") released and not yet collected,
+    /// oldest first.
+    async fn released_content(&self, limit: usize) -> Result<Vec<String>>;
+    /// Forgets released keys whose bytes were deleted.
+    async fn forget_released(&self, keys: Vec<String>) -> Result<()>;
+    /// Queues an import. A refresh of an image that has one queued or running
+    /// already returns that operation instead of a second one.
+    async fn create_import(
+        &self,
+        description: String,
+        request: Vec<u8>,
+        replaces: Option<String>,
+    ) -> Result<Operation>;
+    /// Hands the oldest queued import to `node_id` and marks it RUNNING.
+    async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>>;
+    /// A claimant's report. Returns the operation as it is now: a done one tells
+    /// the node to stop (it was cancelled, or timed out).
+    async fn report_import(
+        &self,
+        id: String,
+        node_id: String,
+        update: crate::OperationUpdate,
+        existing_image: Option<(String, Vec<AliasRef>)>,
+    ) -> Result<Operation>;
+    /// Ends imports whose node went quiet for `silent_for` (FAILED), and releases
+    /// the bytes of failed or cancelled imports once their node has had that long
+    /// to delete them itself. Returns how many imports were ended.
+    async fn collect_imports(&self, silent_for: Duration) -> Result<usize>;
+    /// Images that follow an alias on their source and have no refresh under way.
+    async fn images_to_refresh(&self) -> Result<Vec<Image>>;
+    /// Deletes cached images not used (exported) for `unused_for`, LXD's
+    /// `images.remote_cache_expiry`. Returns their fingerprints.
+    async fn expire_cached_images(&self, unused_for: Duration) -> Result<Vec<String>>;
+    /// Records that an image was used (exported) now.
+    async fn touch_image(&self, fingerprint: String) -> Result<()>;
+    /// Records a node, or refreshes it when the same id registers again.
+    async fn register_node(&self, n: NodeAnnouncement) -> Result<Node>;
+    /// Records a heartbeat. NotFound when the node never registered.
+    async fn heartbeat(
+        &self,
+        node_id: String,
+        available_bytes: u64,
+        active_transfers: u32,
+        healthy: bool,
+    ) -> Result<Node>;
+    /// Every known node, by id.
+    async fn list_nodes(&self) -> Result<Vec<Node>>;
+    /// Records a new QUEUED operation.
+    async fn create_operation(&self, description: String, may_cancel: bool) -> Result<Operation>;
+    /// Returns one operation.
+    async fn get_operation(&self, id: String) -> Result<Operation>;
+    /// Applies a worker's report. A finished operation does not change any more
+    /// (FailedPrecondition), so a late report cannot revive a cancelled one.
+    async fn update_operation(&self, id: String, update: OperationUpdate) -> Result<Operation>;
+    /// Marks an operation CANCELLED. FailedPrecondition when it is done already or
+    /// cannot be cancelled.
+    async fn cancel_operation(&self, id: String) -> Result<Operation>;
+    /// One page of operations, newest first; `done` filters on completion.
+    async fn list_operations(
+        &self,
+        state: Option<OperationState>,
+        done: Option<bool>,
+        page: PageRequest,
+    ) -> Result<Page<Operation>>;
+    /// Queues a verification of an image and returns the operation that tracks it.
+    async fn create_verification(&self, what: ImageRef) -> Result<Operation>;
+    /// Hands `node_id` an image to verify for at most `claim_for`: a
+    /// verification asked for (one whose claimant went quiet is handed out
+    /// again); or, with `background`, the image verified longest ago (never
+    /// verified first) if that was more than `every` ago. The two are claimed
+    /// apart, so that one asked for never waits behind paced background work.
+    async fn claim_scrub(
+        &self,
+        node_id: String,
+        background: bool,
+        every: Duration,
+        claim_for: Duration,
+    ) -> Result<Option<ScrubJob>>;
+    /// Records what verifying `fingerprint` found, and finishes the operation of
+    /// a verification asked for.
+    async fn report_scrub(
+        &self,
+        fingerprint: String,
+        operation: Option<String>,
+        outcome: ScrubOutcome,
+    ) -> Result<()>;
+    /// Stores a secret (by hash) for the image `what` names; returns the image and
+    /// when the secret expires.
+    async fn create_image_secret(
+        &self,
+        what: ImageRef,
+        secret_hash: String,
+        ttl: Duration,
+    ) -> Result<(Image, UnixNanos)>;
+    /// The image `what` names, as an untrusted caller holding `secret_hash` may
+    /// see it; the secret stays usable.
+    async fn get_image_with_secret(&self, what: ImageRef, secret_hash: String) -> Result<Image>;
+    /// As [`Catalog::get_image_with_secret`], and uses the secret up: it opens
+    /// nothing after this.
+    async fn use_image_secret(&self, what: ImageRef, secret_hash: String) -> Result<Image>;
+    /// Adds a credential; ALREADY_EXISTS when its fingerprint is trusted already.
+    async fn add_trust(
+        &self,
+        kind: TrustKind,
+        description: String,
+        fingerprint: String,
+        expires_at: Option<UnixNanos>,
+    ) -> Result<TrustEntry>;
+    /// Every entry, oldest first.
+    async fn list_trust(&self) -> Result<Vec<TrustEntry>>;
+    /// Removes an entry by id and returns its fingerprint; NOT_FOUND when there
+    /// is none.
+    async fn remove_trust(&self, id: String) -> Result<String>;
+    /// Opens a session that expires `ttl` after its last activity.
+    async fn create_upload(&self, spec: UploadSpec, ttl: std::time::Duration) -> Result<Upload>;
+    /// Returns a session.
+    async fn get_upload(&self, id: String) -> Result<Upload>;
+    /// Abandons an open session and releases its staged bytes.
+    async fn cancel_upload(&self, id: String) -> Result<Upload>;
+    /// Claims an open session for one stream and returns it with a fresh lease. A
+    /// newer claim supersedes an older one (whose next commit is then ABORTED), so
+    /// that a client can continue at once on another node after one died.
+    async fn open_write(&self, id: String, ttl: std::time::Duration) -> Result<(Upload, String)>;
+    /// Records a stored segment; committed_size moves to its end.
+    async fn commit_segment(
+        &self,
+        id: String,
+        lease: String,
+        commit: SegmentCommit,
+        ttl: std::time::Duration,
+    ) -> Result<u64>;
+    /// Ends a session that cannot complete and records why.
+    async fn fail_upload(&self, id: String, lease: String, message: String) -> Result<()>;
+    /// Lets go of a claim without ending the session.
+    async fn release_write(&self, id: String, lease: String) -> Result<()>;
+    /// Deletes sessions past their expiry and releases their staged bytes; returns
+    /// how many went.
+    async fn expire_uploads(&self) -> Result<usize>;
+
+    /// Moves whenever an operation changes, so that long polls wake without
+    /// polling the database.
+    fn watch_operations(&self) -> watch::Receiver<u64>;
+}
+
+/// The catalog a service holds: cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Catalog(Arc<dyn Backend>);
+
+impl Deref for Catalog {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the SQLite catalog at `path` and migrates it.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        Ok(Self(Arc::new(Sqlite::open(path).await?)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Sqlite {
+    async fn create_alias(
+        &self,
+        name: String,
+        target: String,
+        description: String,
+    ) -> Result<Alias> {
+        Sqlite::create_alias(self, name, target, description).await
+    }
+
+    async fn get_alias(
+        &self,
+        name: String,
+        image_type: Option<ImageType>,
+        public_only: bool,
+    ) -> Result<Alias> {
+        Sqlite::get_alias(self, name, image_type, public_only).await
+    }
+
+    async fn list_aliases(
+        &self,
+        filter: String,
+        page: PageRequest,
+        public_only: bool,
+    ) -> Result<Page<Alias>> {
+        Sqlite::list_aliases(self, filter, page, public_only).await
+    }
+
+    async fn update_alias(&self, name: String, edit: AliasEdit) -> Result<Alias> {
+        Sqlite::update_alias(self, name, edit).await
+    }
+
+    async fn rename_alias(&self, name: String, new_name: String) -> Result<Alias> {
+        Sqlite::rename_alias(self, name, new_name).await
+    }
+
+    async fn delete_alias(&self, name: String) -> Result<()> {
+        Sqlite::delete_alias(self, name).await
+    }
+
+    async fn get_image(&self, what: ImageRef, public_only: bool) -> Result<Image> {
+        Sqlite::get_image(self, what, public_only).await
+    }
+
+    async fn part_objects(&self, fingerprint: String) -> Result<Vec<Vec<StoredObject>>> {
+        Sqlite::part_objects(self, fingerprint).await
+    }
+
+    async fn register_image(&self, new: NewImage, completes: Completes) -> Result<Registered> {
+        Sqlite::register_image(self, new, completes).await
+    }
+
+    async fn update_image(&self, what: ImageRef, edit: ImageEdit) -> Result<Image> {
+        Sqlite::update_image(self, what, edit).await
+    }
+
+    async fn delete_image(&self, what: ImageRef) -> Result<(Image, Vec<String>)> {
+        Sqlite::delete_image(self, what).await
+    }
+
+    async fn list_images(
+        &self,
+        filter: ImageFilter,
+        page: PageRequest,
+        public_only: bool,
+    ) -> Result<Page<Image>> {
+        Sqlite::list_images(self, filter, page, public_only).await
+    }
+
+    async fn images_version(&self) -> Result<u64> {
+        Sqlite::images_version(self).await
+    }
+
+    async fn all_images(&self, public_only: bool) -> Result<(u64, Vec<Image>)> {
+        Sqlite::all_images(self, public_only).await
+    }
+
+    async fn released_content(&self, limit: usize) -> Result<Vec<String>> {
+        Sqlite::released_content(self, limit).await
+    }
+
+    async fn forget_released(&self, keys: Vec<String>) -> Result<()> {
+        Sqlite::forget_released(self, keys).await
+    }
+
+    async fn create_import(
+        &self,
+        description: String,
+        request: Vec<u8>,
+        replaces: Option<String>,
+    ) -> Result<Operation> {
+        Sqlite::create_import(self, description, request, replaces).await
+    }
+
+    async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>> {
+        Sqlite::claim_import(self, node_id).await
+    }
+
+    async fn report_import(
+        &self,
+        id: String,
+        node_id: String,
+        update: crate::OperationUpdate,
+        existing_image: Option<(String, Vec<AliasRef>)>,
+    ) -> Result<Operation> {
+        Sqlite::report_import(self, id, node_id, update, existing_image).await
+    }
+
+    async fn collect_imports(&self, silent_for: Duration) -> Result<usize> {
+        Sqlite::collect_imports(self, silent_for).await
+    }
+
+    async fn images_to_refresh(&self) -> Result<Vec<Image>> {
+        Sqlite::images_to_refresh(self).await
+    }
+
+    async fn expire_cached_images(&self, unused_for: Duration) -> Result<Vec<String>> {
+        Sqlite::expire_cached_images(self, unused_for).await
+    }
+
+    async fn touch_image(&self, fingerprint: String) -> Result<()> {
+        Sqlite::touch_image(self, fingerprint).await
+    }
+
+    async fn register_node(&self, n: NodeAnnouncement) -> Result<Node> {
+        Sqlite::register_node(self, n).await
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: String,
+        available_bytes: u64,
+        active_transfers: u32,
+        healthy: bool,
+    ) -> Result<Node> {
+        Sqlite::heartbeat(self, node_id, available_bytes, active_transfers, healthy).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        Sqlite::list_nodes(self).await
+    }
+
+    async fn create_operation(&self, description: String, may_cancel: bool) -> Result<Operation> {
+        Sqlite::create_operation(self, description, may_cancel).await
+    }
+
+    async fn get_operation(&self, id: String) -> Result<Operation> {
+        Sqlite::get_operation(self, id).await
+    }
+
+    async fn update_operation(&self, id: String, update: OperationUpdate) -> Result<Operation> {
+        Sqlite::update_operation(self, id, update).await
+    }
+
+    async fn cancel_operation(&self, id: String) -> Result<Operation> {
+        Sqlite::cancel_operation(self, id).await
+    }
+
+    async fn list_operations(
+        &self,
+        state: Option<OperationState>,
+        done: Option<bool>,
+        page: PageRequest,
+    ) -> Result<Page<Operation>> {
+        Sqlite::list_operations(self, state, done, page).await
+    }
+
+    async fn create_verification(&self, what: ImageRef) -> Result<Operation> {
+        Sqlite::create_verification(self, what).await
+    }
+
+    async fn claim_scrub(
+        &self,
+        node_id: String,
+        background: bool,
+        every: Duration,
+        claim_for: Duration,
+    ) -> Result<Option<ScrubJob>> {
+        Sqlite::claim_scrub(self, node_id, background, every, claim_for).await
+    }
+
+    async fn report_scrub(
+        &self,
+        fingerprint: String,
+        operation: Option<String>,
+        outcome: ScrubOutcome,
+    ) -> Result<()> {
+        Sqlite::report_scrub(self, fingerprint, operation, outcome).await
+    }
+
+    async fn create_image_secret(
+        &self,
+        what: ImageRef,
+        secret_hash: String,
+        ttl: Duration,
+    ) -> Result<(Image, UnixNanos)> {
+        Sqlite::create_image_secret(self, what, secret_hash, ttl).await
+    }
+
+    async fn get_image_with_secret(&self, what: ImageRef, secret_hash: String) -> Result<Image> {
+        Sqlite::get_image_with_secret(self, what, secret_hash).await
+    }
+
+    async fn use_image_secret(&self, what: ImageRef, secret_hash: String) -> Result<Image> {
+        Sqlite::use_image_secret(self, what, secret_hash).await
+    }
+
+    async fn add_trust(
+        &self,
+        kind: TrustKind,
+        description: String,
+        fingerprint: String,
+        expires_at: Option<UnixNanos>,
+    ) -> Result<TrustEntry> {
+        Sqlite::add_trust(self, kind, description, fingerprint, expires_at).await
+    }
+
+    async fn list_trust(&self) -> Result<Vec<TrustEntry>> {
+        Sqlite::list_trust(self).await
+    }
+
+    async fn remove_trust(&self, id: String) -> Result<String> {
+        Sqlite::remove_trust(self, id).await
+    }
+
+    async fn create_upload(&self, spec: UploadSpec, ttl: std::time::Duration) -> Result<Upload> {
+        Sqlite::create_upload(self, spec, ttl).await
+    }
+
+    async fn get_upload(&self, id: String) -> Result<Upload> {
+        Sqlite::get_upload(self, id).await
+    }
+
+    async fn cancel_upload(&self, id: String) -> Result<Upload> {
+        Sqlite::cancel_upload(self, id).await
+    }
+
+    async fn open_write(&self, id: String, ttl: std::time::Duration) -> Result<(Upload, String)> {
+        Sqlite::open_write(self, id, ttl).await
+    }
+
+    async fn commit_segment(
+        &self,
+        id: String,
+        lease: String,
+        commit: SegmentCommit,
+        ttl: std::time::Duration,
+    ) -> Result<u64> {
+        Sqlite::commit_segment(self, id, lease, commit, ttl).await
+    }
+
+    async fn fail_upload(&self, id: String, lease: String, message: String) -> Result<()> {
+        Sqlite::fail_upload(self, id, lease, message).await
+    }
+
+    async fn release_write(&self, id: String, lease: String) -> Result<()> {
+        Sqlite::release_write(self, id, lease).await
+    }
+
+    async fn expire_uploads(&self) -> Result<usize> {
+        Sqlite::expire_uploads(self).await
+    }
+
+    fn watch_operations(&self) -> watch::Receiver<u64> {
+        Sqlite::watch_operations(self)
+    }
+}
