@@ -3,6 +3,7 @@
 
 pub mod hostile;
 pub mod https;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
