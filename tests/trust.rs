@@ -185,3 +185,60 @@ async fn tokens_and_certificates_through_their_lifecycle() {
         .into_inner();
     assert_eq!(listed.entries.len(), 2, "admin token and certificate");
 }
+
+/// Two control planes over one catalog (replicas): a token created on one
+/// works on the other, and once removed on one it is refused by the other
+/// within a second, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_removed_on_one_control_plane_is_refused_by_another_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = ControlPlane::start(dir.path()).await;
+    let two = ControlPlane::start(dir.path()).await;
+    let admin = one.admin_token();
+    let created = trust_client(&one, Some(&admin))
+        .await
+        .create_token(pb::CreateTokenRequest {
+            description: "replica test".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = created.token.clone();
+    let lists = |token: String| {
+        let two = &two;
+        async move {
+            trust_client(two, Some(&token))
+                .await
+                .list_trust(pb::ListTrustRequest {})
+                .await
+        }
+    };
+    eventually("the other control plane to trust the new token", || async {
+        lists(token.clone()).await.is_ok()
+    })
+    .await;
+
+    trust_client(&one, Some(&admin))
+        .await
+        .remove_trust(pb::RemoveTrustRequest {
+            name: created.entry.unwrap().name,
+        })
+        .await
+        .unwrap();
+    let removed = std::time::Instant::now();
+    eventually(
+        "the other control plane to refuse the removed token",
+        || async {
+            matches!(lists(token.clone()).await, Err(s) if s.code() == tonic::Code::Unauthenticated)
+        },
+    )
+    .await;
+    assert!(
+        removed.elapsed() < std::time::Duration::from_secs(1),
+        "refused by the other replica {:?} after the removal",
+        removed.elapsed()
+    );
+    two.stop().await;
+    one.stop().await;
+}

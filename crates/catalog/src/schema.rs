@@ -204,6 +204,22 @@ const MIGRATIONS: &[&str] = &[
         claimed_until INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 8: a counter every change to the trust store moves, so that every process
+    // serving this catalog (replicas, `imagestore trust` elsewhere) sees a token
+    // removed within a second without reading the store on every request.
+    r#"
+    CREATE TABLE trust_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 0),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO trust_version (id, version) VALUES (0, 0);
+    CREATE TRIGGER trust_version_insert AFTER INSERT ON trust
+        BEGIN UPDATE trust_version SET version = version + 1; END;
+    CREATE TRIGGER trust_version_delete AFTER DELETE ON trust
+        BEGIN UPDATE trust_version SET version = version + 1; END;
+    CREATE TRIGGER trust_version_update AFTER UPDATE ON trust
+        BEGIN UPDATE trust_version SET version = version + 1; END;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

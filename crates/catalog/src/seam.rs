@@ -228,6 +228,9 @@ pub trait Backend: Send + Sync + 'static {
     /// how many went.
     async fn expire_uploads(&self) -> Result<usize>;
 
+    /// Moves with every change to the trust store, whoever made it.
+    async fn trust_version(&self) -> Result<u64>;
+
     /// Moves whenever an operation changes, so that long polls wake without
     /// polling the database.
     fn watch_operations(&self) -> watch::Receiver<u64>;
@@ -514,6 +517,10 @@ impl Backend for Sqlite {
 
     async fn expire_uploads(&self) -> Result<usize> {
         Sqlite::expire_uploads(self).await
+    }
+
+    async fn trust_version(&self) -> Result<u64> {
+        Sqlite::trust_version(self).await
     }
 
     fn watch_operations(&self) -> watch::Receiver<u64> {

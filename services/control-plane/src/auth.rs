@@ -30,6 +30,9 @@ pub enum Caller {
     Node,
 }
 
+/// How often each control plane looks whether the trust store changed.
+const TRUST_REFRESH: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct Auth {
     catalog: Catalog,
@@ -89,7 +92,43 @@ impl Auth {
             secret_ttl: Duration::from_secs(24 * 3600),
         };
         auth.reload().await?;
+        auth.follow_trust_changes();
         Ok(auth)
+    }
+
+    /// Reloads the trust store whenever it changes, whichever process changed
+    /// it (another replica, `imagestore trust` on another control plane): a
+    /// removed token is refused everywhere within `TRUST_REFRESH`. Stops when
+    /// the last copy of this Auth goes.
+    fn follow_trust_changes(&self) {
+        let trusted = Arc::downgrade(&self.trusted);
+        let catalog = self.catalog.clone();
+        tokio::spawn(async move {
+            let mut seen = catalog.trust_version().await.ok();
+            let mut tick = tokio::time::interval(TRUST_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(trusted) = trusted.upgrade() else {
+                    return;
+                };
+                let Ok(version) = catalog.trust_version().await else {
+                    continue;
+                };
+                if seen == Some(version) {
+                    continue;
+                }
+                match catalog.list_trust().await {
+                    Ok(entries) => {
+                        *trusted.write().unwrap_or_else(|e| e.into_inner()) = entries
+                            .into_iter()
+                            .map(|e| (e.fingerprint, e.expires_at))
+                            .collect();
+                        seen = Some(version);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not reload the trust store"),
+                }
+            }
+        });
     }
 
     /// Copies the trust store into memory again.
