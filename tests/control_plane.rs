@@ -1063,3 +1063,48 @@ async fn untrusted_load_does_not_hold_up_trusted_reads() {
     );
     cp.stop().await;
 }
+
+/// Two control planes over one catalog (replicas): a long poll on one wakes
+/// for a change the other made, within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_one_control_plane_sees_a_change_made_on_another() {
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let one = ControlPlane::start(dir.path()).await;
+    let two = ControlPlane::start(dir.path()).await;
+    let op = one
+        .catalog
+        .create_operation("a change made elsewhere".into(), true)
+        .await
+        .unwrap();
+    let mut stream = two
+        .operations()
+        .await
+        .wait_operation(pb::WaitOperationRequest {
+            name: format!("operations/{}", op.id),
+            timeout_seconds: 20,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.done, "{first:?}");
+    let changed = std::time::Instant::now();
+    one.catalog.cancel_operation(op.id.clone()).await.unwrap();
+    let mut last = first;
+    while let Some(next) = stream.next().await {
+        last = next.unwrap();
+        if last.done {
+            break;
+        }
+    }
+    assert!(last.done, "{last:?}");
+    assert_eq!(last.state, pb::OperationState::Cancelled as i32);
+    assert!(
+        changed.elapsed() < std::time::Duration::from_secs(1),
+        "seen by the other replica {:?} after the change",
+        changed.elapsed()
+    );
+    two.stop().await;
+    one.stop().await;
+}

@@ -75,9 +75,45 @@ impl Sqlite {
     /// the newest schema.
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+        let opened = tokio::task::spawn_blocking(move || Self::open_blocking(&path))
             .await
-            .map_err(|e| CatalogError::Task(e.to_string()))?
+            .map_err(|e| CatalogError::Task(e.to_string()))??;
+        opened.follow_other_processes();
+        Ok(opened)
+    }
+
+    /// Wakes this process's long polls for operations that another process
+    /// serving the same database changed (a replica, `imagestore serve` beside
+    /// `imagestore-control`): every `FOLLOW_EVERY` it reads the counter that
+    /// triggers move. Stops when the catalog goes.
+    fn follow_other_processes(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut seen = None;
+            let mut tick = tokio::time::interval(FOLLOW_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let catalog = Sqlite { inner };
+                let Ok(version) = catalog
+                    .read(|conn| {
+                        let v: i64 = conn
+                            .prepare_cached("SELECT version FROM operations_version WHERE id = 0")?
+                            .query_row([], |r| r.get(0))?;
+                        Ok(v)
+                    })
+                    .await
+                else {
+                    continue;
+                };
+                if seen.is_some_and(|s| s != version) {
+                    catalog.operations_changed();
+                }
+                seen = Some(version);
+            }
+        });
     }
 
     fn open_blocking(path: &Path) -> Result<Self> {
@@ -188,6 +224,9 @@ impl Sqlite {
         self.inner.operations_changed.send_modify(|n| *n += 1);
     }
 }
+
+/// How often a catalog looks for changes other processes made to operations.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// Counts one waiter until dropped, however the wait ends.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);

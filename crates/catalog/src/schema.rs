@@ -220,6 +220,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER trust_version_update AFTER UPDATE ON trust
         BEGIN UPDATE trust_version SET version = version + 1; END;
     "#,
+    // 9: the same for operations (and the imports and verifications they
+    // track), so that long polls on one process wake for changes another made.
+    r#"
+    CREATE TABLE operations_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 0),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO operations_version (id, version) VALUES (0, 0);
+    CREATE TRIGGER operations_version_insert AFTER INSERT ON operations
+        BEGIN UPDATE operations_version SET version = version + 1; END;
+    CREATE TRIGGER operations_version_delete AFTER DELETE ON operations
+        BEGIN UPDATE operations_version SET version = version + 1; END;
+    CREATE TRIGGER operations_version_update AFTER UPDATE ON operations
+        BEGIN UPDATE operations_version SET version = version + 1; END;
+    CREATE TRIGGER operations_version_verify AFTER INSERT ON verify_jobs
+        BEGIN UPDATE operations_version SET version = version + 1; END;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.
