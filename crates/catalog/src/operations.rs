@@ -122,6 +122,27 @@ pub(crate) fn queued(description: String, stage: &str, may_cancel: bool) -> Oper
 }
 
 impl Sqlite {
+    /// Whether this process should run the periodic `job` now: true for the
+    /// first to ask once `every` has passed since the job last ran anywhere
+    /// (a tenth of it is slack for timers that fire a little early), so that
+    /// replicas each ticking at `every` run it once per interval between them.
+    pub async fn take_turn(&self, job: String, every: std::time::Duration) -> Result<bool> {
+        let every = i64::try_from(every.as_nanos()).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            let now = now();
+            let due = now.saturating_sub(every - every / 10);
+            let changed = tx
+                .prepare_cached(
+                    "INSERT INTO periodic_runs (job, last_run_at) VALUES (?1, ?2) \
+                     ON CONFLICT (job) DO UPDATE SET last_run_at = ?2 \
+                     WHERE periodic_runs.last_run_at <= ?3",
+                )?
+                .execute(params![job, now, due])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     /// Records a new QUEUED operation.
     pub async fn create_operation(
         &self,
@@ -251,5 +272,36 @@ impl Sqlite {
             Ok(page.finish(items, more, |o| format!("{}/{}", o.created_at, o.id)))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Catalog;
+
+    /// Two processes' catalogs over one database (replicas): a periodic job's
+    /// turn goes to one of them per interval.
+    #[tokio::test]
+    async fn a_periodic_job_runs_once_per_interval_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let one = Catalog::open(&path).await.unwrap();
+        let two = Catalog::open(&path).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(one.take_turn("sweep".into(), hour).await.unwrap());
+        assert!(!two.take_turn("sweep".into(), hour).await.unwrap());
+        assert!(!one.take_turn("sweep".into(), hour).await.unwrap());
+        assert!(
+            two.take_turn("other".into(), hour).await.unwrap(),
+            "jobs apart"
+        );
+        // Once the interval passed, the next to ask runs it.
+        let short = Duration::from_millis(20);
+        assert!(one.take_turn("short".into(), short).await.unwrap());
+        assert!(!two.take_turn("short".into(), short).await.unwrap());
+        tokio::time::sleep(short).await;
+        assert!(two.take_turn("short".into(), short).await.unwrap());
     }
 }

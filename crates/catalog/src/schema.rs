@@ -237,6 +237,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER operations_version_verify AFTER INSERT ON verify_jobs
         BEGIN UPDATE operations_version SET version = version + 1; END;
     "#,
+    // 10: when each periodic job (expiry, collection, auto-update) last ran, so
+    // that it runs once per interval across every process serving the catalog.
+    r#"
+    CREATE TABLE periodic_runs (
+        job         TEXT PRIMARY KEY,
+        last_run_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -231,6 +231,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Moves with every change to the trust store, whoever made it.
     async fn trust_version(&self) -> Result<u64>;
 
+    /// Whether this process should run the periodic `job` now (once per
+    /// `every` across every process serving the catalog).
+    async fn take_turn(&self, job: String, every: Duration) -> Result<bool>;
+
     /// Moves whenever an operation changes, so that long polls wake without
     /// polling the database.
     fn watch_operations(&self) -> watch::Receiver<u64>;
@@ -521,6 +525,10 @@ impl Backend for Sqlite {
 
     async fn trust_version(&self) -> Result<u64> {
         Sqlite::trust_version(self).await
+    }
+
+    async fn take_turn(&self, job: String, every: Duration) -> Result<bool> {
+        Sqlite::take_turn(self, job, every).await
     }
 
     fn watch_operations(&self) -> watch::Receiver<u64> {

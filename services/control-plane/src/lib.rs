@@ -239,6 +239,9 @@ async fn sweep(catalog: Catalog, every: Duration, stalled_after: Duration, cache
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        if !my_turn(&catalog, "sweep", every).await {
+            continue;
+        }
         match catalog.expire_uploads().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "upload sessions expired"),
@@ -262,12 +265,27 @@ async fn sweep(catalog: Catalog, every: Duration, stalled_after: Duration, cache
     }
 }
 
+/// Whether this replica runs periodic `job` this time: once per interval across
+/// every control plane on the catalog. When the catalog cannot say, not.
+async fn my_turn(catalog: &Catalog, job: &str, every: Duration) -> bool {
+    match catalog.take_turn(job.to_owned(), every).await {
+        Ok(mine) => mine,
+        Err(e) => {
+            tracing::warn!(job, error = %e, "could not take a turn at periodic work");
+            false
+        }
+    }
+}
+
 /// Every `every` (first right at start, as LXD), queues a refresh of each image
 /// that follows its source.
 async fn auto_update(catalog: Catalog, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        if !my_turn(&catalog, "auto-update", every).await {
+            continue;
+        }
         let images = match catalog.images_to_refresh().await {
             Ok(images) => images,
             Err(e) => {
