@@ -442,30 +442,12 @@ async fn a_killed_blob_node_is_replaced_and_the_upload_completes_on_another() {
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
     let store = dir.path().join("store");
     let start_node = |name: &'static str| {
-        let data_dir = dir.path().join(name);
-        let store = store.clone();
-        let cp_url = cp.url();
-        let credential = cp.cluster_credential_file();
-        async move {
-            Process::start_until(
-                &binary("imagestore-blob"),
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                    data_dir.to_str().unwrap(),
-                    "--control-plane",
-                    &cp_url,
-                    "--store",
-                    store.to_str().unwrap(),
-                    "--cluster-credential-file",
-                    credential.to_str().unwrap(),
-                ],
-                &[("IMAGESTORE_SEGMENT_BYTES", "65536")],
-                Some("registered with the control plane"),
-            )
-            .await
-        }
+        blob_process(
+            &cp,
+            dir.path().join(name),
+            &store,
+            &[("IMAGESTORE_SEGMENT_BYTES", "65536")],
+        )
     };
     let a = start_node("node-a").await;
     let data = fixture("busybox-unified.tar.gz");
@@ -556,32 +538,7 @@ async fn a_dead_blob_node_is_passed_over_and_the_client_moves_on_by_itself() {
     })
     .await;
     let store = dir.path().join("store");
-    let start_node = |name: &'static str| {
-        let data_dir = dir.path().join(name);
-        let store = store.clone();
-        let cp_url = cp.url();
-        let credential = cp.cluster_credential_file();
-        async move {
-            Process::start_until(
-                &binary("imagestore-blob"),
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                    data_dir.to_str().unwrap(),
-                    "--control-plane",
-                    &cp_url,
-                    "--store",
-                    store.to_str().unwrap(),
-                    "--cluster-credential-file",
-                    credential.to_str().unwrap(),
-                ],
-                &[],
-                Some("registered with the control plane"),
-            )
-            .await
-        }
-    };
+    let start_node = |name: &'static str| blob_process(&cp, dir.path().join(name), &store, &[]);
     let a = start_node("node-a").await;
     let b = start_node("node-b").await;
     let (a_url, b_url) = (a.url(), b.url());
@@ -1028,6 +985,34 @@ async fn deleting_an_image_deletes_its_bytes() {
     })
     .await;
     s.stop().await;
+}
+
+/// A blob node as a process of its own (so that a test can kill it), on
+/// `store`, registered with `cp` before this returns.
+async fn blob_process(
+    cp: &ControlPlane,
+    data_dir: std::path::PathBuf,
+    store: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Process {
+    Process::start_until(
+        &binary("imagestore-blob"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--control-plane",
+            &cp.url(),
+            "--store",
+            store.to_str().unwrap(),
+            "--cluster-credential-file",
+            cp.cluster_credential_file().to_str().unwrap(),
+        ],
+        env,
+        Some("registered with the control plane"),
+    )
+    .await
 }
 
 type HeldUpload =

@@ -563,13 +563,8 @@ impl Sqlite {
     /// A number that changes whenever what clients see of any image changes
     /// (records, parts, aliases), in this process or another.
     pub async fn images_version(&self) -> Result<u64> {
-        self.read(|conn| {
-            let v: i64 = conn
-                .prepare_cached("SELECT version FROM images_version WHERE id = 0")?
-                .query_row([], |r| r.get(0))?;
-            Ok(v as u64)
-        })
-        .await
+        self.read(|conn| crate::counter(conn, "images_version"))
+            .await
     }
 
     /// Every image (public ones only, with `public_only`) with its parts and

@@ -98,12 +98,7 @@ impl Sqlite {
                 };
                 let catalog = Sqlite { inner };
                 let Ok(version) = catalog
-                    .read(|conn| {
-                        let v: i64 = conn
-                            .prepare_cached("SELECT version FROM operations_version WHERE id = 0")?
-                            .query_row([], |r| r.get(0))?;
-                        Ok(v)
-                    })
+                    .read(|conn| counter(conn, "operations_version"))
                     .await
                 else {
                     continue;
@@ -223,6 +218,15 @@ impl Sqlite {
     fn operations_changed(&self) {
         self.inner.operations_changed.send_modify(|n| *n += 1);
     }
+}
+
+/// The value of one of the counters triggers move (`images_version`,
+/// `trust_version`, `operations_version`).
+pub(crate) fn counter(conn: &Connection, table: &str) -> Result<u64> {
+    let v: i64 = conn
+        .prepare_cached(&format!("SELECT version FROM {table} WHERE id = 0"))?
+        .query_row([], |r| r.get(0))?;
+    Ok(v as u64)
 }
 
 /// How often a catalog looks for changes other processes made to operations.

@@ -55,13 +55,8 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<TrustEntry> {
 impl Sqlite {
     /// Moves with every change to the trust store, whoever made it.
     pub async fn trust_version(&self) -> Result<u64> {
-        self.read(|conn| {
-            let v: i64 = conn
-                .prepare_cached("SELECT version FROM trust_version WHERE id = 0")?
-                .query_row([], |r| r.get(0))?;
-            Ok(v as u64)
-        })
-        .await
+        self.read(|conn| crate::counter(conn, "trust_version"))
+            .await
     }
 
     /// Adds a credential; ALREADY_EXISTS when its fingerprint is trusted already.
