@@ -1108,3 +1108,63 @@ async fn a_wait_on_one_control_plane_sees_a_change_made_on_another() {
     two.stop().await;
     one.stop().await;
 }
+
+/// A blob node given two control planes over one catalog (replicas) keeps
+/// working when the one it talks to dies: an upload session opened on that one
+/// completes through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_node_moves_to_another_control_plane_when_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = ControlPlane::start(&dir.path().join("cp")).await;
+    let two = ControlPlane::start(&dir.path().join("cp")).await;
+    let both = format!("{},{}", one.url(), two.url());
+    let store = StoreSpec::local(&dir.path().join("store"));
+    let node = BlobNode::start_with(&one, &dir.path().join("node"), &store, move |c| {
+        c.control_plane = both;
+    })
+    .await;
+    let data = fixture("busybox-unified.tar.gz");
+    let session = one
+        .uploads()
+        .await
+        .create_upload(pb::CreateUploadRequest {
+            spec: Some(pb::UploadSpec {
+                layout: pb::ImageLayout::Unified as i32,
+                metadata_size: data.len() as u64,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    one.stop().await;
+
+    // The node claims, commits and registers through the other replica; the
+    // client, told of the death, asks the other one for its ticket.
+    let done = send_upload(
+        &two,
+        &node.url(),
+        upload_messages(
+            pb::upload_request::FirstMessage::Upload(session.name.clone()),
+            &[&data],
+            64 * 1024,
+        ),
+    )
+    .await
+    .unwrap();
+    let fp = lxd_fingerprint("fx-unified-targz");
+    assert_eq!(done.image.unwrap().fingerprint, fp);
+    let image = two
+        .images()
+        .await
+        .get_image(pb::GetImageRequest {
+            name: format!("images/{fp}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(image.size, data.len() as u64);
+    node.stop().await;
+    two.stop().await;
+}

@@ -5,6 +5,7 @@
 mod connect;
 mod error;
 mod export;
+mod failover;
 mod progress;
 mod resolve;
 mod tls;
@@ -17,6 +18,7 @@ use tonic::transport::Channel;
 pub use connect::{MAX_MESSAGE, connect, connect_lazy, connect_with, endpoint};
 pub use error::Error;
 pub use export::{ExportTarget, Exported};
+pub use failover::{Failover, connect_lazy_any};
 pub use imagestore_auth::Bearer;
 pub use progress::{NoProgress, Progress};
 pub use tls::{TlsOptions, server_fingerprint};

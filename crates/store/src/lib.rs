@@ -771,16 +771,14 @@ mod tests {
         // A writer killed mid-segment leaves its staging file; collection takes it
         // once it is older than the grace, and keeps what was committed.
         let kept = put(&store, &segment_key(rootfs, 0, "c"), b"committed").await;
-        let mut killed = store
-            .begin_segment(&segment_key(rootfs, 9, "d"))
-            .await
-            .unwrap();
-        killed
-            .put(Bytes::from(vec![7u8; direct::BLOCK * 2]))
-            .await
-            .unwrap();
-        std::mem::forget(killed);
+        // What a process killed mid-segment leaves: a staging file (as
+        // DirectWriter names them), which no listing shows.
+        let staging = dir
+            .path()
+            .join(format!("{}#3", segment_key(rootfs, 9, "d")));
+        std::fs::write(&staging, vec![7u8; direct::BLOCK * 2]).unwrap();
         assert_eq!(count(), 2);
+        assert_eq!(store.keys(rootfs).await.unwrap(), vec![kept.key.clone()]);
         let keep = [kept.key.as_str()];
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(store.collect_strays(rootfs, &keep, hour).await.unwrap(), 0);

@@ -16,7 +16,9 @@ pub struct BlobNodeConfig {
     pub listen: String,
     /// Where the node keeps its id (and, by default, the blobs).
     pub data_dir: PathBuf,
-    /// The control plane's address.
+    /// The control plane's address, or several replicas' separated by commas:
+    /// calls go to the first that answers and move to the next when it stops
+    /// answering.
     pub control_plane: String,
     /// The file holding the cluster credential, which the control plane writes in
     /// its data directory: the node presents it to the control plane and checks

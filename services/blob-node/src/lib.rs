@@ -26,7 +26,6 @@ use imagestore_server::{GrpcServer, ServeError, Tls};
 use imagestore_store::{BlobStore, StoreError, StoredSegment};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use config::BlobNodeConfig;
@@ -60,14 +59,14 @@ pub struct NodeContext {
     pub config: NodeLimits,
     /// Checks the tickets clients bring.
     pub tickets: TicketKey,
-    channel: Channel,
+    channel: imagestore_client::Failover,
     /// The cluster credential, on every call to the control plane.
     credential: Bearer,
     active: AtomicU32,
 }
 
 /// A connection to the control plane that presents the cluster credential.
-pub type ControlPlane = InterceptedService<Channel, Bearer>;
+pub type ControlPlane = InterceptedService<imagestore_client::Failover, Bearer>;
 
 /// The settings handlers need.
 #[derive(Debug, Clone)]
@@ -336,7 +335,7 @@ impl BlobNode {
             .ok_or_else(|| credential_error("no such file".into()))?;
         let bearer = Bearer::new(Some(&credential)).map_err(|e| credential_error(e.to_string()))?;
         let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
-        let channel = imagestore_client::connect_lazy(
+        let channel = imagestore_client::connect_lazy_any(
             &config.control_plane,
             &control_plane_tls(config, &tls),
         )
