@@ -1168,3 +1168,54 @@ async fn a_blob_node_moves_to_another_control_plane_when_one_dies() {
     node.stop().await;
     two.stop().await;
 }
+
+/// A client given two control planes over one catalog (replicas) goes on when
+/// the one it talks to dies: its calls move to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moves_to_another_control_plane_when_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = ControlPlane::start(&dir.path().join("cp")).await;
+    let two = ControlPlane::start(&dir.path().join("cp")).await;
+    let both = format!("{},{}", one.url(), two.url());
+    let store = StoreSpec::local(&dir.path().join("store"));
+    let node_sees = both.clone();
+    let node = BlobNode::start_with(&one, &dir.path().join("node"), &store, move |c| {
+        c.control_plane = node_sees;
+    })
+    .await;
+    let client = imagestore_client::Client::connect_with(
+        &both,
+        Some(&one.admin_token()),
+        imagestore_client::TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let listed = |client: imagestore_client::Client| async move {
+        client
+            .images()
+            .list_images(pb::ListImagesRequest::default())
+            .await
+            .map(|r| r.into_inner().images.len())
+    };
+    assert_eq!(listed(client.clone()).await.unwrap(), 0);
+    one.stop().await;
+
+    // The first call after the death may fail (it is not replayed); the next
+    // goes to the other replica, and so does a whole upload.
+    let _ = listed(client.clone()).await;
+    assert_eq!(listed(client.clone()).await.unwrap(), 0);
+    let file = dir.path().join("busybox.tar.gz");
+    std::fs::write(&file, fixture("busybox-unified.tar.gz")).unwrap();
+    let image = client
+        .upload(
+            &imagestore_client::Source::Unified(file),
+            &imagestore_client::UploadOptions::default(),
+            std::sync::Arc::new(imagestore_client::NoProgress),
+        )
+        .await
+        .unwrap();
+    assert_eq!(image.fingerprint, lxd_fingerprint("fx-unified-targz"));
+    assert_eq!(listed(client).await.unwrap(), 1);
+    node.stop().await;
+    two.stop().await;
+}

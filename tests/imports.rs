@@ -139,9 +139,7 @@ async fn cluster(
     (cp, node)
 }
 
-async fn imports(
-    cp: &ControlPlane,
-) -> pb::imports_client::ImportsClient<imagestore_client::Authed> {
+async fn imports(cp: &ControlPlane) -> pb::imports_client::ImportsClient<Authed> {
     pb::imports_client::ImportsClient::new(cp.trusted().await)
 }
 

@@ -23,22 +23,43 @@ pub struct Failover {
     current: Arc<AtomicUsize>,
 }
 
+/// The addresses in `urls`, separated by commas, in order of preference.
+pub fn addresses(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// Lazy channels to every address in `urls` (separated by commas), in that
 /// order of preference.
 pub fn connect_lazy_any(urls: &str, tls: &TlsOptions) -> Result<Failover, Error> {
-    let channels: Vec<Channel> = urls
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
+    let channels = addresses(urls)
+        .iter()
         .map(|u| crate::connect_lazy(u, tls))
-        .collect::<Result<_, _>>()?;
-    if channels.is_empty() {
-        return Err(Error::Address(format!("no address in {urls:?}")));
+        .collect::<Result<Vec<_>, _>>()?;
+    Failover::new(channels).ok_or_else(|| Error::Address(format!("no address in {urls:?}")))
+}
+
+impl Failover {
+    /// Calls go to `channels` in this order of preference; None when empty.
+    pub fn new(channels: Vec<Channel>) -> Option<Self> {
+        (!channels.is_empty()).then(|| Self {
+            channels: channels.into(),
+            current: Arc::default(),
+        })
     }
-    Ok(Failover {
-        channels: channels.into(),
-        current: Arc::default(),
-    })
+
+    /// Calls go to the `i`th address first.
+    pub fn starting_at(self, i: usize) -> Self {
+        self.current.store(i, Ordering::Relaxed);
+        self
+    }
+
+    /// The channel to the `i`th address.
+    pub fn channel(&self, i: usize) -> Option<Channel> {
+        self.channels.get(i).cloned()
+    }
 }
 
 impl Service<http::Request<Body>> for Failover {

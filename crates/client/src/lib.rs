@@ -25,13 +25,16 @@ pub use tls::{TlsOptions, server_fingerprint};
 pub use upload::{Source, UploadOptions};
 
 /// A connection that presents the caller's credentials on every call.
-pub type Authed = InterceptedService<Channel, Bearer>;
+pub type Authed = InterceptedService<Failover, Bearer>;
 
-/// One connection to an imagestore control plane (or to `imagestore serve`).
+/// One connection to an imagestore control plane (or to `imagestore serve`), or
+/// to several replicas of one, calls moving to the next when one stops
+/// answering.
 #[derive(Clone)]
 pub struct Client {
     url: String,
-    channel: Channel,
+    addresses: Vec<String>,
+    channel: Failover,
     bearer: Bearer,
     tls: TlsOptions,
 }
@@ -44,16 +47,45 @@ impl Client {
     }
 
     /// As [`Client::connect`], with `tls` for an https:// server (and its blob
-    /// nodes, which share the cluster's certificate).
+    /// nodes, which share the cluster's certificate). `url` may name several
+    /// replicas separated by commas: the first that answers now is used, and
+    /// calls move to the next when it stops answering; none answering is the
+    /// first one's error.
     pub async fn connect_with(
         url: &str,
         token: Option<&str>,
         tls: TlsOptions,
     ) -> Result<Self, Error> {
         let bearer = Bearer::new(token).map_err(|e| Error::Invalid(e.to_string()))?;
+        let addresses = failover::addresses(url);
+        let mut channels = Vec::new();
+        let mut first_error = None;
+        let mut answered = None;
+        for (i, address) in addresses.iter().enumerate() {
+            match connect_with(address, &tls).await {
+                Ok(channel) => {
+                    answered.get_or_insert(i);
+                    channels.push(channel);
+                }
+                Err(e) => {
+                    // Perhaps reachable later: kept, lazily.
+                    first_error.get_or_insert(e);
+                    channels.push(connect_lazy(address, &tls)?);
+                }
+            }
+        }
+        let start = match (answered, first_error) {
+            (Some(i), _) => i,
+            (None, Some(e)) => return Err(e),
+            (None, None) => 0,
+        };
+        let channel = Failover::new(channels)
+            .ok_or_else(|| Error::Address(format!("no address in {url:?}")))?
+            .starting_at(start);
         Ok(Self {
-            url: url.trim_end_matches('/').to_owned(),
-            channel: connect_with(url, &tls).await?,
+            url: addresses.join(","),
+            addresses,
+            channel,
             bearer,
             tls,
         })
@@ -96,10 +128,17 @@ impl Client {
     /// when it is `imagestore serve`, which shares this connection).
     pub async fn blobs(&self, node: &str) -> Result<pb::blobs_client::BlobsClient<Channel>, Error> {
         let node = node.trim_end_matches('/');
-        let channel = if node.is_empty() || node == self.url {
-            self.channel.clone()
-        } else {
-            connect_with(node, &self.tls).await?
+        let ours = match node {
+            "" => self.channel.channel(0),
+            node => self
+                .addresses
+                .iter()
+                .position(|a| a == node)
+                .and_then(|i| self.channel.channel(i)),
+        };
+        let channel = match ours {
+            Some(channel) => channel,
+            None => connect_with(node, &self.tls).await?,
         };
         Ok(blobs_client(channel))
     }

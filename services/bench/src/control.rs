@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use imagestore_client::{Authed, Bearer, connect};
+use imagestore_client::{Bearer, connect};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use sha2::Digest;
@@ -74,6 +74,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[at.min(sorted.len() - 1)]
 }
+
+/// One connection presenting a token (the bench measures one replica).
+type Authed = InterceptedService<Channel, Bearer>;
 
 /// `channel` presenting `token`.
 fn authed(channel: &Channel, token: &str) -> BenchResult<Authed> {
