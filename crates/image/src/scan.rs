@@ -320,9 +320,14 @@ fn drain(mut rest: impl Read, limit: u64) -> Result<(), ScanError> {
         .map_err(|e| io_error(e, limit))
 }
 
-/// Walks a whole rootfs tarball (a split container image's rootfs): every path
-/// safe, every entry and the compressed stream whole.
-pub fn check_rootfs_tarball(reader: impl Read, limits: ScanLimits) -> Result<Format, ScanError> {
+/// The decompressed archive `reader` holds, its format sniffed, its
+/// decompression counted against the budget `limits` sets.
+type Archive<'a> = tar::Archive<Budget<Box<dyn Read + 'a>>>;
+
+fn open<'a>(
+    reader: impl Read + 'a,
+    limits: &ScanLimits,
+) -> Result<(Format, Archive<'a>), ScanError> {
     let compressed = Rc::new(Cell::new(0));
     let source = Source {
         inner: reader,
@@ -330,19 +335,42 @@ pub fn check_rootfs_tarball(reader: impl Read, limits: ScanLimits) -> Result<For
     };
     let (head, reader) = sniffed(source).map_err(ScanError::Io)?;
     let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
-    let budget = Budget::new(decompressor(format, reader)?, &limits, compressed);
+    let budget = Budget::new(decompressor(format, reader)?, limits, compressed);
+    Ok((format, tar::Archive::new(budget)))
+}
+
+/// Hands each entry, with its checked name, to `visit` until it says to stop
+/// (false), at most `limits.max_entries` of them.
+fn each_entry<'a>(
+    archive: &mut Archive<'a>,
+    limits: &ScanLimits,
+    mut visit: impl FnMut(
+        &mut tar::Entry<'_, Budget<Box<dyn Read + 'a>>>,
+        String,
+    ) -> Result<bool, ScanError>,
+) -> Result<(), ScanError> {
     let limit = limits.max_decompressed;
-    let mut archive = tar::Archive::new(budget);
     let mut seen = 0u64;
     for entry in archive.entries().map_err(|e| io_error(e, limit))? {
-        let entry = entry.map_err(|e| io_error(e, limit))?;
+        let mut entry = entry.map_err(|e| io_error(e, limit))?;
         seen += 1;
         if seen > limits.max_entries {
             return Err(ScanError::TooManyEntries(limits.max_entries));
         }
-        checked_entry(&entry)?;
+        let name = checked_entry(&entry)?;
+        if !visit(&mut entry, name)? {
+            break;
+        }
     }
-    drain(archive.into_inner(), limit)?;
+    Ok(())
+}
+
+/// Walks a whole rootfs tarball (a split container image's rootfs): every path
+/// safe, every entry and the compressed stream whole.
+pub fn check_rootfs_tarball(reader: impl Read, limits: ScanLimits) -> Result<Format, ScanError> {
+    let (format, mut archive) = open(reader, &limits)?;
+    each_entry(&mut archive, &limits, |_, _| Ok(true))?;
+    drain(archive.into_inner(), limits.max_decompressed)?;
     Ok(format)
 }
 
@@ -355,26 +383,11 @@ pub fn scan_tarball(
     need_rootfs: bool,
     limits: ScanLimits,
 ) -> Result<Scanned, ScanError> {
-    let compressed = Rc::new(Cell::new(0));
-    let source = Source {
-        inner: reader,
-        read: compressed.clone(),
-    };
-    let (head, reader) = sniffed(source).map_err(ScanError::Io)?;
-    let format = Format::sniff(&head).ok_or(ScanError::UnsupportedCompression)?;
-    let budget = Budget::new(decompressor(format, reader)?, &limits, compressed);
+    let (format, mut archive) = open(reader, &limits)?;
     let limit = limits.max_decompressed;
-    let mut archive = tar::Archive::new(budget);
     let mut metadata = None;
     let mut found_type = None;
-    let mut seen = 0u64;
-    for entry in archive.entries().map_err(|e| io_error(e, limit))? {
-        let mut entry = entry.map_err(|e| io_error(e, limit))?;
-        seen += 1;
-        if seen > limits.max_entries {
-            return Err(ScanError::TooManyEntries(limits.max_entries));
-        }
-        let name = checked_entry(&entry)?;
+    each_entry(&mut archive, &limits, |entry, name| {
         if name == "metadata.yaml" {
             if !entry.header().entry_type().is_file() {
                 return Err(ScanError::IrregularMetadata);
@@ -392,7 +405,7 @@ pub fn scan_tarball(
             if name == "rootfs.img" {
                 // The disk's header says whether it names files outside it.
                 let mut head = Vec::with_capacity(DISK_HEADER_LEN);
-                (&mut entry)
+                entry
                     .take(DISK_HEADER_LEN as u64)
                     .read_to_end(&mut head)
                     .map_err(|e| io_error(e, limit))?;
@@ -402,10 +415,9 @@ pub fn scan_tarball(
                 found_type = Some(FoundType::Container);
             }
         }
-        if !limits.whole && metadata.is_some() && (!need_rootfs || found_type.is_some()) {
-            break;
-        }
-    }
+        let found = metadata.is_some() && (!need_rootfs || found_type.is_some());
+        Ok(limits.whole || !found)
+    })?;
     if limits.whole {
         drain(archive.into_inner(), limit)?;
     }

@@ -464,16 +464,7 @@ impl Ingest {
             Some(meta) => (ArchiveWalk::rootfs(limits)?, meta),
             None => (ArchiveWalk::image(!self.split, limits)?, 0),
         };
-        let stored: Vec<StoredSegment> = self
-            .objects
-            .iter()
-            .filter(|s| s.start >= from)
-            .map(|s| StoredSegment {
-                offset: s.start - from,
-                size: s.length,
-                key: s.storage_key.clone(),
-            })
-            .collect();
+        let stored = self.part_objects(from, u64::MAX);
         let mut data = self.node.store.read_part(stored, 0, 0);
         while let Some(chunk) = data.next().await {
             walk.feed(chunk?).await;

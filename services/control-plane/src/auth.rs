@@ -30,14 +30,28 @@ pub enum Caller {
     Node,
 }
 
+/// Trusted fingerprints (token hashes, certificate digests) → expiry.
+type TrustMap = RwLock<HashMap<String, Option<UnixNanos>>>;
+
+/// Copies the trust store into `trusted`.
+async fn load_trust(catalog: &Catalog, trusted: &TrustMap) -> imagestore_catalog::Result<()> {
+    let map = catalog
+        .list_trust()
+        .await?
+        .into_iter()
+        .map(|e| (e.fingerprint, e.expires_at))
+        .collect();
+    *trusted.write().unwrap_or_else(|e| e.into_inner()) = map;
+    Ok(())
+}
+
 /// How often each control plane looks whether the trust store changed.
 const TRUST_REFRESH: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Auth {
     catalog: Catalog,
-    /// Trusted fingerprints (token hashes, certificate digests) → expiry.
-    trusted: Arc<RwLock<HashMap<String, Option<UnixNanos>>>>,
+    trusted: Arc<TrustMap>,
     cluster_hash: String,
     tickets: TicketKey,
     lane: crate::admission::Lane,
@@ -117,14 +131,8 @@ impl Auth {
                 if seen == Some(version) {
                     continue;
                 }
-                match catalog.list_trust().await {
-                    Ok(entries) => {
-                        *trusted.write().unwrap_or_else(|e| e.into_inner()) = entries
-                            .into_iter()
-                            .map(|e| (e.fingerprint, e.expires_at))
-                            .collect();
-                        seen = Some(version);
-                    }
+                match load_trust(&catalog, &trusted).await {
+                    Ok(()) => seen = Some(version),
                     Err(e) => tracing::warn!(error = %e, "could not reload the trust store"),
                 }
             }
@@ -133,13 +141,7 @@ impl Auth {
 
     /// Copies the trust store into memory again.
     pub async fn reload(&self) -> imagestore_catalog::Result<()> {
-        let entries = self.catalog.list_trust().await?;
-        let map = entries
-            .into_iter()
-            .map(|e| (e.fingerprint, e.expires_at))
-            .collect();
-        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = map;
-        Ok(())
+        load_trust(&self.catalog, &self.trusted).await
     }
 
     /// How long tickets and unused image secrets work.
