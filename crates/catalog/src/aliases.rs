@@ -1,9 +1,10 @@
 //! Aliases: unique names pointing at one image each.
 
+use crate::params;
+use crate::sql::{Db, OptionalExtension, Row};
 use imagestore_image::FingerprintQuery;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::{CatalogError, Result};
 use crate::images::{ImageRef, resolve};
 use crate::model::*;
@@ -65,7 +66,7 @@ pub fn validate_alias(name: &str, description: &str) -> Result<()> {
     validate_description(description)
 }
 
-fn alias_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String, String, i64, i64)> {
+fn alias_from_row(r: &Row) -> Result<(String, String, String, String, i64, i64)> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -92,8 +93,12 @@ fn to_alias(row: (String, String, String, String, i64, i64)) -> Result<Alias> {
 const ALIAS_SELECT: &str = "SELECT a.name, a.fingerprint, a.description, i.image_type, \
      a.created_at, a.updated_at FROM aliases a JOIN images i ON i.fingerprint = a.fingerprint";
 
-fn load_alias(conn: &Connection, name: &str, public_only: bool) -> Result<Option<Alias>> {
-    let visible = if public_only { " AND i.public = 1" } else { "" };
+fn load_alias(conn: &dyn Db, name: &str, public_only: bool) -> Result<Option<Alias>> {
+    let visible = if public_only {
+        " AND i.public = TRUE"
+    } else {
+        ""
+    };
     conn.prepare_cached(&format!("{ALIAS_SELECT} WHERE a.name = ?1{visible}"))?
         .query_row([name], alias_from_row)
         .optional()?
@@ -107,7 +112,7 @@ fn alias_not_found(name: &str) -> CatalogError {
 
 /// Inserts an alias unless the name is taken; returns whether it was inserted.
 pub(crate) fn insert_alias(
-    conn: &Connection,
+    conn: &dyn Db,
     name: &str,
     fingerprint: &str,
     description: &str,
@@ -124,7 +129,7 @@ pub(crate) fn insert_alias(
 
 /// Inserts each alias whose name is free; returns the names that were taken.
 pub(crate) fn insert_aliases(
-    conn: &Connection,
+    conn: &dyn Db,
     aliases: &[AliasRef],
     fingerprint: &str,
     now: UnixNanos,
@@ -168,7 +173,7 @@ pub struct AliasEdit {
     pub description: Option<String>,
 }
 
-impl Sqlite {
+impl Store {
     /// Creates an alias to an existing image.
     pub async fn create_alias(
         &self,
@@ -225,25 +230,39 @@ impl Sqlite {
     ) -> Result<Page<Alias>> {
         self.read(move |conn| {
             let words: Vec<String> = filter.split_whitespace().map(str::to_lowercase).collect();
-            let visible = if public_only { " AND i.public = 1" } else { "" };
-            let mut stmt = conn.prepare_cached(&format!(
-                "{ALIAS_SELECT} WHERE a.name > ?1{visible} ORDER BY a.name"
-            ))?;
-            let after = page.after.clone().unwrap_or_default();
-            let mut rows = stmt.query([after])?;
+            let visible = if public_only {
+                " AND i.public = TRUE"
+            } else {
+                ""
+            };
+            let mut after = page.after.clone().unwrap_or_default();
             let mut items = Vec::new();
             let mut more = false;
-            while let Some(row) = rows.next()? {
-                let alias = to_alias(alias_from_row(row)?)?;
-                let lower = alias.name.to_lowercase();
-                if !words.iter().all(|w| lower.contains(w.as_str())) {
-                    continue;
+            // In batches, so that no query reads the whole table at once.
+            'scan: loop {
+                let batch = conn
+                    .prepare_cached(&format!(
+                        "{ALIAS_SELECT} WHERE a.name > ?1{visible} ORDER BY a.name LIMIT ?2"
+                    ))?
+                    .query_map(params![after, crate::page::SCAN_BATCH], alias_from_row)?
+                    .collect::<Result<Vec<_>>>()?;
+                let exhausted = (batch.len() as i64) < crate::page::SCAN_BATCH;
+                for row in batch {
+                    let alias = to_alias(row)?;
+                    after = alias.name.clone();
+                    let lower = alias.name.to_lowercase();
+                    if !words.iter().all(|w| lower.contains(w.as_str())) {
+                        continue;
+                    }
+                    if items.len() == page.size {
+                        more = true;
+                        break 'scan;
+                    }
+                    items.push(alias);
                 }
-                if items.len() == page.size {
-                    more = true;
+                if exhausted {
                     break;
                 }
-                items.push(alias);
             }
             Ok(page.finish(items, more, |a| a.name.clone()))
         })

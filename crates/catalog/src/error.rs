@@ -31,6 +31,12 @@ pub enum CatalogError {
     /// SQLite failed; the message is not for the caller.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL failed, or could not be reached ([`Self::is_busy`] tells).
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database cannot be reached now (no connection to be had in time).
+    #[error("{0}")]
+    Unavailable(String),
     /// The database file could not be created.
     #[error("catalog file: {0}")]
     File(#[from] std::io::Error),
@@ -63,19 +69,27 @@ impl CatalogError {
             Self::Aborted(_) => Code::Aborted,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             busy if busy.is_busy() => Code::Unavailable,
-            Self::Database(_) | Self::File(_) | Self::Corrupt(_) | Self::Task(_) => Code::Internal,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Database(_)
+            | Self::Postgres(_)
+            | Self::File(_)
+            | Self::Corrupt(_)
+            | Self::Task(_) => Code::Internal,
         }
     }
 
-    /// SQLite could not get its lock in time (another process holds it): worth
+    /// The database is out of reach for now (SQLite could not get its lock in
+    /// time; PostgreSQL is down, restarting or out of connections): worth
     /// retrying, not a fault.
     pub fn is_busy(&self) -> bool {
-        matches!(
-            self,
-            Self::Database(e) if matches!(
+        match self {
+            Self::Database(e) => matches!(
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            )
-        )
+            ),
+            Self::Postgres(e) => crate::engine::postgres::is_unavailable(e),
+            Self::Unavailable(_) => true,
+            _ => false,
+        }
     }
 }

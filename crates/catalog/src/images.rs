@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::params;
+use crate::sql::{Db, OptionalExtension, Row};
 use imagestore_image::{FingerprintQuery, canonical_architecture};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::aliases::{insert_aliases, validate_alias};
 use crate::error::{CatalogError, Result};
 use crate::filter::ImageFilter;
@@ -46,8 +47,12 @@ const IMAGE_COLUMNS: &str = "fingerprint, image_type, architecture, size, filena
      update_source, damage";
 
 /// Resolves a reference to a full fingerprint; `public_only` hides private images.
-pub(crate) fn resolve(conn: &Connection, what: &ImageRef, public_only: bool) -> Result<String> {
-    let visible = if public_only { " AND public = 1" } else { "" };
+pub(crate) fn resolve(conn: &dyn Db, what: &ImageRef, public_only: bool) -> Result<String> {
+    let visible = if public_only {
+        " AND public = TRUE"
+    } else {
+        ""
+    };
     match what {
         ImageRef::Fingerprint(FingerprintQuery::Full(fp)) => conn
             .prepare_cached(&format!(
@@ -65,7 +70,7 @@ pub(crate) fn resolve(conn: &Connection, what: &ImageRef, public_only: bool) -> 
             ))?;
             let found: Vec<String> = stmt
                 .query_map(params![prefix, format!("{prefix}g")], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             match found.as_slice() {
                 [] => Err(not_found(what)),
                 [one] => Ok(one.clone()),
@@ -96,7 +101,7 @@ pub(crate) fn resolve(conn: &Connection, what: &ImageRef, public_only: bool) -> 
     }
 }
 
-fn image_from_row(r: &Row<'_>) -> rusqlite::Result<Image> {
+fn image_from_row(r: &Row) -> Result<Image> {
     let text_enum_err = |i: usize, v: &str| {
         rusqlite::Error::FromSqlConversionFailure(
             i,
@@ -143,7 +148,7 @@ fn image_from_row(r: &Row<'_>) -> rusqlite::Result<Image> {
 /// The columns of one part, from `at` on: role, sha256, size, storage_key, extension.
 type PartRow = (String, String, i64, String, String);
 
-fn part_row(r: &Row<'_>, at: usize) -> rusqlite::Result<PartRow> {
+fn part_row(r: &Row, at: usize) -> Result<PartRow> {
     Ok((
         r.get(at)?,
         r.get(at + 1)?,
@@ -164,7 +169,7 @@ fn to_part((role, sha256, size, storage_key, extension): PartRow) -> Result<Part
     })
 }
 
-fn load_parts(conn: &Connection, fp: &str) -> Result<Vec<Part>> {
+fn load_parts(conn: &dyn Db, fp: &str) -> Result<Vec<Part>> {
     let mut stmt = conn.prepare_cached(
         "SELECT role, sha256, size, storage_key, extension FROM image_parts \
          WHERE fingerprint = ?1 ORDER BY position",
@@ -173,7 +178,7 @@ fn load_parts(conn: &Connection, fp: &str) -> Result<Vec<Part>> {
     rows.map(|row| to_part(row?)).collect()
 }
 
-fn load_aliases(conn: &Connection, fp: &str) -> Result<Vec<AliasRef>> {
+fn load_aliases(conn: &dyn Db, fp: &str) -> Result<Vec<AliasRef>> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, description FROM aliases WHERE fingerprint = ?1 ORDER BY name",
     )?;
@@ -183,11 +188,11 @@ fn load_aliases(conn: &Connection, fp: &str) -> Result<Vec<AliasRef>> {
             description: r.get(1)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    rows.collect()
 }
 
 /// Loads a full record by exact fingerprint.
-pub(crate) fn load(conn: &Connection, fp: &str) -> Result<Option<Image>> {
+pub(crate) fn load(conn: &dyn Db, fp: &str) -> Result<Option<Image>> {
     let image = conn
         .prepare_cached(&format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE fingerprint = ?1"
@@ -202,7 +207,7 @@ pub(crate) fn load(conn: &Connection, fp: &str) -> Result<Option<Image>> {
     Ok(Some(image))
 }
 
-pub(crate) fn must_load(conn: &Connection, fp: &str) -> Result<Image> {
+pub(crate) fn must_load(conn: &dyn Db, fp: &str) -> Result<Image> {
     load(conn, fp)?.ok_or_else(|| CatalogError::NotFound(format!("image {fp:?} not found")))
 }
 
@@ -290,7 +295,7 @@ fn validate_properties(props: &BTreeMap<String, String>) -> Result<()> {
         .map_err(|e| CatalogError::InvalidArgument(e.to_string()))
 }
 
-fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered> {
+fn register(tx: &dyn Db, new: NewImage) -> Result<Registered> {
     if let Some(existing) = load(tx, &new.fingerprint)? {
         return Ok(Registered {
             image: existing,
@@ -342,7 +347,7 @@ fn register(tx: &rusqlite::Transaction<'_>, new: NewImage) -> Result<Registered>
             .execute([&part.storage_key])?;
         for object in &new.objects[position] {
             tx.prepare_cached(
-                "INSERT INTO part_objects (fingerprint, position, offset, size, storage_key) \
+                "INSERT INTO part_objects (fingerprint, position, \"offset\", size, storage_key) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
@@ -401,7 +406,7 @@ fn apply_edit(image: &mut Image, edit: ImageEdit) -> Result<()> {
 }
 
 /// Deletes one image in `tx`, releasing the storage keys no other image uses.
-pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, fp: &str) -> Result<(Image, Vec<String>)> {
+pub(crate) fn delete_in(tx: &dyn Db, fp: &str) -> Result<(Image, Vec<String>)> {
     let image = must_load(tx, fp)?;
     tx.prepare_cached("DELETE FROM images WHERE fingerprint = ?1")?
         .execute([fp])?;
@@ -429,7 +434,7 @@ pub struct Completes {
     pub replaces: Option<String>,
 }
 
-impl Sqlite {
+impl Store {
     /// Resolves `what` and loads the whole record; `public_only` hides private
     /// images (they read as not found).
     pub async fn get_image(&self, what: ImageRef, public_only: bool) -> Result<Image> {
@@ -447,8 +452,8 @@ impl Sqlite {
             let parts = load_parts(conn, &fingerprint)?.len();
             let mut lists = vec![Vec::new(); parts];
             let mut stmt = conn.prepare_cached(
-                "SELECT position, offset, size, storage_key FROM part_objects \
-                 WHERE fingerprint = ?1 ORDER BY position, offset",
+                "SELECT position, \"offset\", size, storage_key FROM part_objects \
+                 WHERE fingerprint = ?1 ORDER BY position, \"offset\"",
             )?;
             let rows = stmt.query_map([&fingerprint], |r| {
                 Ok((
@@ -573,10 +578,7 @@ impl Sqlite {
     pub async fn all_images(&self, public_only: bool) -> Result<(u64, Vec<Image>)> {
         self.read(move |conn| {
             // One read transaction: the version and the rows agree.
-            conn.execute_batch("BEGIN")?;
-            let out = all_images(conn, public_only);
-            conn.execute_batch("COMMIT")?;
-            out
+            all_images(conn, public_only)
         })
         .await
     }
@@ -590,7 +592,7 @@ impl Sqlite {
             )?;
             let keys = stmt
                 .query_map([limit as i64], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             Ok(keys)
         })
         .await
@@ -610,15 +612,18 @@ impl Sqlite {
 }
 
 fn list(
-    conn: &Connection,
+    conn: &dyn Db,
     filter: &ImageFilter,
     page: &PageRequest,
     public_only: bool,
 ) -> Result<Page<Image>> {
     // Scan in fingerprint order in batches, filter in Rust (the filter language is
     // regular expressions over properties), stop once the page is full.
-    const BATCH: usize = 512;
-    let visible = if public_only { " AND public = 1" } else { "" };
+    let visible = if public_only {
+        " AND public = TRUE"
+    } else {
+        ""
+    };
     let mut after = page.after.clone().unwrap_or_default();
     let mut items = Vec::new();
     let mut more = false;
@@ -631,11 +636,11 @@ fn list(
              ORDER BY fingerprint LIMIT ?2"
         ))?;
         let batch: Vec<Image> = stmt
-            .query_map(params![after, BATCH as i64], image_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+            .query_map(params![after, crate::page::SCAN_BATCH], image_from_row)?
+            .collect::<Result<_>>()?;
         let Some(last) = batch.last() else { break };
         after = last.fingerprint.clone();
-        let exhausted = batch.len() < BATCH;
+        let exhausted = (batch.len() as i64) < crate::page::SCAN_BATCH;
         let mut aliases = aliases_between(conn, &batch[0].fingerprint, &after)?;
         for mut image in batch {
             if budget == 0 {
@@ -667,17 +672,21 @@ fn list(
     Ok(page.finish_after(items, next))
 }
 
-fn all_images(conn: &Connection, public_only: bool) -> Result<(u64, Vec<Image>)> {
+fn all_images(conn: &dyn Db, public_only: bool) -> Result<(u64, Vec<Image>)> {
     let version: i64 = conn
         .prepare_cached("SELECT version FROM images_version WHERE id = 0")?
-        .query_row([], |r| r.get(0))?;
-    let visible = if public_only { " WHERE public = 1" } else { "" };
+        .query_row(params![], |r| r.get(0))?;
+    let visible = if public_only {
+        " WHERE public = TRUE"
+    } else {
+        ""
+    };
     let mut images: Vec<Image> = conn
         .prepare_cached(&format!(
             "SELECT {IMAGE_COLUMNS} FROM images{visible} ORDER BY fingerprint"
         ))?
-        .query_map([], image_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
+        .query_map(params![], image_from_row)?
+        .collect::<Result<_>>()?;
     let Some(last) = images.last() else {
         return Ok((version as u64, images));
     };
@@ -687,7 +696,7 @@ fn all_images(conn: &Connection, public_only: bool) -> Result<(u64, Vec<Image>)>
         "SELECT fingerprint, role, sha256, size, storage_key, extension FROM image_parts \
          ORDER BY fingerprint, position",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, part_row(r, 1)?)))?;
+    let rows = stmt.query_map(params![], |r| Ok((r.get::<_, String>(0)?, part_row(r, 1)?)))?;
     for row in rows {
         let (fp, part) = row?;
         parts.entry(fp).or_default().push(to_part(part)?);
@@ -700,7 +709,7 @@ fn all_images(conn: &Connection, public_only: bool) -> Result<(u64, Vec<Image>)>
 }
 
 fn aliases_between(
-    conn: &Connection,
+    conn: &dyn Db,
     first: &str,
     last: &str,
 ) -> Result<HashMap<String, Vec<AliasRef>>> {

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::params;
+use crate::sql::{Db, OptionalExtension};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::aliases::{insert_aliases, validate_alias_name};
 use crate::error::{CatalogError, Result};
 use crate::images::{delete_in, must_load};
@@ -31,7 +32,7 @@ pub struct ImportJob {
 }
 
 /// A finished import's outcome, recorded on its operation.
-fn succeed(tx: &Transaction<'_>, id: &str, image: &Image, skipped: &[String]) -> Result<()> {
+fn succeed(tx: &dyn Db, id: &str, image: &Image, skipped: &[String]) -> Result<()> {
     let mut op = load_op(tx, id)?;
     if op.state.is_done() {
         return Err(CatalogError::FailedPrecondition(format!(
@@ -60,7 +61,7 @@ fn succeed(tx: &Transaction<'_>, id: &str, image: &Image, skipped: &[String]) ->
 
 /// A refresh found a newer image: aliases, auto_update and the cache state move
 /// from `old` to `new`, and `old` goes (LXD's autoUpdateImage).
-pub(crate) fn replace(tx: &Transaction<'_>, old: &str, new: &str) -> Result<()> {
+pub(crate) fn replace(tx: &dyn Db, old: &str, new: &str) -> Result<()> {
     if old == new {
         return Ok(());
     }
@@ -72,7 +73,7 @@ pub(crate) fn replace(tx: &Transaction<'_>, old: &str, new: &str) -> Result<()> 
     )?
     .execute(params![old, new, now()])?;
     tx.prepare_cached(
-        "UPDATE images SET auto_update = 1, cached = ?2, \
+        "UPDATE images SET auto_update = TRUE, cached = ?2, \
          last_used_at = COALESCE(?3, last_used_at) WHERE fingerprint = ?1",
     )?
     .execute(params![
@@ -86,7 +87,7 @@ pub(crate) fn replace(tx: &Transaction<'_>, old: &str, new: &str) -> Result<()> 
 
 /// Completes the import `operation` with the image just registered (or found).
 pub(crate) fn finish_import(
-    tx: &Transaction<'_>,
+    tx: &dyn Db,
     operation: &str,
     fingerprint: &str,
     skipped: &[String],
@@ -95,7 +96,7 @@ pub(crate) fn finish_import(
     succeed(tx, operation, &image, skipped)
 }
 
-impl Sqlite {
+impl Store {
     /// Queues an import. A refresh of an image that has one queued or running
     /// already returns that operation instead of a second one.
     pub async fn create_import(
@@ -143,7 +144,7 @@ impl Sqlite {
                          WHERE o.state = 'QUEUED' AND j.node_id IS NULL \
                          ORDER BY o.created_at, o.id LIMIT 1",
                     )?
-                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_row(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
                 let Some((id, request, replaces)) = found else {
                     return Ok(None);
@@ -244,7 +245,7 @@ impl Sqlite {
                          WHERE j.node_id IS NOT NULL AND j.reported_at < ?1",
                     )?
                     .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<Result<_>>()?;
                 let mut ended = 0;
                 for (id, state) in stale {
                     if state == "RUNNING" {
@@ -268,7 +269,7 @@ impl Sqlite {
                     "DELETE FROM import_jobs WHERE node_id IS NULL AND operation_id IN \
                      (SELECT id FROM operations WHERE state IN ('FAILED', 'CANCELLED'))",
                 )?
-                .execute([])?;
+                .execute(params![])?;
                 Ok(ended)
             })
             .await?;
@@ -283,11 +284,11 @@ impl Sqlite {
         self.read(|conn| {
             let fps: Vec<String> = conn
                 .prepare_cached(
-                    "SELECT fingerprint FROM images WHERE auto_update = 1 \
+                    "SELECT fingerprint FROM images WHERE auto_update = TRUE \
                      AND update_source IS NOT NULL ORDER BY fingerprint",
                 )?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .query_map(params![], |r| r.get(0))?
+                .collect::<Result<_>>()?;
             let mut out = Vec::new();
             for fp in fps {
                 let image = must_load(conn, &fp)?;
@@ -311,11 +312,11 @@ impl Sqlite {
         self.write(move |tx| {
             let fps: Vec<String> = tx
                 .prepare_cached(
-                    "SELECT fingerprint FROM images WHERE cached = 1 \
+                    "SELECT fingerprint FROM images WHERE cached = TRUE \
                      AND COALESCE(last_used_at, uploaded_at) < ?1",
                 )?
                 .query_map([cutoff], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             for fp in &fps {
                 delete_in(tx, fp)?;
             }

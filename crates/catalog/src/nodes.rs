@@ -1,8 +1,9 @@
 //! Blob nodes: registration, heartbeats, and which of them are healthy.
 
-use rusqlite::{OptionalExtension, Row, params};
+use crate::params;
+use crate::sql::{OptionalExtension, Row};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::{CatalogError, Result};
 use crate::model::*;
 
@@ -19,7 +20,7 @@ pub struct NodeAnnouncement {
 const NODE_COLUMNS: &str = "node_id, address, capacity_bytes, available_bytes, active_transfers, \
      healthy, version, registered_at, last_heartbeat_at";
 
-fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
+fn node_from_row(r: &Row) -> Result<Node> {
     Ok(Node {
         node_id: r.get(0)?,
         address: r.get(1)?,
@@ -37,7 +38,7 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-impl Sqlite {
+impl Store {
     /// Records a node, or refreshes it when the same id registers again.
     pub async fn register_node(&self, n: NodeAnnouncement) -> Result<Node> {
         self.write(move |tx| {
@@ -46,7 +47,7 @@ impl Sqlite {
                 "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, 1, ?5, ?6, ?6) \
                  ON CONFLICT(node_id) DO UPDATE SET address = excluded.address, \
                  capacity_bytes = excluded.capacity_bytes, available_bytes = excluded.available_bytes, \
-                 healthy = 1, version = excluded.version, last_heartbeat_at = excluded.last_heartbeat_at"
+                 healthy = TRUE, version = excluded.version, last_heartbeat_at = excluded.last_heartbeat_at"
             ))?
             .execute(params![
                 n.node_id,
@@ -106,8 +107,8 @@ impl Sqlite {
                 "SELECT {NODE_COLUMNS} FROM nodes ORDER BY node_id"
             ))?;
             let nodes = stmt
-                .query_map([], node_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+                .query_map(params![], node_from_row)?
+                .collect::<Result<_>>()?;
             Ok(nodes)
         })
         .await

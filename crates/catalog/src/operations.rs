@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::params;
+use crate::sql::{Db, OptionalExtension, Row};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::{CatalogError, Result};
 use crate::model::*;
 use crate::page::{Page, PageRequest};
@@ -14,7 +15,7 @@ const OP_COLUMNS: &str = "id, description, state, stage, bytes_done, bytes_total
 
 type OpRow = (Operation, String, String);
 
-fn op_from_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
+fn op_from_row(r: &Row) -> Result<OpRow> {
     let code: Option<i32> = r.get(7)?;
     let message: Option<String> = r.get(8)?;
     Ok((
@@ -45,7 +46,7 @@ fn finish_row((mut op, state, metadata): OpRow) -> Result<Operation> {
     Ok(op)
 }
 
-pub(crate) fn load(conn: &Connection, id: &str) -> Result<Operation> {
+pub(crate) fn load(conn: &dyn Db, id: &str) -> Result<Operation> {
     conn.prepare_cached(&format!(
         "SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"
     ))?
@@ -58,7 +59,7 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Operation> {
 
 /// Writes an operation. An upsert, not a REPLACE: a REPLACE deletes the row
 /// first, and the delete would cascade to what refers to it (its import job).
-pub(crate) fn store(conn: &Connection, op: &Operation) -> Result<()> {
+pub(crate) fn store(conn: &dyn Db, op: &Operation) -> Result<()> {
     conn.prepare_cached(&format!(
         "INSERT INTO operations ({OP_COLUMNS}) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
@@ -121,7 +122,7 @@ pub(crate) fn queued(description: String, stage: &str, may_cancel: bool) -> Oper
     }
 }
 
-impl Sqlite {
+impl Store {
     /// Whether this process should run the periodic `job` now: true for the
     /// first to ask once `every` has passed since the job last ran anywhere
     /// (a tenth of it is slack for timers that fire a little early), so that
@@ -248,26 +249,40 @@ impl Sqlite {
                 }
                 None => (i64::MAX, String::new()),
             };
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {OP_COLUMNS} FROM operations \
-                 WHERE created_at < ?1 OR (created_at = ?1 AND id < ?2) \
-                 ORDER BY created_at DESC, id DESC"
-            ))?;
-            let mut rows = stmt.query(params![before_time, before_id])?;
+            let (mut before_time, mut before_id) = (before_time, before_id);
             let mut items = Vec::new();
             let mut more = false;
-            while let Some(row) = rows.next()? {
-                let op = finish_row(op_from_row(row)?)?;
-                if state.is_some_and(|s| s != op.state)
-                    || done.is_some_and(|d| d != op.state.is_done())
-                {
-                    continue;
+            // In batches, so that no query reads the whole table at once.
+            'scan: loop {
+                let batch = conn
+                    .prepare_cached(&format!(
+                        "SELECT {OP_COLUMNS} FROM operations \
+                         WHERE created_at < ?1 OR (created_at = ?1 AND id < ?2) \
+                         ORDER BY created_at DESC, id DESC LIMIT ?3"
+                    ))?
+                    .query_map(
+                        params![before_time, before_id, crate::page::SCAN_BATCH],
+                        op_from_row,
+                    )?
+                    .collect::<Result<Vec<_>>>()?;
+                let exhausted = (batch.len() as i64) < crate::page::SCAN_BATCH;
+                for row in batch {
+                    let op = finish_row(row)?;
+                    (before_time, before_id) = (op.created_at, op.id.clone());
+                    if state.is_some_and(|s| s != op.state)
+                        || done.is_some_and(|d| d != op.state.is_done())
+                    {
+                        continue;
+                    }
+                    if items.len() == page.size {
+                        more = true;
+                        break 'scan;
+                    }
+                    items.push(op);
                 }
-                if items.len() == page.size {
-                    more = true;
+                if exhausted {
                     break;
                 }
-                items.push(op);
             }
             Ok(page.finish(items, more, |o| format!("{}/{}", o.created_at, o.id)))
         })

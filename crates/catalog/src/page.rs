@@ -11,6 +11,8 @@ use crate::error::{CatalogError, Result};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Rows a listing reads per query while it fills a page.
+pub(crate) const SCAN_BATCH: i64 = 512;
 
 /// A validated request for one page.
 #[derive(Debug, Clone)]

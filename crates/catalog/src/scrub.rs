@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::params;
+use crate::sql::{Db, OptionalExtension};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::{CatalogError, Result};
 use crate::images::{ImageRef, must_load, resolve};
 use crate::model::*;
@@ -40,7 +41,7 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-impl Sqlite {
+impl Store {
     /// Queues a verification of an image and returns the operation that tracks it.
     pub async fn create_verification(&self, what: ImageRef) -> Result<Operation> {
         let op = self
@@ -183,7 +184,7 @@ impl Sqlite {
 
 /// Marks the image as the outcome says; a failure to read changes nothing but
 /// lets another node try.
-fn record(tx: &Transaction<'_>, fp: &str, outcome: &ScrubOutcome, now: UnixNanos) -> Result<()> {
+fn record(tx: &dyn Db, fp: &str, outcome: &ScrubOutcome, now: UnixNanos) -> Result<()> {
     match outcome {
         ScrubOutcome::Sound => {
             tx.prepare_cached(
@@ -214,7 +215,7 @@ fn record(tx: &Transaction<'_>, fp: &str, outcome: &ScrubOutcome, now: UnixNanos
 }
 
 fn finish(
-    tx: &Transaction<'_>,
+    tx: &dyn Db,
     id: &str,
     fp: &str,
     exists: bool,

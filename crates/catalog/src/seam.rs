@@ -1,9 +1,9 @@
 //! The catalog's seam: what the control plane asks of its metadata, use case by
 //! use case (register an image, resolve a name, list with a filter and a page
 //! token, open, commit and finish an upload, claim an import, ...). One adapter
-//! per database implements it, as Garage does: [`Sqlite`] (the modules beside
-//! this one, the embedded default). Services hold a [`Catalog`] and never know
-//! which adapter answers.
+//! implementation, [`Store`], runs the same logic on either engine (SQLite or
+//! PostgreSQL, `crate::engine`). Services hold a [`Catalog`] and never know
+//! which database answers.
 
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::Sqlite;
+use crate::Store;
 use crate::aliases::AliasEdit;
+use crate::engine::postgres::Postgres;
+use crate::engine::sqlite::Sqlite;
 use crate::error::Result;
 use crate::filter::ImageFilter;
 use crate::images::{Completes, ImageRef};
@@ -231,6 +233,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Moves with every change to the trust store, whoever made it.
     async fn trust_version(&self) -> Result<u64>;
 
+    /// The cluster-wide secret `name`: the one stored already, or `value`,
+    /// stored now (the first replica to start decides for all).
+    async fn adopt_secret(&self, name: String, value: String) -> Result<String>;
+
     /// Whether this process should run the periodic `job` now (once per
     /// `every` across every process serving the catalog).
     async fn take_turn(&self, job: String, every: Duration) -> Result<bool>;
@@ -255,19 +261,24 @@ impl Deref for Catalog {
 impl Catalog {
     /// Opens (creating if needed) the SQLite catalog at `path` and migrates it.
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {
-        Ok(Self(Arc::new(Sqlite::open(path).await?)))
+        Ok(Self(Arc::new(Store::new(Sqlite::open(path).await?))))
+    }
+
+    /// Connects to the PostgreSQL catalog `url` names and migrates it.
+    pub async fn connect_postgres(url: &str) -> Result<Self> {
+        Ok(Self(Arc::new(Store::new(Postgres::connect(url).await?))))
     }
 }
 
 #[async_trait::async_trait]
-impl Backend for Sqlite {
+impl Backend for Store {
     async fn create_alias(
         &self,
         name: String,
         target: String,
         description: String,
     ) -> Result<Alias> {
-        Sqlite::create_alias(self, name, target, description).await
+        Store::create_alias(self, name, target, description).await
     }
 
     async fn get_alias(
@@ -276,7 +287,7 @@ impl Backend for Sqlite {
         image_type: Option<ImageType>,
         public_only: bool,
     ) -> Result<Alias> {
-        Sqlite::get_alias(self, name, image_type, public_only).await
+        Store::get_alias(self, name, image_type, public_only).await
     }
 
     async fn list_aliases(
@@ -285,39 +296,39 @@ impl Backend for Sqlite {
         page: PageRequest,
         public_only: bool,
     ) -> Result<Page<Alias>> {
-        Sqlite::list_aliases(self, filter, page, public_only).await
+        Store::list_aliases(self, filter, page, public_only).await
     }
 
     async fn update_alias(&self, name: String, edit: AliasEdit) -> Result<Alias> {
-        Sqlite::update_alias(self, name, edit).await
+        Store::update_alias(self, name, edit).await
     }
 
     async fn rename_alias(&self, name: String, new_name: String) -> Result<Alias> {
-        Sqlite::rename_alias(self, name, new_name).await
+        Store::rename_alias(self, name, new_name).await
     }
 
     async fn delete_alias(&self, name: String) -> Result<()> {
-        Sqlite::delete_alias(self, name).await
+        Store::delete_alias(self, name).await
     }
 
     async fn get_image(&self, what: ImageRef, public_only: bool) -> Result<Image> {
-        Sqlite::get_image(self, what, public_only).await
+        Store::get_image(self, what, public_only).await
     }
 
     async fn part_objects(&self, fingerprint: String) -> Result<Vec<Vec<StoredObject>>> {
-        Sqlite::part_objects(self, fingerprint).await
+        Store::part_objects(self, fingerprint).await
     }
 
     async fn register_image(&self, new: NewImage, completes: Completes) -> Result<Registered> {
-        Sqlite::register_image(self, new, completes).await
+        Store::register_image(self, new, completes).await
     }
 
     async fn update_image(&self, what: ImageRef, edit: ImageEdit) -> Result<Image> {
-        Sqlite::update_image(self, what, edit).await
+        Store::update_image(self, what, edit).await
     }
 
     async fn delete_image(&self, what: ImageRef) -> Result<(Image, Vec<String>)> {
-        Sqlite::delete_image(self, what).await
+        Store::delete_image(self, what).await
     }
 
     async fn list_images(
@@ -326,23 +337,23 @@ impl Backend for Sqlite {
         page: PageRequest,
         public_only: bool,
     ) -> Result<Page<Image>> {
-        Sqlite::list_images(self, filter, page, public_only).await
+        Store::list_images(self, filter, page, public_only).await
     }
 
     async fn images_version(&self) -> Result<u64> {
-        Sqlite::images_version(self).await
+        Store::images_version(self).await
     }
 
     async fn all_images(&self, public_only: bool) -> Result<(u64, Vec<Image>)> {
-        Sqlite::all_images(self, public_only).await
+        Store::all_images(self, public_only).await
     }
 
     async fn released_content(&self, limit: usize) -> Result<Vec<String>> {
-        Sqlite::released_content(self, limit).await
+        Store::released_content(self, limit).await
     }
 
     async fn forget_released(&self, keys: Vec<String>) -> Result<()> {
-        Sqlite::forget_released(self, keys).await
+        Store::forget_released(self, keys).await
     }
 
     async fn create_import(
@@ -351,11 +362,11 @@ impl Backend for Sqlite {
         request: Vec<u8>,
         replaces: Option<String>,
     ) -> Result<Operation> {
-        Sqlite::create_import(self, description, request, replaces).await
+        Store::create_import(self, description, request, replaces).await
     }
 
     async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>> {
-        Sqlite::claim_import(self, node_id).await
+        Store::claim_import(self, node_id).await
     }
 
     async fn report_import(
@@ -365,27 +376,27 @@ impl Backend for Sqlite {
         update: crate::OperationUpdate,
         existing_image: Option<(String, Vec<AliasRef>)>,
     ) -> Result<Operation> {
-        Sqlite::report_import(self, id, node_id, update, existing_image).await
+        Store::report_import(self, id, node_id, update, existing_image).await
     }
 
     async fn collect_imports(&self, silent_for: Duration) -> Result<usize> {
-        Sqlite::collect_imports(self, silent_for).await
+        Store::collect_imports(self, silent_for).await
     }
 
     async fn images_to_refresh(&self) -> Result<Vec<Image>> {
-        Sqlite::images_to_refresh(self).await
+        Store::images_to_refresh(self).await
     }
 
     async fn expire_cached_images(&self, unused_for: Duration) -> Result<Vec<String>> {
-        Sqlite::expire_cached_images(self, unused_for).await
+        Store::expire_cached_images(self, unused_for).await
     }
 
     async fn touch_image(&self, fingerprint: String) -> Result<()> {
-        Sqlite::touch_image(self, fingerprint).await
+        Store::touch_image(self, fingerprint).await
     }
 
     async fn register_node(&self, n: NodeAnnouncement) -> Result<Node> {
-        Sqlite::register_node(self, n).await
+        Store::register_node(self, n).await
     }
 
     async fn heartbeat(
@@ -395,27 +406,27 @@ impl Backend for Sqlite {
         active_transfers: u32,
         healthy: bool,
     ) -> Result<Node> {
-        Sqlite::heartbeat(self, node_id, available_bytes, active_transfers, healthy).await
+        Store::heartbeat(self, node_id, available_bytes, active_transfers, healthy).await
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>> {
-        Sqlite::list_nodes(self).await
+        Store::list_nodes(self).await
     }
 
     async fn create_operation(&self, description: String, may_cancel: bool) -> Result<Operation> {
-        Sqlite::create_operation(self, description, may_cancel).await
+        Store::create_operation(self, description, may_cancel).await
     }
 
     async fn get_operation(&self, id: String) -> Result<Operation> {
-        Sqlite::get_operation(self, id).await
+        Store::get_operation(self, id).await
     }
 
     async fn update_operation(&self, id: String, update: OperationUpdate) -> Result<Operation> {
-        Sqlite::update_operation(self, id, update).await
+        Store::update_operation(self, id, update).await
     }
 
     async fn cancel_operation(&self, id: String) -> Result<Operation> {
-        Sqlite::cancel_operation(self, id).await
+        Store::cancel_operation(self, id).await
     }
 
     async fn list_operations(
@@ -424,11 +435,11 @@ impl Backend for Sqlite {
         done: Option<bool>,
         page: PageRequest,
     ) -> Result<Page<Operation>> {
-        Sqlite::list_operations(self, state, done, page).await
+        Store::list_operations(self, state, done, page).await
     }
 
     async fn create_verification(&self, what: ImageRef) -> Result<Operation> {
-        Sqlite::create_verification(self, what).await
+        Store::create_verification(self, what).await
     }
 
     async fn claim_scrub(
@@ -438,7 +449,7 @@ impl Backend for Sqlite {
         every: Duration,
         claim_for: Duration,
     ) -> Result<Option<ScrubJob>> {
-        Sqlite::claim_scrub(self, node_id, background, every, claim_for).await
+        Store::claim_scrub(self, node_id, background, every, claim_for).await
     }
 
     async fn report_scrub(
@@ -447,7 +458,7 @@ impl Backend for Sqlite {
         operation: Option<String>,
         outcome: ScrubOutcome,
     ) -> Result<()> {
-        Sqlite::report_scrub(self, fingerprint, operation, outcome).await
+        Store::report_scrub(self, fingerprint, operation, outcome).await
     }
 
     async fn create_image_secret(
@@ -456,15 +467,15 @@ impl Backend for Sqlite {
         secret_hash: String,
         ttl: Duration,
     ) -> Result<(Image, UnixNanos)> {
-        Sqlite::create_image_secret(self, what, secret_hash, ttl).await
+        Store::create_image_secret(self, what, secret_hash, ttl).await
     }
 
     async fn get_image_with_secret(&self, what: ImageRef, secret_hash: String) -> Result<Image> {
-        Sqlite::get_image_with_secret(self, what, secret_hash).await
+        Store::get_image_with_secret(self, what, secret_hash).await
     }
 
     async fn use_image_secret(&self, what: ImageRef, secret_hash: String) -> Result<Image> {
-        Sqlite::use_image_secret(self, what, secret_hash).await
+        Store::use_image_secret(self, what, secret_hash).await
     }
 
     async fn add_trust(
@@ -474,31 +485,31 @@ impl Backend for Sqlite {
         fingerprint: String,
         expires_at: Option<UnixNanos>,
     ) -> Result<TrustEntry> {
-        Sqlite::add_trust(self, kind, description, fingerprint, expires_at).await
+        Store::add_trust(self, kind, description, fingerprint, expires_at).await
     }
 
     async fn list_trust(&self) -> Result<Vec<TrustEntry>> {
-        Sqlite::list_trust(self).await
+        Store::list_trust(self).await
     }
 
     async fn remove_trust(&self, id: String) -> Result<String> {
-        Sqlite::remove_trust(self, id).await
+        Store::remove_trust(self, id).await
     }
 
     async fn create_upload(&self, spec: UploadSpec, ttl: std::time::Duration) -> Result<Upload> {
-        Sqlite::create_upload(self, spec, ttl).await
+        Store::create_upload(self, spec, ttl).await
     }
 
     async fn get_upload(&self, id: String) -> Result<Upload> {
-        Sqlite::get_upload(self, id).await
+        Store::get_upload(self, id).await
     }
 
     async fn cancel_upload(&self, id: String) -> Result<Upload> {
-        Sqlite::cancel_upload(self, id).await
+        Store::cancel_upload(self, id).await
     }
 
     async fn open_write(&self, id: String, ttl: std::time::Duration) -> Result<(Upload, String)> {
-        Sqlite::open_write(self, id, ttl).await
+        Store::open_write(self, id, ttl).await
     }
 
     async fn commit_segment(
@@ -508,30 +519,34 @@ impl Backend for Sqlite {
         commit: SegmentCommit,
         ttl: std::time::Duration,
     ) -> Result<u64> {
-        Sqlite::commit_segment(self, id, lease, commit, ttl).await
+        Store::commit_segment(self, id, lease, commit, ttl).await
     }
 
     async fn fail_upload(&self, id: String, lease: String, message: String) -> Result<()> {
-        Sqlite::fail_upload(self, id, lease, message).await
+        Store::fail_upload(self, id, lease, message).await
     }
 
     async fn release_write(&self, id: String, lease: String) -> Result<()> {
-        Sqlite::release_write(self, id, lease).await
+        Store::release_write(self, id, lease).await
     }
 
     async fn expire_uploads(&self) -> Result<usize> {
-        Sqlite::expire_uploads(self).await
+        Store::expire_uploads(self).await
     }
 
     async fn trust_version(&self) -> Result<u64> {
-        Sqlite::trust_version(self).await
+        Store::trust_version(self).await
+    }
+
+    async fn adopt_secret(&self, name: String, value: String) -> Result<String> {
+        Store::adopt_secret(self, name, value).await
     }
 
     async fn take_turn(&self, job: String, every: Duration) -> Result<bool> {
-        Sqlite::take_turn(self, job, every).await
+        Store::take_turn(self, job, every).await
     }
 
     fn watch_operations(&self) -> watch::Receiver<u64> {
-        Sqlite::watch_operations(self)
+        Store::watch_operations(self)
     }
 }

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::params;
+use crate::sql::{Db, OptionalExtension};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::Result;
 use crate::images::{ImageRef, must_load, resolve};
 use crate::model::{Image, UnixNanos, now};
@@ -14,7 +15,7 @@ use crate::model::{Image, UnixNanos, now};
 /// The image `what` names if `secret_hash` opens it; otherwise what an untrusted
 /// caller without a secret would get (the image if public, else NOT_FOUND), so
 /// that a wrong, used or expired secret tells nothing a missing image would not.
-fn opened(conn: &Connection, what: &ImageRef, secret_hash: &str) -> Result<(String, bool)> {
+fn opened(conn: &dyn Db, what: &ImageRef, secret_hash: &str) -> Result<(String, bool)> {
     if let Ok(fp) = resolve(conn, what, false) {
         let valid: Option<i64> = conn
             .prepare_cached(
@@ -30,7 +31,7 @@ fn opened(conn: &Connection, what: &ImageRef, secret_hash: &str) -> Result<(Stri
     Ok((resolve(conn, what, true)?, false))
 }
 
-impl Sqlite {
+impl Store {
     /// Stores a secret (by hash) for the image `what` names; returns the image and
     /// when the secret expires.
     pub async fn create_image_secret(

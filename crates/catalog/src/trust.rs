@@ -1,9 +1,10 @@
 //! The trust store: client certificates and bearer tokens, known by fingerprint
 //! (a certificate's SHA-256, a token's SHA-256; tokens themselves are never kept).
 
-use rusqlite::{OptionalExtension, Row, params};
+use crate::params;
+use crate::sql::{OptionalExtension, Row};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::{CatalogError, Result};
 use crate::model::{UnixNanos, now};
 
@@ -36,7 +37,7 @@ pub struct TrustEntry {
 
 const COLUMNS: &str = "id, kind, description, fingerprint, created_at, expires_at";
 
-fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<TrustEntry> {
+fn entry_from_row(r: &Row) -> Result<TrustEntry> {
     let kind: String = r.get(1)?;
     Ok(TrustEntry {
         id: r.get(0)?,
@@ -52,7 +53,23 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<TrustEntry> {
     })
 }
 
-impl Sqlite {
+impl Store {
+    /// The cluster-wide secret `name`: the one stored already, or `value`,
+    /// stored now.
+    pub async fn adopt_secret(&self, name: String, value: String) -> Result<String> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO cluster_secrets (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, value],
+            )?;
+            Ok(tx
+                .prepare_cached("SELECT value FROM cluster_secrets WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))?)
+        })
+        .await
+    }
+
     /// Moves with every change to the trust store, whoever made it.
     pub async fn trust_version(&self) -> Result<u64> {
         self.read(|conn| crate::counter(conn, "trust_version"))
@@ -108,8 +125,8 @@ impl Sqlite {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM trust ORDER BY created_at, id"
             ))?;
-            let rows = stmt.query_map([], entry_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = stmt.query_map(params![], entry_from_row)?;
+            rows.collect()
         })
         .await
     }

@@ -1,16 +1,17 @@
 //! Upload sessions: what a client declared, how far the bytes have come, and the
 //! SHA-256 state at that offset, so that any blob node can continue.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use crate::params;
+use crate::sql::{Db, OptionalExtension, Row};
 
-use crate::Sqlite;
+use crate::Store;
 use crate::error::{CatalogError, Result};
 use crate::model::*;
 
 const UPLOAD_COLUMNS: &str = "id, spec, state, committed_size, metadata_size, hash_image, hash_part, \
      lease, fingerprint, error_message, created_at, expires_at";
 
-fn upload_from_row(r: &Row<'_>) -> rusqlite::Result<(Upload, String, String)> {
+fn upload_from_row(r: &Row) -> Result<(Upload, String, String)> {
     Ok((
         Upload {
             id: r.get(0)?,
@@ -41,7 +42,7 @@ fn not_found(id: &str) -> CatalogError {
 }
 
 /// Loads a session that has not expired.
-pub(crate) fn load(conn: &Connection, id: &str) -> Result<Upload> {
+pub(crate) fn load(conn: &dyn Db, id: &str) -> Result<Upload> {
     let row = conn
         .prepare_cached(&format!(
             "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"
@@ -68,22 +69,23 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Upload> {
                 storage_key: r.get(2)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(upload)
 }
 
 /// Marks a storage key (or prefix ending in "/") as no longer referenced, so
 /// blob nodes delete its bytes.
-pub(crate) fn release(tx: &Transaction<'_>, key: &str) -> Result<()> {
+pub(crate) fn release(tx: &dyn Db, key: &str) -> Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO released_content (storage_key, released_at) VALUES (?1, ?2)",
+        "INSERT INTO released_content (storage_key, released_at) VALUES (?1, ?2) \
+         ON CONFLICT (storage_key) DO UPDATE SET released_at = excluded.released_at",
     )?
     .execute(params![key, now()])?;
     Ok(())
 }
 
 /// Ends an open session for good and releases its staged bytes.
-fn end(tx: &Transaction<'_>, id: &str, state: UploadState, message: &str) -> Result<()> {
+fn end(tx: &dyn Db, id: &str, state: UploadState, message: &str) -> Result<()> {
     tx.prepare_cached(
         "UPDATE uploads SET state = ?2, error_message = ?3, lease = NULL WHERE id = ?1",
     )?
@@ -117,7 +119,7 @@ pub struct SegmentCommit {
     pub metadata_size: u64,
 }
 
-impl Sqlite {
+impl Store {
     /// Opens a session that expires `ttl` after its last activity.
     pub async fn create_upload(
         &self,
@@ -223,8 +225,9 @@ impl Sqlite {
                 )));
             }
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO upload_segments (upload_id, start, length, storage_key) \
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO upload_segments (upload_id, start, length, storage_key) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (upload_id, start) DO UPDATE \
+                 SET length = excluded.length, storage_key = excluded.storage_key",
             )?
             .execute(params![
                 id,
@@ -281,7 +284,7 @@ impl Sqlite {
             let ids: Vec<String> = tx
                 .prepare_cached("SELECT id FROM uploads WHERE state = 'OPEN' AND expires_at < ?1")?
                 .query_map([now()], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             for id in &ids {
                 release(tx, &upload_prefix(id))?;
                 tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?
@@ -300,7 +303,7 @@ impl Sqlite {
 /// Checks that the objects a registration names are exactly the session's
 /// committed segments: what no commit recorded (a superseded writer's object)
 /// is never registered, and nothing committed is left out.
-pub(crate) fn check_objects(tx: &Transaction<'_>, id: &str, new: &NewImage) -> Result<()> {
+pub(crate) fn check_objects(tx: &dyn Db, id: &str, new: &NewImage) -> Result<()> {
     let upload = load(tx, id)?;
     let mut committed: Vec<(usize, StoredObject)> = Vec::new();
     for seg in upload.segments.iter().filter(|s| s.length > 0) {
@@ -339,7 +342,7 @@ pub(crate) fn check_objects(tx: &Transaction<'_>, id: &str, new: &NewImage) -> R
 /// Completes (or fails, when the image existed already) the session a
 /// registration names, in the registration's transaction.
 pub(crate) fn finish_with_registration(
-    tx: &Transaction<'_>,
+    tx: &dyn Db,
     id: &str,
     fingerprint: &str,
     created: bool,

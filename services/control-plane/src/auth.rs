@@ -65,6 +65,9 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The cluster credential's name among the catalog's shared secrets.
+const CLUSTER_SECRET: &str = "cluster_credential";
+
 impl Auth {
     /// Loads the trust store, and the admin token and cluster credential from
     /// `dir`, creating them (mode 0600) on the first start; a new admin token is
@@ -75,7 +78,26 @@ impl Auth {
             move |source| crate::StartError::DataDir { path, source }
         };
         let cluster_path = dir.join(CLUSTER_CREDENTIAL_FILE);
-        let (cluster, _) = load_or_create(&cluster_path).map_err(file_error(&cluster_path))?;
+        let (local, created) = load_or_create(&cluster_path).map_err(file_error(&cluster_path))?;
+        // Tickets are signed with a key derived from it, so every replica on this
+        // catalog needs the same one: the first to start stores its own, the
+        // others take it.
+        let cluster = catalog
+            .adopt_secret(CLUSTER_SECRET.into(), local.clone())
+            .await?;
+        if cluster != local {
+            if !created {
+                return Err(crate::StartError::Config(format!(
+                    "the cluster credential in {} is not the one the other control planes on \
+                     this catalog share; replace it with theirs (their data directory's {}) or \
+                     remove it to take theirs",
+                    cluster_path.display(),
+                    CLUSTER_CREDENTIAL_FILE
+                )));
+            }
+            write_private(&cluster_path, format!("{cluster}\n").as_bytes())
+                .map_err(file_error(&cluster_path))?;
+        }
         let admin_path = dir.join(ADMIN_TOKEN_FILE);
         if read_secret(&admin_path)
             .map_err(file_error(&admin_path))?

@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 pub struct ControlPlaneConfig {
     /// HOST:PORT to serve gRPC on; port 0 picks a free one.
     pub listen: String,
-    /// Where the catalog database lives.
+    /// Where this control plane keeps its files (the SQLite catalog, its
+    /// credentials).
     pub data_dir: PathBuf,
+    /// The catalog database: "sqlite" (a file in data_dir, one control plane)
+    /// or a PostgreSQL connection string, postgres://USER:PASSWORD@HOST/DB
+    /// (any number of control-plane replicas over it).
+    pub database: String,
     /// How often blob nodes heartbeat; a node silent for two intervals is not
     /// handed to clients (nor, for four intervals, one a client reported
     /// unreachable).
@@ -159,6 +164,7 @@ impl Default for ControlPlaneConfig {
         Self {
             listen: "127.0.0.1:7443".into(),
             data_dir: default_data_dir(),
+            database: "sqlite".into(),
             heartbeat_interval: Duration::from_secs(3),
             max_request_bytes: 1024 * 1024,
             upload_ttl: Duration::from_secs(3600),

@@ -73,7 +73,7 @@ impl From<ApiError> for Status {
         let msg = e.to_string();
         match (&e, code) {
             (ApiError::Catalog(c), Code::Unavailable) if c.is_busy() => Status::unavailable(
-                "the catalog database is busy (locked by another process); retry shortly",
+                "the catalog database is busy or out of reach for now; retry shortly",
             ),
             (_, Code::Internal) => {
                 // The detail is for the operator, not the caller.

@@ -63,9 +63,38 @@ pub async fn open_catalog(config: &ControlPlaneConfig) -> Result<Catalog, StartE
             source,
         }
     })?;
-    let catalog = Catalog::open(config.data_dir.join(CATALOG_FILE)).await?;
-    tracing::info!(data_dir = %config.data_dir.display(), "catalog open");
+    let catalog = match Database::parse(&config.database)? {
+        Database::Sqlite => Catalog::open(config.data_dir.join(CATALOG_FILE)).await?,
+        Database::Postgres(url) => Catalog::connect_postgres(url).await?,
+    };
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        database = %imagestore_catalog::engine::postgres::redact(&config.database),
+        "catalog open"
+    );
     Ok(catalog)
+}
+
+/// Which database `control_plane.database` names.
+pub enum Database<'a> {
+    Sqlite,
+    Postgres(&'a str),
+}
+
+impl<'a> Database<'a> {
+    pub fn parse(setting: &'a str) -> Result<Self, StartError> {
+        match setting {
+            "" | "sqlite" => Ok(Self::Sqlite),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url))
+            }
+            other => Err(StartError::Config(format!(
+                "database {:?} is neither \"sqlite\" nor a PostgreSQL connection string \
+                 (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+                imagestore_catalog::engine::postgres::redact(other)
+            ))),
+        }
+    }
 }
 
 /// Opens the catalog in `config.data_dir` and serves on `listener` until

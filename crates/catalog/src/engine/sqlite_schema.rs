@@ -245,6 +245,15 @@ const MIGRATIONS: &[&str] = &[
         last_run_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 11: secrets every control plane serving the catalog must share (the
+    // cluster credential, from which tickets are signed), so that a replica
+    // started on another machine signs what every blob node accepts.
+    r#"
+    CREATE TABLE cluster_secrets (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.
