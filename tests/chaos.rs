@@ -6,6 +6,11 @@
 //! fingerprint; nothing is there that no client sent; the catalog passes
 //! SQLite's integrity check; and once abandoned sessions expire and collection
 //! has run, the store holds exactly the objects the catalog records.
+//!
+//! The same on PostgreSQL with two control-plane replicas (each its own data
+//! directory): clients and blob nodes are given both; the victims are the
+//! replicas, the nodes and the database server itself (restarted as after a
+//! crash).
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,44 +47,67 @@ const NODE_ENV: &[(&str, &str)] = &[
 
 struct Procs {
     dir: PathBuf,
-    port: u16,
-    cp: Option<Process>,
+    /// The catalog: SQLite in the one control plane's data directory, or this
+    /// PostgreSQL under every replica.
+    pg: Option<imagestore_tests::postgres::Postgres>,
+    /// Each control plane's port, kept across restarts (0 before the first).
+    ports: Vec<u16>,
+    cps: Vec<Option<Process>>,
     nodes: Vec<Option<Process>>,
 }
 
 impl Procs {
+    fn new(dir: &Path, pg: Option<imagestore_tests::postgres::Postgres>) -> Self {
+        let replicas = if pg.is_some() { 2 } else { 1 };
+        Self {
+            dir: dir.to_owned(),
+            pg,
+            ports: vec![0; replicas],
+            cps: (0..replicas).map(|_| None).collect(),
+            nodes: vec![None, None],
+        }
+    }
+
     fn store(&self) -> PathBuf {
         self.dir.join("store")
     }
 
-    fn cp_dir(&self) -> PathBuf {
-        self.dir.join("cp")
+    fn cp_dir(&self, r: usize) -> PathBuf {
+        self.dir.join(format!("cp{r}"))
     }
 
+    /// Every control plane, as clients and nodes are given them.
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        (0..self.ports.len())
+            .map(|r| self.url_of(r))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    async fn start_cp(&mut self) {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let cp = Process::start(
-            &binary("imagestore-control"),
-            &[
-                "--listen",
-                &listen,
-                "--data-dir",
-                self.cp_dir().to_str().unwrap(),
-            ],
-            CP_ENV,
-        )
-        .await;
-        self.port = cp.addr.port();
-        self.cp = Some(cp);
+    fn url_of(&self, r: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[r])
+    }
+
+    async fn start_cp(&mut self, r: usize) {
+        let listen = format!("127.0.0.1:{}", self.ports[r]);
+        let data_dir = self.cp_dir(r);
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ];
+        if let Some(pg) = &self.pg {
+            args.extend(["--database", &pg.url]);
+        }
+        let cp = Process::start(&binary("imagestore-control"), &args, CP_ENV).await;
+        self.ports[r] = cp.addr.port();
+        self.cps[r] = Some(cp);
     }
 
     async fn start_node(&mut self, n: usize) {
         let data = self.dir.join(format!("node{n}"));
-        let credential = self.cp_dir().join("cluster-credential");
+        let credential = self.cp_dir(0).join("cluster-credential");
         let node = Process::start_until(
             &binary("imagestore-blob"),
             &[
@@ -103,8 +131,8 @@ impl Procs {
 
     fn external(&self) -> External {
         External {
-            url: self.url(),
-            data_dir: self.cp_dir(),
+            url: self.url_of(0),
+            data_dir: self.cp_dir(0),
         }
     }
 }
@@ -306,19 +334,27 @@ fn stored_keys(store: &Path) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kills_lose_nothing_invent_nothing_and_leave_no_orphans() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Procs {
-        dir: tmp.path().to_owned(),
-        port: 0,
-        cp: None,
-        nodes: vec![None, None],
-    };
-    cluster.start_cp().await;
+    chaos(Procs::new(tmp.path(), None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgresql_lose_nothing_through_kills_and_database_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = imagestore_tests::postgres::Postgres::start();
+    chaos(Procs::new(tmp.path(), Some(pg))).await;
+}
+
+async fn chaos(mut cluster: Procs) {
+    let tmp = cluster.dir.clone();
+    for r in 0..cluster.cps.len() {
+        cluster.start_cp(r).await;
+    }
     for n in 0..2 {
         cluster.start_node(n).await;
     }
     let token = cluster.external().admin_token();
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let work = tmp.path().join("work");
+    let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..WORKERS {
@@ -343,11 +379,22 @@ async fn random_kills_lose_nothing_invent_nothing_and_leave_no_orphans() {
     let mut kills = Vec::new();
     while started.elapsed() < CHAOS && kills.len() < MAX_KILLS && !workers.is_empty() {
         tokio::time::sleep(Duration::from_millis(rng.u64(100..900))).await;
-        let victim = rng.usize(0..3);
-        if victim == 2 {
-            cluster.cp.take().unwrap().kill().await;
+        let replicas = cluster.cps.len();
+        let database = usize::from(cluster.pg.is_some());
+        let victim = rng.usize(0..2 + replicas + database);
+        if victim == 2 + replicas {
+            let down = Duration::from_millis(rng.u64(0..300));
+            cluster
+                .pg
+                .as_mut()
+                .unwrap()
+                .restart_after(|| std::thread::sleep(down));
+            kills.push("database");
+        } else if victim >= 2 {
+            let r = victim - 2;
+            cluster.cps[r].take().unwrap().kill().await;
             tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
-            cluster.start_cp().await;
+            cluster.start_cp(r).await;
             kills.push("control plane");
         } else {
             cluster.nodes[victim].take().unwrap().kill().await;
@@ -409,7 +456,7 @@ async fn random_kills_lose_nothing_invent_nothing_and_leave_no_orphans() {
     // Every image exports to bytes that hash to its fingerprint, part by part.
     let admin = client(&cluster.url(), &token).await.unwrap();
     for fp in &listed {
-        let target = tmp.path().join(format!("verify-{fp}"));
+        let target = tmp.join(format!("verify-{fp}"));
         std::fs::create_dir_all(&target).unwrap();
         let exported = admin
             .export(
@@ -473,12 +520,18 @@ async fn random_kills_lose_nothing_invent_nothing_and_leave_no_orphans() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // The catalog, once its process stopped, passes SQLite's checks.
     for node in cluster.nodes.iter_mut() {
         node.take().unwrap().terminate().await;
     }
-    cluster.cp.take().unwrap().terminate().await;
-    let db = rusqlite::Connection::open(cluster.cp_dir().join("catalog.sqlite")).unwrap();
+    for cp in cluster.cps.iter_mut() {
+        cp.take().unwrap().terminate().await;
+    }
+    if cluster.pg.is_some() {
+        // PostgreSQL enforced its keys all along.
+        return;
+    }
+    // The catalog, once its process stopped, passes SQLite's checks.
+    let db = rusqlite::Connection::open(cluster.cp_dir(0).join("catalog.sqlite")).unwrap();
     let integrity: String = db
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use imagestore_catalog::Catalog;
-use imagestore_control_plane::{CATALOG_FILE, ControlPlaneConfig};
+use imagestore_control_plane::ControlPlaneConfig;
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use sha2::{Digest, Sha256};
@@ -45,12 +45,15 @@ impl ControlPlane {
         let mut config = ControlPlaneConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: data_dir.to_owned(),
+            database: postgres::database_for(data_dir).await,
             ..ControlPlaneConfig::default()
         };
         tweak(&mut config);
         let pin = config.tls.cert_file.as_ref().map(|c| pin_of(c));
         std::fs::create_dir_all(data_dir).unwrap();
-        let catalog = Catalog::open(data_dir.join(CATALOG_FILE)).await.unwrap();
+        let catalog = imagestore_control_plane::open_catalog(&config)
+            .await
+            .unwrap();
         // Bound before the server task starts, so clients can connect at once.
         let listener = TcpListener::bind(&config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -4,8 +4,58 @@
 //! belongs to, and runs as, the `postgres` user.
 
 use std::path::{Path, PathBuf};
+
+use sha2::Digest;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Set (to `postgres://USER@HOST:PORT/DB`) for the conformance run (tests/run):
+/// every in-process control plane then keeps its catalog on that server.
+pub const CONFORMANCE_ENV: &str = "IMAGESTORE_TEST_POSTGRES";
+
+/// The catalog database an in-process control plane on `data_dir` uses:
+/// "sqlite" (a file in `data_dir`); or, in the conformance run, a database of
+/// its own on the shared PostgreSQL, one per data directory, so that control
+/// planes started on one data directory share a catalog as they do on SQLite.
+pub async fn database_for(data_dir: &Path) -> String {
+    let Ok(server) = std::env::var(CONFORMANCE_ENV) else {
+        return "sqlite".into();
+    };
+    let name = format!(
+        "t_{}",
+        &hex::encode(sha2::Sha256::digest(
+            data_dir.as_os_str().as_encoded_bytes()
+        ))[..24]
+    );
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{CONFORMANCE_ENV}={server}: cannot connect: {e}"));
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+        {
+            // Another control plane on the same directory made it first.
+            assert_eq!(
+                e.code(),
+                Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE),
+                "CREATE DATABASE {name}: {e}"
+            );
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    let (base, _) = server
+        .rsplit_once('/')
+        .expect("a URL that names a database");
+    format!("{base}/{name}")
+}
 
 /// Where Debian's PostgreSQL 15 keeps its programs.
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -52,6 +102,33 @@ fn command(program: &str) -> Command {
     }
 }
 
+/// Runs the server on `data` (log and socket in `dir`), 127.0.0.1:`port`.
+fn spawn_server(dir: &Path, data: &Path, port: u16) -> Child {
+    command("postgres")
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ])
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("postgres.log"))
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
 impl Postgres {
     /// Creates and starts a cluster; fails the test, with PostgreSQL's own
     /// words, when it cannot.
@@ -91,24 +168,7 @@ impl Postgres {
             .local_addr()
             .unwrap()
             .port();
-        let log = dir.path().join("postgres.log");
-        let child = command("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_server(dir.path(), &data, port);
         let pg = Self {
             url: format!("postgres://imagestore@127.0.0.1:{port}/postgres"),
             data,
@@ -116,10 +176,16 @@ impl Postgres {
             child,
             port,
         };
+        pg.wait_ready();
+        pg
+    }
+
+    fn wait_ready(&self) {
+        let log = self._dir.path().join("postgres.log");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = command("pg_isready")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
                 .status()
                 .unwrap();
             if ready.success() {
@@ -132,7 +198,27 @@ impl Postgres {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        pg
+    }
+
+    /// Stops the server at once (as a crash would: `-m immediate`), waits until
+    /// it is gone, then starts it again on the same port and data.
+    pub fn restart_after(&mut self, down_for: impl FnOnce()) {
+        self.stop();
+        down_for();
+        self.child = spawn_server(self._dir.path(), &self.data, self.port);
+        self.wait_ready();
+    }
+
+    fn stop(&mut self) {
+        let stopped = command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate", "-w"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(stopped.success(), "pg_ctl stop failed");
+        let _ = self.child.wait();
     }
 
     /// Runs one SQL command with psql and returns what it printed.

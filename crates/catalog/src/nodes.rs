@@ -44,7 +44,7 @@ impl Store {
         self.write(move |tx| {
             let now = now();
             tx.prepare_cached(&format!(
-                "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, 1, ?5, ?6, ?6) \
+                "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, TRUE, ?5, ?6, ?6) \
                  ON CONFLICT(node_id) DO UPDATE SET address = excluded.address, \
                  capacity_bytes = excluded.capacity_bytes, available_bytes = excluded.available_bytes, \
                  healthy = TRUE, version = excluded.version, last_heartbeat_at = excluded.last_heartbeat_at"

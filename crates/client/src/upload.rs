@@ -85,11 +85,7 @@ impl Client {
         let mut session = match self.saved_session(opts, &spec).await {
             Some(s) => s,
             None => {
-                let s = self
-                    .uploads()
-                    .create_upload(pb::CreateUploadRequest { spec: Some(spec) })
-                    .await?
-                    .into_inner();
+                let s = self.create_session(spec, opts.retries).await?;
                 self.save_session(opts, &s.name);
                 s
             }
@@ -160,6 +156,33 @@ impl Client {
             let _ = std::fs::remove_file(f);
         }
         outcome
+    }
+
+    /// Opens a session, asking again (of the next control-plane replica, when
+    /// there are several) while the answer is that it is out of reach. A session
+    /// opened by a call whose answer was lost expires unused.
+    async fn create_session(
+        &self,
+        spec: pb::UploadSpec,
+        retries: u32,
+    ) -> Result<pb::UploadSession, Error> {
+        let mut attempt = 0;
+        loop {
+            let created = self
+                .uploads()
+                .create_upload(pb::CreateUploadRequest {
+                    spec: Some(spec.clone()),
+                })
+                .await;
+            match created.map_err(Error::from) {
+                Ok(s) => return Ok(s.into_inner()),
+                Err(e) if e.is_transient() && attempt < retries => {
+                    attempt += 1;
+                    tokio::time::sleep(crate::backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn get_upload(&self, name: &str) -> Result<pb::UploadSession, Error> {
