@@ -36,18 +36,17 @@ pub async fn database_for(data_dir: &Path) -> String {
         .await
         .unwrap()
         .is_some();
-    if !exists {
-        if let Err(e) = client
+    if !exists
+        && let Err(e) = client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
-        {
-            // Another control plane on the same directory made it first.
-            assert_eq!(
-                e.code(),
-                Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE),
-                "CREATE DATABASE {name}: {e}"
-            );
-        }
+    {
+        // Another control plane on the same directory made it first.
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE),
+            "CREATE DATABASE {name}: {e}"
+        );
     }
     drop(client);
     let _ = driver.await;
