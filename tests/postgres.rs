@@ -204,3 +204,139 @@ async fn a_database_restart_is_unavailable_then_success_never_a_wrong_answer() {
     register(&cp, unified("after the restart")).await;
     cp.stop().await;
 }
+
+/// An installation on SQLite moves to PostgreSQL with one command: every
+/// image exports afterwards with its fingerprint, aliases and trust came
+/// along, and a database that holds anything is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_catalog_moved_to_postgresql_keeps_every_image_exportable() {
+    use imagestore_client::{ExportTarget, NoProgress, Source, UploadOptions};
+    use imagestore_tests::{BlobNode, StoreSpec, binary, fixture, lxd_fingerprint, sha256_hex};
+
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cp_dir = dir.path().join("cp");
+    let store = StoreSpec::local(&dir.path().join("store"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let files = |names: &[&str]| -> Vec<std::path::PathBuf> {
+        names
+            .iter()
+            .map(|n| {
+                let p = work.join(n);
+                std::fs::write(&p, fixture(n)).unwrap();
+                p
+            })
+            .collect()
+    };
+    let unified = files(&["busybox-unified.tar.gz"]);
+    let split = files(&["busybox-split-meta.tar.xz", "busybox-split-rootfs.squashfs"]);
+    let sources = [
+        (
+            Source::Unified(unified[0].clone()),
+            lxd_fingerprint("fx-unified-targz"),
+            "moved/unified",
+        ),
+        (
+            Source::Split {
+                metadata: split[0].clone(),
+                rootfs: split[1].clone(),
+            },
+            lxd_fingerprint("fx-split-squashfs"),
+            "moved/split",
+        ),
+    ];
+
+    // On SQLite: two images with an alias each.
+    let cp = ControlPlane::start_with(&cp_dir, |c| c.database = "sqlite".into()).await;
+    let node = BlobNode::start(&cp, &dir.path().join("node"), &store).await;
+    let client = imagestore_client::Client::connect_with(
+        &cp.url(),
+        Some(&cp.admin_token()),
+        imagestore_client::TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    for (source, fp, alias) in &sources {
+        let opts = UploadOptions {
+            aliases: vec![alias.to_string()],
+            ..UploadOptions::default()
+        };
+        let image = client
+            .upload(source, &opts, std::sync::Arc::new(NoProgress))
+            .await
+            .unwrap();
+        assert_eq!(&image.fingerprint, fp);
+    }
+    node.stop().await;
+    cp.stop().await;
+
+    // One command; a second one into the same database is refused.
+    let copy = || {
+        std::process::Command::new(binary("imagestore-control"))
+            .arg("--data-dir")
+            .arg(&cp_dir)
+            .args(["copy-catalog", "--to", &pg.url])
+            .output()
+            .unwrap()
+    };
+    let copied = copy();
+    let said = String::from_utf8_lossy(&copied.stdout);
+    assert!(
+        copied.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert!(said.contains("images: 2 rows"), "{said}");
+    assert!(said.contains("aliases: 2 rows"), "{said}");
+    let again = copy();
+    assert!(!again.status.success());
+    let refusal = String::from_utf8_lossy(&again.stderr);
+    assert!(refusal.contains("not empty"), "{refusal}");
+
+    // On PostgreSQL: the same data directory (credentials), the same store.
+    let url = pg.url.clone();
+    let cp = ControlPlane::start_with(&cp_dir, |c| c.database = url).await;
+    let node = BlobNode::start(&cp, &dir.path().join("node"), &store).await;
+    let client = imagestore_client::Client::connect_with(
+        &cp.url(),
+        Some(&cp.admin_token()),
+        imagestore_client::TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    for (_, fp, alias) in &sources {
+        let found = cp
+            .aliases()
+            .await
+            .get_alias(pb::GetAliasRequest {
+                name: format!("aliases/{alias}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&found.target, fp, "{alias}");
+        let target = work.join(format!("export-{fp}"));
+        std::fs::create_dir_all(&target).unwrap();
+        let exported = client
+            .export(
+                &format!("images/{fp}"),
+                false,
+                &ExportTarget::Directory(target),
+                3,
+                std::sync::Arc::new(NoProgress),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{alias} does not export after the move: {e}"));
+        assert_eq!(&exported.image.fingerprint, fp);
+        let bytes: Vec<u8> = exported
+            .files
+            .iter()
+            .flat_map(|f| std::fs::read(f).unwrap())
+            .collect();
+        assert_eq!(&sha256_hex(&bytes), fp, "{alias}");
+    }
+    node.stop().await;
+    cp.stop().await;
+}

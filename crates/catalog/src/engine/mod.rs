@@ -4,6 +4,7 @@
 //! tells waiters when operations change, whoever changed them; everything else
 //! is the same code for both (`crate::sql`).
 
+mod copy;
 pub mod postgres;
 mod postgres_schema;
 pub mod sqlite;
@@ -14,6 +15,8 @@ use std::any::Any;
 use tokio::sync::watch;
 
 use crate::error::Result;
+pub use copy::copy_sqlite_to_postgres;
+
 use crate::sql::Db;
 
 /// The answer of a transaction, typed again by `Store`.

@@ -30,7 +30,7 @@ const POOL_SIZE: usize = 16;
 /// down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every write holds this lock until it commits: writes take turns.
-const WRITE_LOCK: i64 = 0x696d_6773_7772_6974;
+pub(super) const WRITE_LOCK: i64 = 0x696d_6773_7772_6974;
 /// How long the listener waits before connecting again after it lost the
 /// database.
 const LISTEN_RETRY: Duration = Duration::from_millis(500);
@@ -56,12 +56,6 @@ impl Postgres {
             pool,
             operations_changed,
         })
-    }
-
-    /// Whether the database holds no catalog data yet.
-    pub async fn is_empty(&self) -> Result<bool> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        super::postgres_schema::is_empty(&client).await
     }
 
     async fn transaction(&self, job: Job, writes: bool) -> Result<Answer> {
@@ -115,7 +109,7 @@ impl Engine for Postgres {
     }
 }
 
-fn parse(url: &str) -> Result<tokio_postgres::Config> {
+pub(super) fn parse(url: &str) -> Result<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
         CatalogError::InvalidArgument(format!(
             "control_plane.database {:?} is not a PostgreSQL connection string \

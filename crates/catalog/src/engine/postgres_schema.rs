@@ -216,6 +216,27 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Every table of catalog data, parents before children (the order a copy
+/// fills them in).
+pub const TABLES: &[&str] = &[
+    "images",
+    "image_parts",
+    "part_objects",
+    "aliases",
+    "released_content",
+    "nodes",
+    "operations",
+    "uploads",
+    "upload_segments",
+    "trust",
+    "image_secrets",
+    "import_jobs",
+    "image_checks",
+    "verify_jobs",
+    "periodic_runs",
+    "cluster_secrets",
+];
+
 /// The channel operation changes are announced on.
 pub const OPERATIONS_CHANNEL: &str = "imagestore_operations";
 
@@ -255,17 +276,4 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// Whether the database holds any catalog data (for moving an installation in).
-pub async fn is_empty(client: &Client) -> Result<bool> {
-    let row = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM images) + (SELECT count(*) FROM aliases) \
-             + (SELECT count(*) FROM operations) + (SELECT count(*) FROM uploads) \
-             + (SELECT count(*) FROM trust) + (SELECT count(*) FROM nodes)",
-            &[],
-        )
-        .await?;
-    Ok(row.get::<_, i64>(0) == 0)
 }

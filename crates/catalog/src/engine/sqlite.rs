@@ -227,7 +227,7 @@ impl rusqlite::ToSql for Value {
     }
 }
 
-fn from_sqlite(v: ValueRef<'_>) -> Result<Value> {
+pub(crate) fn from_sqlite(v: ValueRef<'_>) -> Result<Value> {
     Ok(match v {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Int(i),
@@ -267,7 +267,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn connect(path: &Path, writer: bool) -> Result<Connection> {
+pub(crate) fn connect(path: &Path, writer: bool) -> Result<Connection> {
     let flags = if writer {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
     } else {
