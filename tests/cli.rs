@@ -598,6 +598,38 @@ async fn remotes_are_kept_in_the_config_directory() {
     assert_eq!(ran.stdout.trim(), "lab2");
     fx.ok(&["remote", "switch", "local"]).await;
     fx.ok(&["remote", "remove", "lab2"]).await;
+    // Several replicas of one installation: the first address is down, the
+    // calls go to the next.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pair = format!("http://{down}, {url}");
+    fx.ok(&[
+        "remote",
+        "add",
+        "pair",
+        &pair,
+        "--token-file",
+        token.to_str().unwrap(),
+    ])
+    .await;
+    let listed = fx.json(&["remote", "list", "-f", "json"]).await;
+    let kept = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pair")
+        .unwrap()["addr"]
+        .clone();
+    assert_eq!(kept, format!("http://{down},{url}").as_str());
+    assert_eq!(
+        fx.json(&["info", "pair:on-lab", "-f", "json"]).await["fingerprint"],
+        sha256_hex(&fixture("busybox-unified.tar.gz")).as_str()
+    );
+    fx.run(&["remote", "add", "mixed", &format!("https://{down},{url}")])
+        .await
+        .fails(2, "all http:// or all https://");
     fx.run(&["remote", "switch", "lab2"])
         .await
         .fails(3, "does not exist");

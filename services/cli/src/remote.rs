@@ -10,7 +10,9 @@ use crate::output::{Format, Table};
 
 #[derive(Subcommand)]
 pub enum RemoteCommand {
-    /// Add a remote server: `remote add NAME URL` (http://host:port).
+    /// Add a remote server: `remote add NAME URL` (http://host:port); URL may
+    /// name several replicas of one installation separated by commas
+    /// (https://a:7443,https://b:7443), tried in that order.
     Add {
         name: String,
         url: String,
@@ -87,12 +89,13 @@ pub async fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
                     "Invalid protocol {protocol:?}: use imagestore or simplestreams"
                 )));
             }
-            let addr = normalise_url(&url)?;
-            let certificate_sha256 = if addr.starts_with("https://") {
-                Some(accept(&addr, accept_certificate).await?)
+            let addrs = normalise_urls(&url)?;
+            let certificate_sha256 = if addrs[0].starts_with("https://") {
+                Some(accept(&addrs, accept_certificate).await?)
             } else {
                 None
             };
+            let addr = addrs.join(",");
             let mut remote = Remote {
                 addr,
                 protocol,
@@ -188,8 +191,20 @@ pub async fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
 }
 
 /// The server's certificate fingerprint, once the user has accepted it.
-async fn accept(addr: &str, accepted: bool) -> CliResult<String> {
-    let fingerprint = imagestore_client::server_fingerprint(addr).await?;
+async fn accept(addrs: &[String], accepted: bool) -> CliResult<String> {
+    // Replicas of one installation present one certificate: one pin serves all.
+    let fingerprint = imagestore_client::server_fingerprint(&addrs[0]).await?;
+    for other in &addrs[1..] {
+        let theirs = imagestore_client::server_fingerprint(other).await?;
+        if theirs != fingerprint {
+            return Err(Failure::usage(format!(
+                "{} presents certificate {fingerprint} but {other} presents {theirs}: the \
+                 addresses of one remote must be replicas of one installation, with one \
+                 certificate (give each replica the same certificate and key)",
+                addrs[0]
+            )));
+        }
+    }
     println!("Certificate fingerprint: {fingerprint}");
     if accepted {
         return Ok(fingerprint);
@@ -268,6 +283,28 @@ fn check_name(name: &str) -> CliResult {
     Ok(())
 }
 
+/// One address, or several separated by commas (replicas of one installation,
+/// tried in that order), each normalised; all with one scheme.
+fn normalise_urls(urls: &str) -> CliResult<Vec<String>> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(normalise_url)
+        .collect::<CliResult<Vec<_>>>()?;
+    let Some(first) = addrs.first() else {
+        return Err(Failure::usage("Invalid remote URL: it is empty"));
+    };
+    let scheme = |a: &str| a.split_once("://").map(|(s, _)| s.to_owned());
+    if addrs.iter().any(|a| scheme(a) != scheme(first)) {
+        return Err(Failure::usage(format!(
+            "Invalid remote URL {urls:?}: the addresses of one remote are all http:// or all \
+             https://"
+        )));
+    }
+    Ok(addrs)
+}
+
 /// "host:port" or a URL; a missing scheme means http:// on loopback and https://
 /// elsewhere; a missing port means 7443.
 fn normalise_url(url: &str) -> CliResult<String> {
@@ -298,7 +335,7 @@ fn normalise_url(url: &str) -> CliResult<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalise_url;
+    use super::{normalise_url, normalise_urls};
 
     #[test]
     fn urls_get_a_scheme_and_a_port() {
@@ -313,5 +350,15 @@ mod tests {
         );
         assert!(normalise_url("ftp://x:1").is_err());
         assert!(normalise_url("http://x:1/path").is_err());
+    }
+
+    #[test]
+    fn several_addresses_are_replicas_with_one_scheme() {
+        assert_eq!(
+            normalise_urls("127.0.0.1:9, 127.0.0.2:9").unwrap(),
+            ["http://127.0.0.1:9", "http://127.0.0.2:9"]
+        );
+        assert!(normalise_urls("http://a:1,https://b:1").is_err());
+        assert!(normalise_urls(" , ").is_err());
     }
 }
