@@ -556,13 +556,7 @@ async fn a_dead_blob_node_is_passed_over_and_the_client_moves_on_by_itself() {
     // A dies while its last heartbeat is fresh: the control plane still hands
     // it out every other time.
     a.kill().await;
-    let client = imagestore_client::Client::connect_with(
-        &cp.url(),
-        Some(&cp.admin_token()),
-        imagestore_client::TlsOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client = cp.client().await;
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     for seed in 0..3 {

@@ -1,8 +1,17 @@
-//! The PostgreSQL the catalog's second adapter is tested against (issue 17):
-//! a real PostgreSQL 15, started by the test set-up as an unprivileged user on
-//! 127.0.0.1, answers, keeps what it is given, and is gone with its value.
+//! The control plane on PostgreSQL (issue 17), against a real PostgreSQL 15
+//! the test set-up starts as an unprivileged user on 127.0.0.1: replicas that
+//! share claims and waits, a database restart under traffic, and moving a
+//! SQLite installation over. (The catalog's behaviour suites run on it too,
+//! from tests/run; the chaos suite kills replicas and the database.)
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use imagestore_proto::internal::v1 as ipb;
+use imagestore_proto::v1 as pb;
 use imagestore_tests::postgres::Postgres;
+use imagestore_tests::{Cluster, ControlPlane, eventually, register, unified};
+use tokio_stream::StreamExt;
 
 #[test]
 fn a_real_postgresql_starts_for_the_tests_and_answers() {
@@ -21,14 +30,6 @@ fn a_real_postgresql_starts_for_the_tests_and_answers() {
         "the server stops with its value"
     );
 }
-
-use std::collections::BTreeSet;
-use std::time::Duration;
-
-use imagestore_proto::internal::v1 as ipb;
-use imagestore_proto::v1 as pb;
-use imagestore_tests::{Cluster, ControlPlane, eventually, register, unified};
-use tokio_stream::StreamExt;
 
 /// Two replicas, each with its own data directory, over one PostgreSQL.
 async fn replicas(pg: &Postgres, dir: &std::path::Path) -> (ControlPlane, ControlPlane) {
@@ -250,13 +251,7 @@ async fn a_sqlite_catalog_moved_to_postgresql_keeps_every_image_exportable() {
     // On SQLite: two images with an alias each.
     let cp = ControlPlane::start_with(&cp_dir, |c| c.database = "sqlite".into()).await;
     let node = BlobNode::start(&cp, &dir.path().join("node"), &store).await;
-    let client = imagestore_client::Client::connect_with(
-        &cp.url(),
-        Some(&cp.admin_token()),
-        imagestore_client::TlsOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client = cp.client().await;
     for (source, fp, alias) in &sources {
         let opts = UploadOptions {
             aliases: vec![alias.to_string()],
@@ -298,13 +293,7 @@ async fn a_sqlite_catalog_moved_to_postgresql_keeps_every_image_exportable() {
     let url = pg.url.clone();
     let cp = ControlPlane::start_with(&cp_dir, |c| c.database = url).await;
     let node = BlobNode::start(&cp, &dir.path().join("node"), &store).await;
-    let client = imagestore_client::Client::connect_with(
-        &cp.url(),
-        Some(&cp.admin_token()),
-        imagestore_client::TlsOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client = cp.client().await;
     for (_, fp, alias) in &sources {
         let found = cp
             .aliases()

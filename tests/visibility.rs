@@ -138,9 +138,7 @@ impl World {
         .await;
         assert!(node.url().starts_with("https://"));
 
-        let admin = Client::connect_with(&cp.url(), Some(&cp.admin_token()), cp.tls())
-            .await
-            .unwrap();
+        let admin = cp.client().await;
         let token = admin
             .trust()
             .create_token(pb::CreateTokenRequest {
@@ -247,9 +245,7 @@ impl World {
 
     /// A trusted client.
     async fn admin(&self) -> Client {
-        Client::connect_with(&self.cp.url(), Some(&self.cp.admin_token()), self.cp.tls())
-            .await
-            .unwrap()
+        self.cp.client().await
     }
 }
 

@@ -136,6 +136,13 @@ pub trait Cluster {
         )
     }
 
+    /// The Rust client, trusted (the admin token).
+    async fn client(&self) -> imagestore_client::Client {
+        imagestore_client::Client::connect_with(&self.url(), Some(&self.admin_token()), self.tls())
+            .await
+            .unwrap()
+    }
+
     /// A connection of a trusted client (the admin token).
     async fn trusted(&self) -> Authed {
         self.authed(Some(&self.admin_token())).await

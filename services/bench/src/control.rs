@@ -86,11 +86,28 @@ fn authed(channel: &Channel, token: &str) -> BenchResult<Authed> {
     ))
 }
 
-pub async fn measure(report: &Report, system: &System, images: usize) -> BenchResult {
-    let channel = connect(&system.control.url).await?;
-    let node = authed(&channel, &system.cluster_credential)?;
+/// The control plane measured, as its clients reach it.
+pub struct Target<'a> {
+    pub url: &'a str,
+    pub admin_token: &'a str,
+    pub cluster_credential: &'a str,
+}
+
+impl<'a> From<&'a System> for Target<'a> {
+    fn from(s: &'a System) -> Self {
+        Self {
+            url: &s.control.url,
+            admin_token: &s.admin_token,
+            cluster_credential: &s.cluster_credential,
+        }
+    }
+}
+
+pub async fn measure(report: &Report, system: &Target<'_>, images: usize) -> BenchResult {
+    let channel = connect(system.url).await?;
+    let node = authed(&channel, system.cluster_credential)?;
     register(report, &node, images.max(ALIASES)).await?;
-    let trusted = authed(&channel, &system.admin_token)?;
+    let trusted = authed(&channel, system.admin_token)?;
     let mut aliases = pb::aliases_client::AliasesClient::new(trusted.clone());
     for i in 0..ALIASES {
         aliases
@@ -108,10 +125,7 @@ pub async fn measure(report: &Report, system: &System, images: usize) -> BenchRe
     report.put("get_image_rps_1conn", round2(rps1), "req/s");
     let mut many = Vec::new();
     for _ in 0..CONNECTIONS {
-        many.push(authed(
-            &connect(&system.control.url).await?,
-            &system.admin_token,
-        )?);
+        many.push(authed(&connect(system.url).await?, system.admin_token)?);
     }
     let (rps, p50, p99) = get_load(&many, images).await?;
     report.put("get_image_rps", round2(rps), "req/s");
@@ -123,14 +137,14 @@ pub async fn measure(report: &Report, system: &System, images: usize) -> BenchRe
 
 /// The simplestreams products document over every image: the first request
 /// (made from the catalog) and then from the cache, as a trusted caller sees it.
-async fn streams(report: &Report, system: &System, images: usize) -> BenchResult {
+async fn streams(report: &Report, system: &Target<'_>, images: usize) -> BenchResult {
     let http = reqwest::Client::builder().http1_only().build()?;
-    let url = format!("{}/streams/v1/images.json", system.control.url);
+    let url = format!("{}/streams/v1/images.json", system.url);
     let get = || async {
         let started = Instant::now();
         let body = http
             .get(&url)
-            .bearer_auth(&system.admin_token)
+            .bearer_auth(system.admin_token)
             .send()
             .await?
             .error_for_status()?

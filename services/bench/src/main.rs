@@ -44,11 +44,16 @@ struct Args {
     /// Only the machine and the fleet pulls (for tuning the HTTP face).
     #[arg(long)]
     fleet_only: bool,
+    /// An empty PostgreSQL database for the `_pg` control-plane figures
+    /// (postgres://USER@HOST:PORT/DB); default: a throwaway cluster made with
+    /// PostgreSQL 15's initdb (/usr/lib/postgresql/15/bin).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
 }
 
 /// One measured figure.
 pub struct Figure {
-    pub name: &'static str,
+    pub name: String,
     pub value: serde_json::Value,
     pub unit: &'static str,
 }
@@ -56,10 +61,21 @@ pub struct Figure {
 /// Prints figures as they come, so a long run shows progress.
 pub struct Report {
     json: bool,
+    /// Appended to every name: "_pg" for the control plane on PostgreSQL.
+    suffix: &'static str,
 }
 
 impl Report {
+    /// The same report, every name with `suffix`.
+    pub fn suffixed(&self, suffix: &'static str) -> Self {
+        Self {
+            json: self.json,
+            suffix,
+        }
+    }
+
     pub fn put(&self, name: &'static str, value: impl Into<serde_json::Value>, unit: &'static str) {
+        let name = format!("{name}{}", self.suffix);
         let f = Figure {
             name,
             value: value.into(),
@@ -97,7 +113,10 @@ pub fn round2(x: f64) -> f64 {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let report = Report { json: args.json };
+    let report = Report {
+        json: args.json,
+        suffix: "",
+    };
     match run(&args, &report).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -131,8 +150,18 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
     }
     datapath::measure(report, &mut system, size, args.large_mib << 20, runs, limit).await?;
     scan::measure(report, tmp.path(), size / 4, runs)?;
-    control::measure(report, &system, args.images).await?;
+    control::measure(report, &(&system).into(), args.images).await?;
     system.stop().await;
+    // The same figures with the catalog on PostgreSQL (`_pg`), in this run.
+    {
+        let pg = match &args.postgres {
+            Some(url) => procs::Database::Given(url.clone()),
+            None => procs::Database::start()?,
+        };
+        let control = procs::Control::start(&tmp.path().join("pg"), pg.url()).await?;
+        control::measure(&report.suffixed("_pg"), &control.target(), args.images).await?;
+        control.stop().await;
+    }
     fleet::measure(report, tmp.path(), args.fleet_mib << 20, runs).await?;
     control::startup(report, tmp.path(), 5).await?;
     Ok(())

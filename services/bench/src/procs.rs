@@ -267,3 +267,162 @@ fn clock_ticks_per_second() -> f64 {
             .unwrap_or(100.0)
     })
 }
+
+/// The PostgreSQL the `_pg` figures use.
+pub enum Database {
+    /// One the caller runs.
+    Given(String),
+    /// A throwaway cluster, stopped and deleted when this goes.
+    Started { dir: tempfile::TempDir, url: String },
+}
+
+/// Where Debian's PostgreSQL 15 keeps its programs.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A PostgreSQL program, as the `postgres` user when this process is root
+/// (PostgreSQL refuses to run as root).
+fn pg_command(program: &str) -> BenchResult<std::process::Command> {
+    let path = Path::new(PG_BIN).join(program);
+    if !path.exists() {
+        return Err(format!(
+            "PostgreSQL 15 is not installed ({} is missing): install postgresql-15, or give \
+             --postgres URL",
+            path.display()
+        )
+        .into());
+    }
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        .unwrap_or(false);
+    Ok(if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        std::process::Command::new(path)
+    })
+}
+
+impl Database {
+    /// Makes and starts a cluster in a directory of its own (which the
+    /// `postgres` user can reach) on a free port of 127.0.0.1.
+    pub fn start() -> BenchResult<Self> {
+        let made = tempfile::Builder::new()
+            .prefix("imagestore-bench-pg-")
+            .tempdir()?;
+        let dir = made.path();
+        let data = dir.join("data");
+        if pg_command("initdb")?.get_program() == "runuser" {
+            let owned = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()?;
+            if !owned.success() {
+                return Err("chown of the PostgreSQL directory failed".into());
+            }
+        }
+        let init = pg_command("initdb")?
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "imagestore", "--auth=trust", "-E", "UTF8"])
+            .output()?;
+        if !init.status.success() {
+            return Err(format!("initdb: {}", String::from_utf8_lossy(&init.stderr)).into());
+        }
+        let port = free_port()?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            dir.display()
+        );
+        let started = pg_command("pg_ctl")?
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("postgres.log"))
+            .args(["-w", "-o", &options, "start"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !started.success() {
+            let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+            return Err(format!("PostgreSQL did not start: {log}").into());
+        }
+        Ok(Self::Started {
+            dir: made,
+            url: format!("postgres://imagestore@127.0.0.1:{port}/postgres"),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Given(url) | Self::Started { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Self::Started { dir, .. } = self
+            && let Ok(mut stop) = pg_command("pg_ctl")
+        {
+            let _ = stop
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A control plane alone, on `database`, its files in `dir`.
+pub struct Control {
+    server: Server,
+    admin_token: String,
+    cluster_credential: String,
+}
+
+impl Control {
+    pub async fn start(dir: &Path, database: &str) -> BenchResult<Self> {
+        let server = Server::spawn_env(
+            "imagestore-control",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &dir.to_string_lossy(),
+                "--database",
+                database,
+            ],
+            &[],
+            None,
+        )
+        .await?;
+        let secret = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        Ok(Self {
+            server,
+            admin_token: secret("admin-token")?,
+            cluster_credential: secret(imagestore_auth::CLUSTER_CREDENTIAL_FILE)?,
+        })
+    }
+
+    pub fn target(&self) -> crate::control::Target<'_> {
+        crate::control::Target {
+            url: &self.server.url,
+            admin_token: &self.admin_token,
+            cluster_credential: &self.cluster_credential,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+}

@@ -26,6 +26,17 @@ pub type Answer = Box<dyn Any + Send>;
 /// database inside one transaction.
 pub type Job = Box<dyn FnOnce(&dyn Db) -> Result<Answer> + Send>;
 
+/// Refuses a database a newer build migrated: this one would misread it.
+pub(crate) fn check_schema_version(current: usize, known: usize) -> Result<()> {
+    if current > known {
+        return Err(crate::error::CatalogError::FailedPrecondition(format!(
+            "the catalog database has schema version {current}, newer than this build knows \
+             ({known}); run a newer imagestore or restore a backup"
+        )));
+    }
+    Ok(())
+}
+
 /// What an adapter does for the catalog's logic.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync + 'static {

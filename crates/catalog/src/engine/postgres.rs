@@ -39,6 +39,8 @@ const LISTEN_RETRY: Duration = Duration::from_millis(500);
 pub struct Postgres {
     pool: Pool,
     operations_changed: Arc<watch::Sender<u64>>,
+    /// Dropped with the catalog: the listener hangs up then.
+    _listening: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Postgres {
@@ -51,10 +53,18 @@ impl Postgres {
         migrate(&mut client).await?;
         drop(client);
         let operations_changed = Arc::new(watch::channel(0).0);
-        tokio::spawn(listen(config, Arc::downgrade(&operations_changed)));
+        let (listening, hang_up) = tokio::sync::oneshot::channel();
+        let changed = Arc::downgrade(&operations_changed);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = listen(config, changed) => {}
+                _ = hang_up => {}
+            }
+        });
         Ok(Self {
             pool,
             operations_changed,
+            _listening: listening,
         })
     }
 

@@ -5,7 +5,7 @@
 
 use tokio_postgres::Client;
 
-use crate::error::{CatalogError, Result};
+use crate::error::Result;
 
 /// Taken for the whole migration, so that replicas starting together migrate
 /// one after the other.
@@ -258,13 +258,7 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
         .await?
         .get(0);
     let current = usize::try_from(current).unwrap_or(usize::MAX);
-    if current > MIGRATIONS.len() {
-        return Err(CatalogError::FailedPrecondition(format!(
-            "the catalog database has schema version {current}, newer than this build knows ({}); \
-             run a newer imagestore or restore a backup",
-            MIGRATIONS.len()
-        )));
-    }
+    super::check_schema_version(current, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         tx.batch_execute(sql).await?;
         tx.execute(

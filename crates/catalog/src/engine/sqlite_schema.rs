@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-use crate::error::{CatalogError, Result};
+use crate::error::Result;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -260,13 +260,7 @@ const MIGRATIONS: &[&str] = &[
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let current = usize::try_from(current).unwrap_or(usize::MAX);
-    if current > MIGRATIONS.len() {
-        return Err(CatalogError::FailedPrecondition(format!(
-            "the catalog database has schema version {current}, newer than this build knows ({}); \
-             run a newer imagestore or restore a backup",
-            MIGRATIONS.len()
-        )));
-    }
+    super::check_schema_version(current, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
