@@ -356,6 +356,9 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
         format!("http://127.0.0.2:{}/x", addr.port()),
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://[::1]/x".to_owned(),
+        // IPv6 forms that carry the metadata address (NAT64, 6to4).
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/".to_owned(),
+        "http://[2002:a9fe:a9fe::]/latest/meta-data/".to_owned(),
         "file:///etc/passwd".to_owned(),
     ] {
         let e = imports(&cp)

@@ -176,6 +176,7 @@ async fn a_real_lxd_lists_copies_and_imports_from_imagestore() {
     let tls = TlsOptions {
         pin: Some(pin_of(&cert)),
         identity: None,
+        address: None,
     };
     let client = Client::connect_with(&url, Some(&token), tls).await.unwrap();
     let files = dir.path().join("files");

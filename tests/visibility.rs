@@ -218,6 +218,7 @@ impl World {
         TlsOptions {
             pin: self.cp.pin.clone(),
             identity,
+            address: None,
         }
     }
 
@@ -1056,7 +1057,7 @@ async fn clients_pin_the_server_certificate_and_plaintext_clients_get_nothing() 
     // pin fails at the handshake, before a byte of request is sent.
     let wrong = TlsOptions {
         pin: Some("ab".repeat(32)),
-        identity: None,
+        ..TlsOptions::default()
     };
     let refused = imagestore_client::connect_with(&w.cp.url(), &wrong).await;
     let message = refused.map(|_| ()).unwrap_err().to_string();

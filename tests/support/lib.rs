@@ -230,7 +230,7 @@ impl Cluster for ControlPlane {
     fn tls(&self) -> imagestore_client::TlsOptions {
         imagestore_client::TlsOptions {
             pin: self.pin.clone(),
-            identity: None,
+            ..Default::default()
         }
     }
 

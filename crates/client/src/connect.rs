@@ -42,6 +42,10 @@ pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Channel, Error>
     let endpoint = endpoint(url)?;
     let connected = if url.starts_with("https://") {
         endpoint.connect_with_connector(connector(tls)?).await
+    } else if let Some(address) = tls.address {
+        endpoint
+            .connect_with_connector(crate::tls::fixed(address))
+            .await
     } else {
         endpoint.connect().await
     };
@@ -57,6 +61,8 @@ pub fn connect_lazy(url: &str, tls: &TlsOptions) -> Result<Channel, Error> {
     let endpoint = endpoint(url)?;
     Ok(if url.starts_with("https://") {
         endpoint.connect_with_connector_lazy(connector(tls)?)
+    } else if let Some(address) = tls.address {
+        endpoint.connect_with_connector_lazy(crate::tls::fixed(address))
     } else {
         endpoint.connect_lazy()
     })

@@ -127,6 +127,17 @@ impl Client {
     /// A Blobs client for the blob node at `node` (the control plane's own address
     /// when it is `imagestore serve`, which shares this connection).
     pub async fn blobs(&self, node: &str) -> Result<pb::blobs_client::BlobsClient<Channel>, Error> {
+        self.blobs_via(node, None).await
+    }
+
+    /// As [`Client::blobs`]; a node that is not one of this client's addresses
+    /// is reached at `address` when given (one the caller checked), else by
+    /// resolving its name.
+    pub async fn blobs_via(
+        &self,
+        node: &str,
+        address: Option<std::net::SocketAddr>,
+    ) -> Result<pb::blobs_client::BlobsClient<Channel>, Error> {
         let node = node.trim_end_matches('/');
         let ours = match node {
             "" => self.channel.channel(0),
@@ -138,7 +149,13 @@ impl Client {
         };
         let channel = match ours {
             Some(channel) => channel,
-            None => connect_with(node, &self.tls).await?,
+            None => {
+                let tls = TlsOptions {
+                    address,
+                    ..self.tls.clone()
+                };
+                connect_with(node, &tls).await?
+            }
         };
         Ok(blobs_client(channel))
     }

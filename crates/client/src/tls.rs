@@ -17,13 +17,16 @@ use tonic::codegen::http::Uri;
 
 use crate::Error;
 
-/// How to reach an https:// server.
+/// How to reach a server (and, for https://, whom to trust).
 #[derive(Clone, Default)]
 pub struct TlsOptions {
     /// The server certificate's SHA-256 (lowercase hex); None: the system roots.
     pub pin: Option<String>,
     /// The certificate (and key) to present.
     pub identity: Option<CertPair>,
+    /// Connect to this address instead of resolving the URL's host (which still
+    /// names the server to TLS and HTTP): the address a caller already checked.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for TlsOptions {
@@ -31,6 +34,7 @@ impl std::fmt::Debug for TlsOptions {
         f.debug_struct("TlsOptions")
             .field("pin", &self.pin)
             .field("identity", &self.identity.is_some())
+            .field("address", &self.address)
             .finish()
     }
 }
@@ -166,9 +170,13 @@ fn host_port(uri: &Uri) -> Result<(String, u16), std::io::Error> {
 async fn handshake(
     config: Arc<rustls::ClientConfig>,
     uri: Uri,
+    address: Option<std::net::SocketAddr>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let (host, port) = host_port(&uri)?;
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    let tcp = match address {
+        Some(a) => TcpStream::connect(a).await?,
+        None => TcpStream::connect((host.as_str(), port)).await?,
+    };
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
     tokio_rustls::TlsConnector::from(config)
@@ -191,10 +199,25 @@ pub(crate) fn connector(
     Error,
 > {
     let config = Arc::new(client_config(opts, None)?);
+    let address = opts.address;
     Ok(tower::service_fn(move |uri: Uri| {
         let config = config.clone();
-        async move { handshake(config, uri).await.map(TokioIo::new) }
+        async move { handshake(config, uri, address).await.map(TokioIo::new) }
     }))
+}
+
+/// A connector for plaintext that goes to `address` whatever URI it is given.
+pub(crate) fn fixed(
+    address: std::net::SocketAddr,
+) -> impl tower::Service<Uri, Response = TokioIo<TcpStream>, Error = std::io::Error, Future = impl Send>
++ Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: Uri| async move {
+        let tcp = TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        Ok(TokioIo::new(tcp))
+    })
 }
 
 /// The SHA-256 fingerprint of the certificate the server at `url` (https://)
@@ -209,7 +232,7 @@ pub async fn server_fingerprint(url: &str) -> Result<String, Error> {
         provider: provider(),
     });
     let config = client_config(&TlsOptions::default(), Some(capture.clone()))?;
-    handshake(Arc::new(config), uri)
+    handshake(Arc::new(config), uri, None)
         .await
         .map_err(|e| Error::Connect {
             url: url.to_owned(),

@@ -58,10 +58,33 @@ pub fn redact(url: &Url) -> String {
 fn special(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => special_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => special_v4(v4),
             None => special_v6(v6),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 one carries, where packets to it reach that IPv4
+/// address: IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96, but not :: and
+/// ::1 themselves), NAT64 (64:ff9b::/96, RFC 6052; 64:ff9b:1::/48, RFC 8215,
+/// last 32 bits) and 6to4 (2002::/16, the next 32 bits).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        return Some(mapped);
+    }
+    match s {
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, _, _, _, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        _ => None,
     }
 }
 
@@ -252,6 +275,33 @@ mod tests {
             let e = check(&f, bad).expect_err(bad).to_string();
             assert!(e.contains("import filtering"), "{bad}: {e}");
             assert!(!e.contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_by_it() {
+        let f = ImportFiltering::default();
+        for refused in [
+            "http://[64:ff9b::a9fe:a9fe]/x",
+            "http://[64:ff9b:1::a9fe:a9fe]/x",
+            "http://[2002:a9fe:a9fe::]/x",
+            "http://[2002:7f00:1::1]/x",
+            "http://[::a9fe:a9fe]/x",
+            "http://[::ffff:10.0.0.1]/x",
+            "http://[::7f00:1]/x",
+        ] {
+            let e = check(&f, refused).expect_err(refused);
+            assert!(e.to_string().contains("address"), "{refused}: {e}");
+        }
+        assert!(
+            check(&f, "http://[64:ff9b::a9fe:a9fe]/x")
+                .unwrap_err()
+                .to_string()
+                .contains("cloud metadata")
+        );
+        // What they carry when it is public is public.
+        for allowed in ["http://[64:ff9b::808:808]/x", "http://[2002:808:808::1]/x"] {
+            check(&f, allowed).expect(allowed);
         }
     }
 

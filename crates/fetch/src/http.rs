@@ -289,24 +289,40 @@ fn connect_error(shown: &str, e: reqwest::Error) -> FetchError {
 
 impl Fetcher {
     /// For connections this client does not make itself (gRPC to another
-    /// imagestore): checks the URL and every address its host resolves to now.
-    pub async fn check_host(&self, url: &Url) -> Result<(), FetchError> {
+    /// imagestore): checks the URL, resolves its host once and checks every
+    /// address; the connection then goes to the address returned, so that a
+    /// second lookup cannot give another answer.
+    pub async fn checked_address(&self, url: &Url) -> Result<std::net::SocketAddr, FetchError> {
         self.filter.check_url(url)?;
-        let Some(url::Host::Domain(name)) = url.host() else {
-            return Ok(());
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| FetchError::Invalid(format!("{} names no port", redact(url))))?;
+        let name = match url.host() {
+            Some(url::Host::Domain(name)) => name.to_owned(),
+            Some(url::Host::Ipv4(v4)) => return Ok((v4, port).into()),
+            Some(url::Host::Ipv6(v6)) => return Ok((v6, port).into()),
+            None => {
+                return Err(FetchError::Invalid(format!(
+                    "{} names no host",
+                    redact(url)
+                )));
+            }
         };
-        let port = url.port_or_known_default().unwrap_or(0);
-        let addrs = tokio::net::lookup_host((name, port))
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
             .await
-            .map_err(|e| FetchError::Unreachable(format!("cannot resolve {name}: {e}")))?;
-        for a in addrs {
-            self.filter.check_ip(name, a.ip()).map_err(|why| {
+            .map_err(|e| FetchError::Unreachable(format!("cannot resolve {name}: {e}")))?
+            .collect();
+        for a in &addrs {
+            self.filter.check_ip(&name, a.ip()).map_err(|why| {
                 FetchError::Refused(format!(
                     "{} is refused by this server's import filtering: {why}",
                     redact(url)
                 ))
             })?;
         }
-        Ok(())
+        addrs
+            .first()
+            .copied()
+            .ok_or_else(|| FetchError::Unreachable(format!("{name} resolves to no address")))
     }
 }

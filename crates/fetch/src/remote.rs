@@ -25,12 +25,14 @@ impl RemoteFile {
         fetcher: &Fetcher,
     ) -> Result<impl Stream<Item = Result<bytes::Bytes, FetchError>> + Send + use<>, FetchError>
     {
-        if !self.node.is_empty() {
-            fetcher.check_host(&parse_url(&self.node)?).await?;
-        }
+        let address = if self.node.is_empty() {
+            None
+        } else {
+            Some(fetcher.checked_address(&parse_url(&self.node)?).await?)
+        };
         let stream = self
             .client
-            .blobs(&self.node)
+            .blobs_via(&self.node, address)
             .await?
             .download(pb::DownloadRequest {
                 fingerprint: self.fingerprint.clone(),
@@ -77,7 +79,7 @@ pub async fn plan(
     want_vm: bool,
 ) -> Result<Plan, FetchError> {
     let server = parse_url(&source.server)?;
-    fetcher.check_host(&server).await?;
+    let address = fetcher.checked_address(&server).await?;
     let name = source.image.trim();
     if name.is_empty() {
         return Err(FetchError::Invalid(
@@ -87,6 +89,7 @@ pub async fn plan(
     let tls = TlsOptions {
         pin: pin(source)?,
         identity: None,
+        address: Some(address),
     };
     let client = Client::connect_with(source.server.trim_end_matches('/'), None, tls).await?;
     let secret = source.secret.clone();

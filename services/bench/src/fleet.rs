@@ -46,6 +46,7 @@ pub async fn measure(report: &Report, dir: &Path, size: u64, runs: usize) -> Ben
         TlsOptions {
             pin: Some(pin),
             identity: None,
+            address: None,
         },
     )
     .await?;

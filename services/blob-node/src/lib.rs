@@ -418,6 +418,7 @@ fn control_plane_tls(config: &BlobNodeConfig, own: &Tls) -> imagestore_client::T
     imagestore_client::TlsOptions {
         pin,
         identity: None,
+        address: None,
     }
 }
 

@@ -54,6 +54,7 @@ pub async fn connect(remote: &Remote) -> CliResult<Client> {
         TlsOptions {
             pin: remote.certificate_sha256.clone(),
             identity: Some(crate::config::client_certificate()?),
+            address: None,
         }
     } else {
         TlsOptions::default()
