@@ -97,7 +97,7 @@ pub enum PartSource {
     /// A plain HTTP(S) GET.
     Http(Url),
     /// A blob node of another imagestore.
-    Imagestore(remote::RemoteFile),
+    Imagestore(Box<remote::RemoteFile>),
 }
 
 /// One file to fetch.

@@ -135,13 +135,13 @@ pub async fn plan(
                     pb::PartRole::Rootfs => Role::Rootfs,
                     _ => Role::Unified,
                 },
-                source: PartSource::Imagestore(RemoteFile {
+                source: PartSource::Imagestore(Box::new(RemoteFile {
                     client: client.clone(),
                     node: export.blob_node.clone(),
                     ticket: export.ticket.clone(),
                     fingerprint: image.fingerprint.clone(),
                     role,
-                }),
+                })),
                 sha256: Some(f.sha256.clone()).filter(|s| !s.is_empty()),
                 size: Some(f.size),
             }
