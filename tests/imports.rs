@@ -139,40 +139,6 @@ async fn cluster(
     (cp, node)
 }
 
-async fn imports(cp: &ControlPlane) -> pb::imports_client::ImportsClient<Authed> {
-    pb::imports_client::ImportsClient::new(cp.trusted().await)
-}
-
-/// Follows an operation with WaitOperation until it is done.
-async fn wait(cp: &ControlPlane, op: &pb::Operation) -> pb::Operation {
-    let mut stream = cp
-        .operations()
-        .await
-        .wait_operation(pb::WaitOperationRequest {
-            name: op.name.clone(),
-            timeout_seconds: 60,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = op.clone();
-    while let Some(o) = stream.next().await {
-        last = o.unwrap();
-    }
-    assert!(last.done, "the operation did not finish: {last:?}");
-    last
-}
-
-async fn import(cp: &ControlPlane, req: pb::ImportImageRequest) -> pb::Operation {
-    let op = imports(cp)
-        .await
-        .import_image(req)
-        .await
-        .unwrap()
-        .into_inner();
-    wait(cp, &op).await
-}
-
 fn url_request(url: String) -> pb::ImportImageRequest {
     pb::ImportImageRequest {
         source: Some(pb::import_image_request::Source::Url(pb::UrlSource { url })),
@@ -925,6 +891,7 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
                 image: image.into(),
                 architecture: "amd64".into(),
                 copy_aliases,
+                ..Default::default()
             },
         )),
         auto_update: true,
@@ -991,6 +958,47 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
     let op = import(&cp, ss("ubuntu/24.04", false)).await;
     assert_eq!(error_code(&op), tonic::Code::NotFound, "{op:?}");
 
+    node.stop().await;
+    cp.stop().await;
+}
+
+/// A simplestreams server over HTTPS with a self-signed certificate (another
+/// imagestore's HTTPS face): imported with its certificate pinned, the pin
+/// travelling with the request to the blob node that fetches; refused without
+/// the pin and with a wrong one, whose message names both fingerprints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_simplestreams_source_is_reached_through_its_pin() {
+    let source = imagestore_tests::https::TlsCluster::start(1).await;
+    let (unified, _) = source.upload_fixtures().await;
+    let pin = pin_of(&source.cert_file);
+    let dir = tempfile::tempdir().unwrap();
+    let ports = vec![source.cp.addr.port(), source.nodes[0].addr.port()];
+    let (cp, node) = cluster(dir.path(), ports, |_| {}).await;
+    let server = format!("https://127.0.0.1:{}", source.cp.addr.port());
+    let ss = |pin: &str| pb::ImportImageRequest {
+        source: Some(pb::import_image_request::Source::Simplestreams(
+            pb::SimplestreamsSource {
+                server: server.clone(),
+                image: "unified".into(),
+                certificate_sha256: pin.into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let wrong = "ab".repeat(32);
+    let op = import(&cp, ss(&wrong)).await;
+    assert_eq!(state(&op), pb::OperationState::Failed);
+    let message = &op.error.as_ref().unwrap().message;
+    assert!(
+        message.contains(&wrong) && message.contains(&pin),
+        "{message}"
+    );
+    let op = import(&cp, ss("")).await;
+    assert_eq!(state(&op), pb::OperationState::Failed, "not a known issuer");
+    let op = import(&cp, ss(&pin)).await;
+    assert_eq!(state(&op), pb::OperationState::Succeeded, "{op:?}");
+    assert_eq!(op.image, format!("images/{}", unified.fingerprint));
     node.stop().await;
     cp.stop().await;
 }

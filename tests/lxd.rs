@@ -300,3 +300,296 @@ async fn a_real_lxd_lists_copies_and_imports_from_imagestore() {
     drop(lxd);
     server.terminate().await;
 }
+
+/// An LXD server's own HTTPS API as a source (`--protocol lxd`): public images
+/// by alias and by fingerprint, unified and split, with and without the
+/// source's aliases; a private one through a secret and not without; a wrong
+/// certificate pin refused with both fingerprints; `--auto-update` following
+/// the alias to a newer image published in LXD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagestore_copies_from_a_real_lxd_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = imagestore_auth::self_signed("unused by this test", &["localhost".into()]).unwrap();
+    let roots = dir.path().join("roots.crt");
+    std::fs::write(&roots, &pair.cert_pem).unwrap();
+    let lxd = Lxd::start(&roots).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    lxd.ok(&[
+        "config",
+        "set",
+        "core.https_address",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .await;
+    eventually("LXD to listen on its HTTPS address", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let server = format!("https://127.0.0.1:{port}");
+    let pin = pin_of(&lxd.dir.path().join("server.crt"));
+
+    // LXD's images: public unified and split, a private one.
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        let path = files.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let unified = put("unified.tar.gz", &fixture("busybox-unified.tar.gz"));
+    let meta = put("meta.tar.xz", &fixture("busybox-split-meta.tar.xz"));
+    let rootfs = put("rootfs.squashfs", &fixture("busybox-split-rootfs.squashfs"));
+    let private = put(
+        "private.tar",
+        &unified_image("private", &[("os", "secret")]),
+    );
+    let newer = put("newer.tar", &unified_image("newer", &[("os", "newer")]));
+    lxd.ok(&[
+        "image",
+        "import",
+        &unified,
+        "--alias",
+        "pub-unified",
+        "--public",
+    ])
+    .await;
+    lxd.ok(&[
+        "image",
+        "import",
+        &meta,
+        &rootfs,
+        "--alias",
+        "pub-split",
+        "--public",
+    ])
+    .await;
+    lxd.ok(&["image", "import", &private, "--alias", "priv"])
+        .await;
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&lxd.ok(&["image", "list", "--format", "json"]).await).unwrap();
+    let lxd_fp = |alias: &str| -> String {
+        listed
+            .iter()
+            .find(|i| {
+                i["aliases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["name"] == alias)
+            })
+            .unwrap()["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(lxd_fp("pub-unified"), lxd_fingerprint("fx-unified-targz"));
+    assert_eq!(lxd_fp("pub-split"), lxd_fingerprint("fx-split-squashfs"));
+
+    let cp = ControlPlane::start_with(&dir.path().join("cp"), |c| {
+        c.import_filtering.allowed_hosts = vec!["127.0.0.1".into()];
+        c.import_filtering.allowed_ports = vec![port];
+    })
+    .await;
+    let node = BlobNode::start(
+        &cp,
+        &dir.path().join("node"),
+        &StoreSpec::local(&dir.path().join("store")),
+    )
+    .await;
+    let from_lxd =
+        |image: &str, secret: &str, pin: &str, copy_aliases: bool| pb::ImportImageRequest {
+            source: Some(pb::import_image_request::Source::Lxd(pb::LxdSource {
+                server: server.clone(),
+                image: image.to_owned(),
+                secret: secret.to_owned(),
+                certificate_sha256: pin.to_owned(),
+                copy_aliases,
+            })),
+            ..Default::default()
+        };
+    // The fingerprint of the image an operation produced.
+    let succeeded = |op: &pb::Operation| {
+        assert_eq!(op.state, pb::OperationState::Succeeded as i32, "{op:?}");
+        op.image.trim_start_matches("images/").to_owned()
+    };
+    let get = |fp: String| {
+        let cp = &cp;
+        async move {
+            cp.images()
+                .await
+                .get_image(pb::GetImageRequest {
+                    name: format!("images/{fp}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+
+    // By alias, with the source's aliases: LXD's fingerprint, type, properties.
+    let fp = succeeded(&import(&cp, from_lxd("pub-unified", "", &pin, true)).await);
+    assert_eq!(fp, lxd_fp("pub-unified"));
+    let image = get(fp).await;
+    assert_eq!(image.r#type, pb::ImageType::Container as i32);
+    assert!(
+        image.aliases.iter().any(|a| a.name == "pub-unified"),
+        "{image:?}"
+    );
+    assert_eq!(
+        image.properties.get("description").map(String::as_str),
+        Some("BusyBox 1.35.0 static test image (lab fixture)")
+    );
+    let source = image.update_source.clone().unwrap();
+    assert_eq!(
+        (source.protocol.as_str(), source.alias.as_str()),
+        ("lxd", "pub-unified")
+    );
+
+    // Split, by fingerprint, without the source's aliases.
+    let split = lxd_fp("pub-split");
+    assert_eq!(
+        succeeded(&import(&cp, from_lxd(&split, "", &pin, false)).await),
+        split
+    );
+    let image = get(split.clone()).await;
+    assert!(image.aliases.is_empty(), "{image:?}");
+    assert!(
+        image.update_source.is_none(),
+        "a fingerprint is not followed"
+    );
+    assert_eq!(image.parts.len(), 2);
+
+    // A private image: not without its secret; with one, yes.
+    let hidden = lxd_fp("priv");
+    let op = import(&cp, from_lxd(&hidden, "", &pin, false)).await;
+    assert_eq!(op.state, pb::OperationState::Failed as i32, "{op:?}");
+    assert_eq!(op.error.unwrap().code, tonic::Code::NotFound as i32);
+    let answer: serde_json::Value = serde_json::from_str(
+        &lxd.ok(&[
+            "query",
+            "-X",
+            "POST",
+            &format!("/1.0/images/{hidden}/secret"),
+        ])
+        .await,
+    )
+    .unwrap();
+    let secret = answer["metadata"]["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        succeeded(&import(&cp, from_lxd(&hidden, &secret, &pin, false)).await),
+        hidden
+    );
+
+    // A wrong pin: refused, both fingerprints named.
+    let wrong = "ab".repeat(32);
+    let op = import(&cp, from_lxd("pub-unified", "", &wrong, false)).await;
+    assert_eq!(op.state, pb::OperationState::Failed as i32, "{op:?}");
+    let message = op.error.unwrap().message;
+    assert!(
+        message.contains(&wrong) && message.contains(&pin),
+        "{message}"
+    );
+
+    // From the CLI: an LXD remote (its certificate accepted and pinned), copied
+    // from by alias with its aliases; browsing it is refused with what to do.
+    let cli_dir = dir.path().join("cli");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, cp.admin_token()).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binary("imagestore"))
+            .args(args)
+            .env("IMAGESTORE_CONFIG_DIR", &cli_dir)
+            .env_remove("IMAGESTORE_REMOTE")
+            .env_remove("IMAGESTORE_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(cli(&[
+        "remote",
+        "add",
+        "mine",
+        &cp.url(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]));
+    let added = ok(cli(&[
+        "remote",
+        "add",
+        "lxd2",
+        &server,
+        "--protocol",
+        "lxd",
+        "--accept-certificate",
+    ]));
+    assert!(added.contains(&pin), "{added}");
+    ok(cli(&["copy", "lxd2:pub-split", "mine:", "--copy-aliases"]));
+    let aliased = cp
+        .aliases()
+        .await
+        .get_alias(pb::GetAliasRequest {
+            name: "aliases/pub-split".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aliased.target, split);
+    let browse = cli(&["list", "lxd2:"]);
+    assert!(!browse.status.success());
+    let said = String::from_utf8_lossy(&browse.stderr);
+    assert!(said.contains("imagestore copy"), "{said}");
+
+    // --auto-update: a newer image under the same alias in LXD is picked up.
+    let mut req = from_lxd("pub-unified", "", &pin, false);
+    req.auto_update = true;
+    req.aliases = vec![pb::AliasSpec {
+        name: "follows-lxd".into(),
+        description: String::new(),
+    }];
+    let followed = succeeded(&import(&cp, req).await);
+    lxd.ok(&["image", "alias", "delete", "pub-unified"]).await;
+    lxd.ok(&[
+        "image",
+        "import",
+        &newer,
+        "--alias",
+        "pub-unified",
+        "--public",
+    ])
+    .await;
+    let refreshed = cp
+        .images()
+        .await
+        .refresh_image(pb::RefreshImageRequest {
+            name: format!("images/{followed}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait(&cp, &refreshed).await;
+    let fresh = succeeded(&done);
+    assert_eq!(fresh, sha256_hex(&std::fs::read(&newer).unwrap()));
+    let fresh = get(fresh).await;
+    assert!(
+        fresh.aliases.iter().any(|a| a.name == "follows-lxd"),
+        "{fresh:?}"
+    );
+    node.stop().await;
+    cp.stop().await;
+}

@@ -986,3 +986,38 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// The Imports service, as a trusted client.
+pub async fn imports(cp: &ControlPlane) -> pb::imports_client::ImportsClient<Authed> {
+    pb::imports_client::ImportsClient::new(cp.trusted().await)
+}
+
+/// Follows an operation with WaitOperation until it is done.
+pub async fn wait(cp: &ControlPlane, op: &pb::Operation) -> pb::Operation {
+    let mut stream = cp
+        .operations()
+        .await
+        .wait_operation(pb::WaitOperationRequest {
+            name: op.name.clone(),
+            timeout_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = op.clone();
+    while let Some(o) = tokio_stream::StreamExt::next(&mut stream).await {
+        last = o.unwrap();
+    }
+    assert!(last.done, "the operation did not finish: {last:?}");
+    last
+}
+
+pub async fn import(cp: &ControlPlane, req: pb::ImportImageRequest) -> pb::Operation {
+    let op = imports(cp)
+        .await
+        .import_image(req)
+        .await
+        .unwrap()
+        .into_inner();
+    wait(cp, &op).await
+}

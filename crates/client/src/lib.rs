@@ -21,7 +21,7 @@ pub use export::{ExportTarget, Exported};
 pub use failover::{Failover, connect_lazy_any};
 pub use imagestore_auth::Bearer;
 pub use progress::{NoProgress, Progress};
-pub use tls::{TlsOptions, server_fingerprint};
+pub use tls::{TlsOptions, http1_config, server_fingerprint};
 pub use upload::{Source, UploadOptions};
 
 /// A connection that presents the caller's credentials on every call.

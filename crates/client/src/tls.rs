@@ -156,6 +156,15 @@ fn client_config(
     Ok(config)
 }
 
+/// A rustls configuration that trusts as `opts` says (the pinned certificate,
+/// else the system roots), for HTTP/1.1 clients of other servers (LXD's REST
+/// API, simplestreams over HTTPS).
+pub fn http1_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, Error> {
+    let mut config = client_config(opts, None)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Host and port of an https URI.
 fn host_port(uri: &Uri) -> Result<(String, u16), std::io::Error> {
     let host = uri

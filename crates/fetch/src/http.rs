@@ -89,6 +89,8 @@ pub struct Body {
     pub url: Url,
     /// Content-Length, when the server sent one.
     pub length: Option<u64>,
+    /// Content-Type, when the server sent one.
+    pub content_type: Option<String>,
     response: reqwest::Response,
     limits: Limits,
 }
@@ -145,7 +147,38 @@ impl Body {
 impl Fetcher {
     pub fn new(filter: ImportFiltering, limits: Limits) -> Result<Self, FetchError> {
         let filter = Arc::new(filter);
-        let client = reqwest::Client::builder()
+        let client = Self::client(&filter, &limits, None)?;
+        Ok(Self {
+            client,
+            filter,
+            limits,
+        })
+    }
+
+    /// The same fetcher, trusting exactly the certificate whose SHA-256 is `pin`
+    /// on https:// (a self-signed LXD server's), or the system roots without one.
+    pub fn pinned(&self, pin: Option<&str>) -> Result<Self, FetchError> {
+        let Some(pin) = pin else {
+            return Ok(self.clone());
+        };
+        let tls = imagestore_client::http1_config(&imagestore_client::TlsOptions {
+            pin: Some(pin.to_ascii_lowercase()),
+            ..Default::default()
+        })
+        .map_err(|e| FetchError::Invalid(format!("certificate pin: {e}")))?;
+        Ok(Self {
+            client: Self::client(&self.filter, &self.limits, Some(tls))?,
+            filter: self.filter.clone(),
+            limits: self.limits.clone(),
+        })
+    }
+
+    fn client(
+        filter: &Arc<ImportFiltering>,
+        limits: &Limits,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<reqwest::Client, FetchError> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(limits.connect_timeout)
@@ -153,14 +186,13 @@ impl Fetcher {
             .user_agent(concat!("imagestore/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(FilteringResolver {
                 filter: filter.clone(),
-            }))
+            }));
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        builder
             .build()
-            .map_err(|e| FetchError::Http(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self {
-            client,
-            filter,
-            limits,
-        })
+            .map_err(|e| FetchError::Http(format!("cannot build the HTTP client: {e}")))
     }
 
     pub fn filter(&self) -> &ImportFiltering {
@@ -220,9 +252,16 @@ impl Fetcher {
         )))
     }
 
-    /// GETs `url` and returns its body; anything but 200 is an error.
+    /// GETs `url` and returns its body; anything but 200 is an error (404:
+    /// NotFound).
     pub async fn get(&self, url: &Url) -> Result<Body, FetchError> {
         let (url, response) = self.request(Method::GET, url, HeaderMap::new()).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(FetchError::NotFound(format!(
+                "{} was not found",
+                redact(&url)
+            )));
+        }
         if response.status() != StatusCode::OK {
             return Err(FetchError::Http(format!(
                 "Unable to fetch {:?}: {}",
@@ -240,9 +279,15 @@ impl Fetcher {
                 self.limits.max_bytes
             )));
         }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Body {
             url,
             length,
+            content_type,
             response,
             limits: self.limits.clone(),
         })
@@ -284,7 +329,15 @@ fn connect_error(shown: &str, e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         return FetchError::Timeout(format!("{shown}: {e}"));
     }
-    FetchError::Unreachable(format!("cannot reach {shown}: {e}"))
+    // The innermost cause says what went wrong (refused, a certificate that is
+    // not the pinned one); reqwest's own words only name the request.
+    let mut why = e.to_string();
+    let mut next = std::error::Error::source(&e);
+    while let Some(s) = next {
+        why = s.to_string();
+        next = s.source();
+    }
+    FetchError::Unreachable(format!("cannot reach {shown}: {why}"))
 }
 
 impl Fetcher {

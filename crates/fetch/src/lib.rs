@@ -7,6 +7,7 @@
 pub mod filter;
 pub mod http;
 pub mod lxd;
+pub mod lxd_server;
 pub mod remote;
 pub mod simplestreams;
 
@@ -96,8 +97,12 @@ pub enum Role {
 pub enum PartSource {
     /// A plain HTTP(S) GET.
     Http(Url),
+    /// A GET through a fetcher that trusts one pinned certificate.
+    Pinned(Url, Fetcher),
     /// A blob node of another imagestore.
     Imagestore(Box<remote::RemoteFile>),
+    /// An LXD server's export (the whole body, or one part of a multipart).
+    Lxd(lxd_server::ExportPart),
 }
 
 /// One file to fetch.
@@ -146,7 +151,9 @@ impl Plan {
     ) -> Result<Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>, FetchError> {
         match &self.parts[i].source {
             PartSource::Http(url) => Ok(Box::pin(fetcher.get(url).await?.stream())),
+            PartSource::Pinned(url, pinned) => Ok(Box::pin(pinned.get(url).await?.stream())),
             PartSource::Imagestore(file) => Ok(Box::pin(file.open(fetcher).await?)),
+            PartSource::Lxd(part) => Ok(Box::pin(part.open().await?)),
         }
     }
 }
@@ -171,6 +178,7 @@ pub async fn resolve(
         Some(Source::Url(u)) => lxd::plan(fetcher, &parse_url(&u.url)?, server).await,
         Some(Source::Remote(r)) => remote::plan(fetcher, r, want_vm).await,
         Some(Source::Simplestreams(s)) => simplestreams::plan(fetcher, s, want_vm, server).await,
+        Some(Source::Lxd(s)) => lxd_server::plan(fetcher, s, want_vm).await,
         None => Err(FetchError::Invalid("the import names no source".into())),
     }
 }

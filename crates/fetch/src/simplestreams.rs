@@ -118,6 +118,9 @@ pub async fn plan(
 ) -> Result<Plan, FetchError> {
     let base = base(&source.server)?;
     fetcher.filter().check_url(&base)?;
+    let pin = Some(source.certificate_sha256.as_str()).filter(|p| !p.is_empty());
+    let pinned = fetcher.pinned(pin)?;
+    let fetcher = &pinned;
     let name = source.image.trim();
     if name.is_empty() {
         return Err(FetchError::Invalid(
@@ -152,7 +155,10 @@ pub async fn plan(
     {
         parts.push(PlannedPart {
             role,
-            source: PartSource::Http(join(&base, &item.path)?),
+            source: match pin {
+                None => PartSource::Http(join(&base, &item.path)?),
+                Some(_) => PartSource::Pinned(join(&base, &item.path)?, pinned.clone()),
+            },
             sha256: Some(item.sha256.clone()).filter(|s| !s.is_empty()),
             size: Some(item.size).filter(|&s| s > 0),
         });
@@ -224,7 +230,7 @@ pub async fn plan(
             server: source.server.clone(),
             protocol: "simplestreams".into(),
             alias: name.to_owned(),
-            certificate: String::new(),
+            certificate: source.certificate_sha256.to_ascii_lowercase(),
             image_type: image_type as i32,
         }),
         image_type: Some(image_type),

@@ -233,6 +233,7 @@ fn aliases_for(request: &pb::ImportImageRequest, plan: &Plan) -> Vec<pb::AliasSp
     let copy = match &request.source {
         Some(Source::Remote(r)) => r.copy_aliases,
         Some(Source::Simplestreams(s)) => s.copy_aliases,
+        Some(Source::Lxd(s)) => s.copy_aliases,
         _ => false,
     };
     let mut aliases = request.aliases.clone();

@@ -50,6 +50,13 @@ impl Ctx {
 /// A connection to `remote`: its token, and for https its pinned certificate and
 /// this client's own certificate.
 pub async fn connect(remote: &Remote) -> CliResult<Client> {
+    if remote.protocol != "imagestore" {
+        return Err(crate::failure::Failure::usage(format!(
+            "{} is a {} remote: imagestore copies from it (`imagestore copy REMOTE:IMAGE \
+             local:`), but does not browse or change it yet",
+            remote.addr, remote.protocol
+        )));
+    }
     let tls = if remote.addr.starts_with("https://") {
         TlsOptions {
             pin: remote.certificate_sha256.clone(),

@@ -295,12 +295,24 @@ pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
             "The source and target servers must be different",
         ));
     }
-    let source = if src.protocol == "simplestreams" {
+    let source = if src.protocol == "lxd" {
+        // Read on the server as an untrusted client: an alias or fingerprint of
+        // a public image, resolved there (a private one needs a secret, given
+        // through the Imports API).
+        pb::import_image_request::Source::Lxd(pb::LxdSource {
+            server: src.addr.clone(),
+            image: name.to_owned(),
+            copy_aliases: args.copy_aliases,
+            certificate_sha256: src.certificate_sha256.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if src.protocol == "simplestreams" {
         pb::import_image_request::Source::Simplestreams(pb::SimplestreamsSource {
             server: src.addr.clone(),
             image: name.to_owned(),
             architecture: String::new(),
             copy_aliases: args.copy_aliases,
+            certificate_sha256: src.certificate_sha256.clone().unwrap_or_default(),
         })
     } else {
         // As lxc: resolve on the source; a private image travels with a one-time

@@ -16,7 +16,8 @@ pub enum RemoteCommand {
     Add {
         name: String,
         url: String,
-        /// imagestore (default) or simplestreams.
+        /// imagestore (default), lxd (an LXD or Incus server's REST API, read as
+        /// an untrusted client) or simplestreams.
         #[arg(long, default_value = "imagestore")]
         protocol: String,
         /// The remote is a public image server: no trust needed.
@@ -84,12 +85,12 @@ pub async fn run(mut config: Config, cmd: RemoteCommand) -> CliResult {
                     format!("Remote {name} exists already"),
                 ));
             }
-            if !matches!(protocol.as_str(), "imagestore" | "simplestreams") {
+            if !matches!(protocol.as_str(), "imagestore" | "simplestreams" | "lxd") {
                 return Err(Failure::usage(format!(
-                    "Invalid protocol {protocol:?}: use imagestore or simplestreams"
+                    "Invalid protocol {protocol:?}: use imagestore, lxd or simplestreams"
                 )));
             }
-            let addrs = normalise_urls(&url)?;
+            let addrs = normalise_urls(&url, default_port(&protocol))?;
             let certificate_sha256 = if addrs[0].starts_with("https://") {
                 Some(accept(&addrs, accept_certificate).await?)
             } else {
@@ -285,12 +286,12 @@ fn check_name(name: &str) -> CliResult {
 
 /// One address, or several separated by commas (replicas of one installation,
 /// tried in that order), each normalised; all with one scheme.
-fn normalise_urls(urls: &str) -> CliResult<Vec<String>> {
+fn normalise_urls(urls: &str, port: u16) -> CliResult<Vec<String>> {
     let addrs = urls
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(normalise_url)
+        .map(|u| normalise_url(u, port))
         .collect::<CliResult<Vec<_>>>()?;
     let Some(first) = addrs.first() else {
         return Err(Failure::usage("Invalid remote URL: it is empty"));
@@ -305,9 +306,19 @@ fn normalise_urls(urls: &str) -> CliResult<Vec<String>> {
     Ok(addrs)
 }
 
+/// The port a remote of `protocol` listens on unless its URL says: LXD's 8443,
+/// imagestore's 7443, HTTPS's 443 for a simplestreams server.
+fn default_port(protocol: &str) -> u16 {
+    match protocol {
+        "lxd" => 8443,
+        "simplestreams" => 443,
+        _ => 7443,
+    }
+}
+
 /// "host:port" or a URL; a missing scheme means http:// on loopback and https://
-/// elsewhere; a missing port means 7443.
-fn normalise_url(url: &str) -> CliResult<String> {
+/// elsewhere; a missing port means `port`.
+fn normalise_url(url: &str, port: u16) -> CliResult<String> {
     let url = url.trim_end_matches('/');
     let (scheme, rest) = match url.split_once("://") {
         Some((s, r)) => (s.to_owned(), r),
@@ -328,7 +339,7 @@ fn normalise_url(url: &str) -> CliResult<String> {
     let rest = if has_port {
         rest.to_owned()
     } else {
-        format!("{rest}:7443")
+        format!("{rest}:{port}")
     };
     Ok(format!("{scheme}://{rest}"))
 }
@@ -339,26 +350,33 @@ mod tests {
 
     #[test]
     fn urls_get_a_scheme_and_a_port() {
-        assert_eq!(normalise_url("127.0.0.1:9").unwrap(), "http://127.0.0.1:9");
         assert_eq!(
-            normalise_url("images.example.net").unwrap(),
+            normalise_url("127.0.0.1:9", 7443).unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            normalise_url("images.example.net", 7443).unwrap(),
             "https://images.example.net:7443"
         );
         assert_eq!(
-            normalise_url("http://[::1]:80/").unwrap(),
+            normalise_url("https://lxd.example.net", 8443).unwrap(),
+            "https://lxd.example.net:8443"
+        );
+        assert_eq!(
+            normalise_url("http://[::1]:80/", 7443).unwrap(),
             "http://[::1]:80"
         );
-        assert!(normalise_url("ftp://x:1").is_err());
-        assert!(normalise_url("http://x:1/path").is_err());
+        assert!(normalise_url("ftp://x:1", 7443).is_err());
+        assert!(normalise_url("http://x:1/path", 7443).is_err());
     }
 
     #[test]
     fn several_addresses_are_replicas_with_one_scheme() {
         assert_eq!(
-            normalise_urls("127.0.0.1:9, 127.0.0.2:9").unwrap(),
+            normalise_urls("127.0.0.1:9, 127.0.0.2:9", 7443).unwrap(),
             ["http://127.0.0.1:9", "http://127.0.0.2:9"]
         );
-        assert!(normalise_urls("http://a:1,https://b:1").is_err());
-        assert!(normalise_urls(" , ").is_err());
+        assert!(normalise_urls("http://a:1,https://b:1", 7443).is_err());
+        assert!(normalise_urls(" , ", 7443).is_err());
     }
 }

@@ -52,7 +52,11 @@ impl ImportRules {
     /// The import method a request uses, checked.
     fn check(&self, r: &pb::ImportImageRequest) -> ApiResult<&'static str> {
         let method = match &r.source {
-            None => return Err(invalid("source is required: url, remote or simplestreams")),
+            None => {
+                return Err(invalid(
+                    "source is required: url, remote, simplestreams or lxd",
+                ));
+            }
             Some(Source::Url(u)) => {
                 self.check_url("url.url", &u.url)?;
                 if r.auto_update {
@@ -84,7 +88,33 @@ impl ImportRules {
             Some(Source::Simplestreams(s)) => {
                 self.check_url("simplestreams.server", &s.server)?;
                 need_image("simplestreams.image", &s.image)?;
+                if !s.certificate_sha256.is_empty()
+                    && !imagestore_fetch::is_sha256(&s.certificate_sha256)
+                {
+                    return Err(invalid(
+                        "simplestreams.certificate_sha256 must be 64 lowercase hex characters",
+                    ));
+                }
                 "simplestreams"
+            }
+            Some(Source::Lxd(s)) => {
+                self.check_url("lxd.server", &s.server)?;
+                need_image("lxd.image", &s.image)?;
+                if !s.certificate_sha256.is_empty()
+                    && !imagestore_fetch::is_sha256(&s.certificate_sha256)
+                {
+                    return Err(invalid(
+                        "lxd.certificate_sha256 must be 64 lowercase hex characters",
+                    ));
+                }
+                if r.auto_update && !s.secret.is_empty() {
+                    return Err(invalid(
+                        "auto_update needs a public source image named by alias; an image \
+                         reached with a secret cannot be followed",
+                    ));
+                }
+                // Copying from another server, as from another imagestore.
+                "remote"
             }
         };
         self.require_enabled(method)?;
@@ -121,11 +151,18 @@ pub fn refresh_request(image: &Image) -> Option<pb::ImportImageRequest> {
             image: src.alias.clone(),
             architecture: image.architecture.clone(),
             copy_aliases: false,
+            certificate_sha256: src.certificate.clone(),
         }),
         "imagestore" => Source::Remote(pb::RemoteSource {
             server: src.server.clone(),
             image: src.alias.clone(),
             certificate: src.certificate.clone(),
+            ..Default::default()
+        }),
+        "lxd" => Source::Lxd(pb::LxdSource {
+            server: src.server.clone(),
+            image: src.alias.clone(),
+            certificate_sha256: src.certificate.clone(),
             ..Default::default()
         }),
         _ => return None,
