@@ -969,7 +969,7 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_simplestreams_source_is_reached_through_its_pin() {
     let source = imagestore_tests::https::TlsCluster::start(1).await;
-    let (unified, _) = source.upload_fixtures().await;
+    let (unified, split) = source.upload_fixtures().await;
     let pin = pin_of(&source.cert_file);
     let dir = tempfile::tempdir().unwrap();
     let ports = vec![source.cp.addr.port(), source.nodes[0].addr.port()];
@@ -999,6 +999,47 @@ async fn a_self_signed_simplestreams_source_is_reached_through_its_pin() {
     let op = import(&cp, ss(&pin)).await;
     assert_eq!(state(&op), pb::OperationState::Succeeded, "{op:?}");
     assert_eq!(op.image, format!("images/{}", unified.fingerprint));
+
+    // The CLI: the certificate accepted on `remote add`, the server browsed as
+    // `lxc image list images:` does, and copied from.
+    let cli_dir = dir.path().join("cli");
+    let cli = |args: &[&str]| imagestore_cli_ok(&cli_dir, args);
+    let added = cli(&[
+        "remote",
+        "add",
+        "ss",
+        &server,
+        "--protocol",
+        "simplestreams",
+        "--accept-certificate",
+    ]);
+    assert!(added.contains(&pin), "{added}");
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&["list", "ss:", "-f", "json"])).unwrap();
+    let mut shown: Vec<&str> = listed
+        .iter()
+        .map(|i| i["fingerprint"].as_str().unwrap())
+        .collect();
+    shown.sort();
+    let mut both = vec![unified.fingerprint.as_str(), split.fingerprint.as_str()];
+    both.sort();
+    assert_eq!(shown, both);
+    let info: serde_json::Value =
+        serde_json::from_str(&cli(&["info", "ss:split", "-f", "json"])).unwrap();
+    assert_eq!(info["fingerprint"], split.fingerprint.as_str());
+    let aliases = cli(&["alias", "list", "ss:", "-f", "json"]);
+    assert!(aliases.contains("\"unified\""), "{aliases}");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, cp.admin_token()).unwrap();
+    cli(&[
+        "remote",
+        "add",
+        "mine",
+        &cp.url(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    cli(&["copy", "ss:split", "mine:", "--alias", "from-ss"]);
     node.stop().await;
     cp.stop().await;
 }

@@ -498,37 +498,20 @@ async fn imagestore_copies_from_a_real_lxd_server() {
     );
 
     // From the CLI: an LXD remote (its certificate accepted and pinned), copied
-    // from by alias with its aliases; browsing it is refused with what to do.
+    // from by alias with its aliases.
     let cli_dir = dir.path().join("cli");
     let token = dir.path().join("admin-token");
     std::fs::write(&token, cp.admin_token()).unwrap();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(binary("imagestore"))
-            .args(args)
-            .env("IMAGESTORE_CONFIG_DIR", &cli_dir)
-            .env_remove("IMAGESTORE_REMOTE")
-            .env_remove("IMAGESTORE_TOKEN")
-            .output()
-            .unwrap()
-    };
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    ok(cli(&[
+    let cli = |args: &[&str]| imagestore_cli_ok(&cli_dir, args);
+    cli(&[
         "remote",
         "add",
         "mine",
         &cp.url(),
         "--token-file",
         token.to_str().unwrap(),
-    ]));
-    let added = ok(cli(&[
+    ]);
+    let added = cli(&[
         "remote",
         "add",
         "lxd2",
@@ -536,9 +519,9 @@ async fn imagestore_copies_from_a_real_lxd_server() {
         "--protocol",
         "lxd",
         "--accept-certificate",
-    ]));
+    ]);
     assert!(added.contains(&pin), "{added}");
-    ok(cli(&["copy", "lxd2:pub-split", "mine:", "--copy-aliases"]));
+    cli(&["copy", "lxd2:pub-split", "mine:", "--copy-aliases"]);
     let aliased = cp
         .aliases()
         .await
@@ -550,10 +533,51 @@ async fn imagestore_copies_from_a_real_lxd_server() {
         .unwrap()
         .into_inner();
     assert_eq!(aliased.target, split);
-    let browse = cli(&["list", "lxd2:"]);
-    assert!(!browse.status.success());
-    let said = String::from_utf8_lossy(&browse.stderr);
-    assert!(said.contains("imagestore copy"), "{said}");
+    // Browsing it as `lxc image list` does: filters and formats.
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&["list", "lxd2:", "-f", "json"])).unwrap();
+    let mut shown: Vec<&str> = listed
+        .iter()
+        .map(|i| i["fingerprint"].as_str().unwrap())
+        .collect();
+    shown.sort();
+    let mut public = vec![lxd_fp("pub-unified"), lxd_fp("pub-split")];
+    public.sort();
+    assert_eq!(shown, public, "the public images, not the private one");
+    let filtered: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&["list", "lxd2:", "pub-split", "-f", "json"])).unwrap();
+    assert_eq!(filtered.len(), 1, "{filtered:?}");
+    let info: serde_json::Value =
+        serde_json::from_str(&cli(&["info", "lxd2:pub-split", "-f", "json"])).unwrap();
+    assert_eq!(info["fingerprint"], split.as_str());
+    let aliases: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&["alias", "list", "lxd2:", "-f", "json"])).unwrap();
+    assert!(
+        aliases
+            .iter()
+            .any(|a| a["name"] == "pub-split" && a["target"] == split.as_str()),
+        "{aliases:?}"
+    );
+    // Copied by a fingerprint prefix, as lxc allows.
+    let prefix = &lxd_fp("pub-unified")[..12];
+    cli(&[
+        "copy",
+        &format!("lxd2:{prefix}"),
+        "mine:",
+        "--alias",
+        "by-prefix",
+    ]);
+    let aliased = cp
+        .aliases()
+        .await
+        .get_alias(pb::GetAliasRequest {
+            name: "aliases/by-prefix".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aliased.target, lxd_fp("pub-unified"));
 
     // --auto-update: a newer image under the same alias in LXD is picked up.
     let mut req = from_lxd("pub-unified", "", &pin, false);

@@ -1021,3 +1021,27 @@ pub async fn import(cp: &ControlPlane, req: pb::ImportImageRequest) -> pb::Opera
         .into_inner();
     wait(cp, &op).await
 }
+
+/// Runs the `imagestore` CLI with its configuration in `config_dir` (and no
+/// remote or token from the environment).
+pub fn imagestore_cli(config_dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("imagestore"))
+        .args(args)
+        .env("IMAGESTORE_CONFIG_DIR", config_dir)
+        .env_remove("IMAGESTORE_REMOTE")
+        .env_remove("IMAGESTORE_TOKEN")
+        .output()
+        .unwrap()
+}
+
+/// As [`imagestore_cli`], which must succeed; what it printed.
+pub fn imagestore_cli_ok(config_dir: &Path, args: &[&str]) -> String {
+    let out = imagestore_cli(config_dir, args);
+    assert!(
+        out.status.success(),
+        "imagestore {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

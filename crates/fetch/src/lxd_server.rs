@@ -32,6 +32,10 @@ struct AliasRecord {
 #[derive(Deserialize)]
 struct ImageRecord {
     fingerprint: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    public: bool,
     #[serde(default, rename = "type")]
     image_type: String,
     #[serde(default)]
@@ -201,6 +205,47 @@ pub async fn plan(
         }),
         image_type: Some(image_type(&image.image_type)),
     })
+}
+
+/// Every image the server shows an untrusted client (its public ones), as
+/// imagestore describes images, for browsing (`imagestore list lxd:`).
+pub async fn catalogue(
+    fetcher: &Fetcher,
+    server: &str,
+    pin: Option<&str>,
+) -> Result<Vec<pb::Image>, FetchError> {
+    let base = parse_url(server)?;
+    let fetcher = fetcher.pinned(pin)?;
+    let mut url = api(&base, &["1.0", "images"], "")?;
+    url.query_pairs_mut().append_pair("recursion", "1");
+    let records = fetcher
+        .get_json::<Envelope<Vec<ImageRecord>>>(&url)
+        .await?
+        .metadata;
+    Ok(records
+        .into_iter()
+        .map(|r| pb::Image {
+            name: format!("images/{}", r.fingerprint),
+            r#type: image_type(&r.image_type) as i32,
+            architecture: imagestore_image::canonical_architecture(&r.architecture)
+                .unwrap_or(&r.architecture)
+                .to_owned(),
+            size: r.size,
+            filename: r.filename,
+            properties: r.properties.into_iter().collect(),
+            public: r.public,
+            aliases: r
+                .aliases
+                .into_iter()
+                .map(|a| pb::AliasRef {
+                    name: a.name,
+                    description: a.description,
+                })
+                .collect(),
+            fingerprint: r.fingerprint,
+            ..Default::default()
+        })
+        .collect())
 }
 
 impl ExportPart {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use imagestore_image::canonical_architecture;
 use imagestore_proto::v1 as pb;
-use imagestore_simplestreams::{Candidate, Client, IMAGE_DOWNLOADS, Index, Products, candidates};
+use imagestore_simplestreams::{
+    Candidate, Client, IMAGE_DOWNLOADS, Index, Product, Products, candidates,
+};
 use url::Url;
 
 use crate::{FetchError, Fetcher, PartSource, Plan, PlannedPart, Role, ServerInfo, parse_url};
@@ -142,7 +144,6 @@ pub async fn plan(
     let products = products(fetcher, &base).await?;
     let (chosen, by_alias) = pick(&products, name, &arch, want_vm)?;
     let product = &products.products[&chosen.product];
-    let version = &product.versions[&chosen.version];
 
     let mut parts = Vec::new();
     let meta_role = if chosen.root.is_some() {
@@ -163,6 +164,51 @@ pub async fn plan(
             size: Some(item.size).filter(|&s| s > 0),
         });
     }
+    let (properties, source_aliases) = describe(product, &chosen, &arch);
+    let image_type = if chosen.vm {
+        pb::ImageType::VirtualMachine
+    } else {
+        pb::ImageType::Container
+    };
+    Ok(Plan {
+        fingerprint: chosen.fingerprint.clone(),
+        split: chosen.root.is_some(),
+        parts,
+        filename: chosen
+            .meta
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        properties,
+        source_aliases: source_aliases
+            .into_iter()
+            .map(|name| pb::AliasSpec {
+                name,
+                description: String::new(),
+            })
+            .collect(),
+        update_source: by_alias.then(|| pb::UpdateSource {
+            server: source.server.clone(),
+            protocol: "simplestreams".into(),
+            alias: name.to_owned(),
+            certificate: source.certificate_sha256.to_ascii_lowercase(),
+            image_type: image_type as i32,
+        }),
+        image_type: Some(image_type),
+    })
+}
+
+/// What LXD records of a simplestreams image: its properties (os, release,
+/// description, ...) and the aliases its product gives (`alias`, for the
+/// server's own architecture `arch`, and `alias/arch`).
+fn describe(
+    product: &Product,
+    chosen: &Candidate,
+    arch: &str,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let version = &product.versions[&chosen.version];
     let root_type = chosen
         .root
         .as_ref()
@@ -202,39 +248,63 @@ pub async fn plan(
         }
         source_aliases.push(format!("{a}/{}", product.arch));
     }
-    let image_type = if chosen.vm {
-        pb::ImageType::VirtualMachine
-    } else {
-        pb::ImageType::Container
-    };
-    Ok(Plan {
-        fingerprint: chosen.fingerprint.clone(),
-        split: chosen.root.is_some(),
-        parts,
-        filename: chosen
-            .meta
-            .path
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        properties,
-        source_aliases: source_aliases
-            .into_iter()
-            .map(|name| pb::AliasSpec {
-                name,
-                description: String::new(),
-            })
-            .collect(),
-        update_source: by_alias.then(|| pb::UpdateSource {
-            server: source.server.clone(),
-            protocol: "simplestreams".into(),
-            alias: name.to_owned(),
-            certificate: source.certificate_sha256.to_ascii_lowercase(),
-            image_type: image_type as i32,
-        }),
-        image_type: Some(image_type),
-    })
+    (properties, source_aliases)
+}
+
+/// Every image the server offers (the newest version of a product carries its
+/// aliases), as imagestore describes images, for browsing (`imagestore list
+/// simplestreams-remote:`).
+pub async fn catalogue(
+    fetcher: &Fetcher,
+    server: &str,
+    pin: Option<&str>,
+    arch: &str,
+) -> Result<Vec<pb::Image>, FetchError> {
+    let base = base(server)?;
+    let fetcher = fetcher.pinned(pin)?;
+    let products = products(&fetcher, &base).await?;
+    let mut out = Vec::new();
+    for (id, product) in &products.products {
+        let found = candidates(id, product, &Client::ALL);
+        let newest = found.iter().map(|c| c.version.clone()).max();
+        let mut seen = std::collections::BTreeSet::new();
+        for c in found {
+            if !seen.insert(c.fingerprint.clone()) {
+                continue;
+            }
+            let (properties, aliases) = describe(product, &c, arch);
+            let aliases = if Some(&c.version) == newest.as_ref() {
+                aliases
+            } else {
+                Vec::new()
+            };
+            out.push(pb::Image {
+                name: format!("images/{}", c.fingerprint),
+                r#type: if c.vm {
+                    pb::ImageType::VirtualMachine
+                } else {
+                    pb::ImageType::Container
+                } as i32,
+                architecture: canonical_architecture(&product.arch)
+                    .unwrap_or(&product.arch)
+                    .to_owned(),
+                size: c.meta.size + c.root.as_ref().map_or(0, |r| r.size),
+                properties: properties.into_iter().collect(),
+                public: true,
+                aliases: aliases
+                    .into_iter()
+                    .map(|name| pb::AliasRef {
+                        name,
+                        description: String::new(),
+                    })
+                    .collect(),
+                fingerprint: c.fingerprint,
+                ..Default::default()
+            });
+        }
+    }
+    out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -87,9 +87,9 @@ pub async fn run(ctx: &Ctx, cmd: AliasCommand) -> CliResult {
     }
 }
 
-async fn list(ctx: &Ctx, args: Vec<String>, format: Format) -> CliResult {
-    let (remote, filters) = ctx.config.remote_and_filters(&args);
-    let client = ctx.client(remote.as_deref()).await?;
+/// Every alias an imagestore server has, page by page.
+async fn server_aliases(ctx: &Ctx, remote: Option<&str>) -> CliResult<Vec<pb::Alias>> {
+    let client = ctx.client(remote).await?;
     let mut aliases = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -108,6 +108,30 @@ async fn list(ctx: &Ctx, args: Vec<String>, format: Format) -> CliResult {
         }
         page_token = page.next_page_token;
     }
+    Ok(aliases)
+}
+
+async fn list(ctx: &Ctx, args: Vec<String>, format: Format) -> CliResult {
+    let (remote, filters) = ctx.config.remote_and_filters(&args);
+    let target = ctx.config.target(remote.as_deref())?;
+    let mut aliases = if target.protocol == "imagestore" {
+        server_aliases(ctx, remote.as_deref()).await?
+    } else {
+        // An LXD or simplestreams remote: the aliases its images carry.
+        crate::browse::images(&target)
+            .await?
+            .into_iter()
+            .flat_map(|i| {
+                i.aliases.into_iter().map(move |a| pb::Alias {
+                    name: format!("aliases/{}", a.name),
+                    target: i.fingerprint.clone(),
+                    description: a.description,
+                    r#type: i.r#type,
+                    ..Default::default()
+                })
+            })
+            .collect()
+    };
     // As lxc: every filter is a substring of the alias name or of the target.
     aliases.retain(|a| {
         let name = a.name.trim_start_matches("aliases/");

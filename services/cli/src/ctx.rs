@@ -35,6 +35,17 @@ impl Ctx {
         Ok((client, image))
     }
 
+    /// The image `arg` (`[remote:]name`) names, on an imagestore server or, for
+    /// LXD and simplestreams remotes, in the remote's catalogue.
+    pub async fn describe(&self, arg: &str, vm: bool) -> CliResult<pb::Image> {
+        let (remote, name) = self.config.split(arg);
+        let target = self.config.target(remote.as_deref())?;
+        if target.protocol == "imagestore" {
+            return Ok(self.image(arg, vm).await?.1);
+        }
+        crate::browse::resolve(crate::browse::images(&target).await?, name, vm)
+    }
+
     pub fn progress(&self) -> Arc<dyn Progress> {
         crate::progress::bars(self.quiet)
     }
@@ -52,8 +63,8 @@ impl Ctx {
 pub async fn connect(remote: &Remote) -> CliResult<Client> {
     if remote.protocol != "imagestore" {
         return Err(crate::failure::Failure::usage(format!(
-            "{} is a {} remote: imagestore copies from it (`imagestore copy REMOTE:IMAGE \
-             local:`), but does not browse or change it yet",
+            "{} is a {} remote: imagestore lists, shows and copies from it (`imagestore \
+             list`, `info`, `copy REMOTE:IMAGE local:`), but does not change it",
             remote.addr, remote.protocol
         )));
     }

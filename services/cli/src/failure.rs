@@ -22,6 +22,21 @@ pub mod exit {
     pub const DENIED: u8 = 6;
     /// Bytes did not match their fingerprint.
     pub const INTEGRITY: u8 = 7;
+
+    /// The exit code of a failure of kind `code`: one code per kind, whatever
+    /// raised it.
+    pub fn code_of(code: tonic::Code) -> u8 {
+        use tonic::Code;
+        match code {
+            Code::InvalidArgument | Code::OutOfRange => USAGE,
+            Code::NotFound => NOT_FOUND,
+            Code::AlreadyExists => EXISTS,
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => UNAVAILABLE,
+            Code::PermissionDenied | Code::Unauthenticated => DENIED,
+            Code::DataLoss => INTEGRITY,
+            _ => FAILED,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,19 +89,12 @@ impl From<ClientError> for Failure {
                 exit::NOT_FOUND
             }
             ClientError::Io { .. } => exit::FAILED,
-            _ => match e.code() {
-                Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
-                Code::NotFound => exit::NOT_FOUND,
-                Code::AlreadyExists => exit::EXISTS,
-                Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => exit::UNAVAILABLE,
-                Code::PermissionDenied | Code::Unauthenticated => exit::DENIED,
-                Code::DataLoss => exit::INTEGRITY,
-                Code::Unimplemented => {
+            _ => {
+                if e.code() == Code::Unimplemented {
                     message = format!("{message} (this server does not offer it yet)");
-                    exit::FAILED
                 }
-                _ => exit::FAILED,
-            },
+                exit::code_of(e.code())
+            }
         };
         if let ClientError::Connect { .. } = e {
             message.push_str(

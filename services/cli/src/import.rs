@@ -296,12 +296,19 @@ pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
         ));
     }
     let source = if src.protocol == "lxd" {
-        // Read on the server as an untrusted client: an alias or fingerprint of
-        // a public image, resolved there (a private one needs a secret, given
-        // through the Imports API).
+        // Resolved here as lxc does (alias, then fingerprint prefix), then read
+        // on the server as an untrusted client: by the alias it was named by
+        // (so that --auto-update can follow it), else by full fingerprint. A
+        // private image needs a secret, given through the Imports API.
+        let image = crate::browse::resolve(crate::browse::images(&src).await?, name, args.vm)?;
+        let by_alias = image.aliases.iter().any(|a| a.name == name);
         pb::import_image_request::Source::Lxd(pb::LxdSource {
             server: src.addr.clone(),
-            image: name.to_owned(),
+            image: if by_alias {
+                name.to_owned()
+            } else {
+                image.fingerprint.clone()
+            },
             copy_aliases: args.copy_aliases,
             certificate_sha256: src.certificate_sha256.clone().unwrap_or_default(),
             ..Default::default()

@@ -27,7 +27,29 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> CliResult {
         .chars()
         .map(Column::from_char)
         .collect::<CliResult<_>>()?;
-    let client = ctx.client(remote.as_deref()).await?;
+    let target = ctx.config.target(remote.as_deref())?;
+    let images = if target.protocol == "imagestore" {
+        list_server(ctx, remote.as_deref(), &filters).await?
+    } else {
+        crate::browse::filter(crate::browse::images(&target).await?, &filters.join(" "))?
+    };
+    let mut table = Table::new(&columns.iter().map(|c| c.header()).collect::<Vec<_>>());
+    for image in &images {
+        table.row(columns.iter().map(|c| c.cell(image)).collect());
+    }
+    table.sort();
+    let items: Vec<_> = images.iter().map(image_json).collect();
+    table.print(args.format, &items);
+    Ok(())
+}
+
+/// Every image an imagestore server lists for `filters`, page by page.
+async fn list_server(
+    ctx: &Ctx,
+    remote: Option<&str>,
+    filters: &[String],
+) -> CliResult<Vec<pb::Image>> {
+    let client = ctx.client(remote).await?;
     let mut images = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -46,14 +68,7 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> CliResult {
         }
         page_token = page.next_page_token;
     }
-    let mut table = Table::new(&columns.iter().map(|c| c.header()).collect::<Vec<_>>());
-    for image in &images {
-        table.row(columns.iter().map(|c| c.cell(image)).collect());
-    }
-    table.sort();
-    let items: Vec<_> = images.iter().map(image_json).collect();
-    table.print(args.format, &items);
-    Ok(())
+    Ok(images)
 }
 
 #[derive(Clone, Copy)]
@@ -152,7 +167,7 @@ pub struct InfoArgs {
 }
 
 pub async fn info(ctx: &Ctx, args: InfoArgs) -> CliResult {
-    let (_, image) = ctx.image(&args.image, args.vm).await?;
+    let image = ctx.describe(&args.image, args.vm).await?;
     match args.format.as_str() {
         "json" => println!("{}", image_json(&image)),
         "yaml" => print!("{}", yaml(&image_json(&image))),

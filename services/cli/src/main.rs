@@ -2,6 +2,7 @@
 //! `lxc image`, plus `imagestore serve` to run the whole system in one process.
 
 mod alias;
+mod browse;
 mod config;
 mod ctx;
 mod failure;
