@@ -49,6 +49,19 @@ impl ImportRules {
             .map_err(|e| invalid(e.to_string()))
     }
 
+    /// A source server's address, image name and certificate pin, checked;
+    /// `kind` names the request's field.
+    fn check_source(&self, kind: &str, server: &str, image: &str, pin: &str) -> ApiResult<()> {
+        self.check_url(&format!("{kind}.server"), server)?;
+        need_image(&format!("{kind}.image"), image)?;
+        if !pin.is_empty() && !imagestore_fetch::is_sha256(pin) {
+            return Err(invalid(format!(
+                "{kind}.certificate_sha256 must be 64 lowercase hex characters"
+            )));
+        }
+        Ok(())
+    }
+
     /// The import method a request uses, checked.
     fn check(&self, r: &pb::ImportImageRequest) -> ApiResult<&'static str> {
         let method = match &r.source {
@@ -68,51 +81,17 @@ impl ImportRules {
                 "url"
             }
             Some(Source::Remote(s)) => {
-                self.check_url("remote.server", &s.server)?;
-                need_image("remote.image", &s.image)?;
-                if !s.certificate_sha256.is_empty()
-                    && !imagestore_fetch::is_sha256(&s.certificate_sha256)
-                {
-                    return Err(invalid(
-                        "remote.certificate_sha256 must be 64 lowercase hex characters",
-                    ));
-                }
-                if r.auto_update && !s.secret.is_empty() {
-                    return Err(invalid(
-                        "auto_update needs a public source image named by alias; an image \
-                         reached with a secret cannot be followed",
-                    ));
-                }
+                self.check_source("remote", &s.server, &s.image, &s.certificate_sha256)?;
+                refuse_followed_secret(r.auto_update, &s.secret)?;
                 "remote"
             }
             Some(Source::Simplestreams(s)) => {
-                self.check_url("simplestreams.server", &s.server)?;
-                need_image("simplestreams.image", &s.image)?;
-                if !s.certificate_sha256.is_empty()
-                    && !imagestore_fetch::is_sha256(&s.certificate_sha256)
-                {
-                    return Err(invalid(
-                        "simplestreams.certificate_sha256 must be 64 lowercase hex characters",
-                    ));
-                }
+                self.check_source("simplestreams", &s.server, &s.image, &s.certificate_sha256)?;
                 "simplestreams"
             }
             Some(Source::Lxd(s)) => {
-                self.check_url("lxd.server", &s.server)?;
-                need_image("lxd.image", &s.image)?;
-                if !s.certificate_sha256.is_empty()
-                    && !imagestore_fetch::is_sha256(&s.certificate_sha256)
-                {
-                    return Err(invalid(
-                        "lxd.certificate_sha256 must be 64 lowercase hex characters",
-                    ));
-                }
-                if r.auto_update && !s.secret.is_empty() {
-                    return Err(invalid(
-                        "auto_update needs a public source image named by alias; an image \
-                         reached with a secret cannot be followed",
-                    ));
-                }
+                self.check_source("lxd", &s.server, &s.image, &s.certificate_sha256)?;
+                refuse_followed_secret(r.auto_update, &s.secret)?;
                 // Copying from another server, as from another imagestore.
                 "remote"
             }
@@ -124,6 +103,17 @@ impl ImportRules {
         convert::want_type(r.r#type)?;
         Ok(method)
     }
+}
+
+/// LXD follows only public images named by alias.
+fn refuse_followed_secret(auto_update: bool, secret: &str) -> ApiResult<()> {
+    if auto_update && !secret.is_empty() {
+        return Err(invalid(
+            "auto_update needs a public source image named by alias; an image reached with a \
+             secret cannot be followed",
+        ));
+    }
+    Ok(())
 }
 
 fn need_image(field: &str, s: &str) -> ApiResult<()> {
