@@ -350,6 +350,10 @@ async fn imagestore_copies_from_a_real_lxd_server() {
         &unified_image("private", &[("os", "secret")]),
     );
     let newer = put("newer.tar", &unified_image("newer", &[("os", "newer")]));
+    let private_meta = put(
+        "private-meta.tar",
+        &unified_image("private split", &[("os", "secret")]),
+    );
     lxd.ok(&[
         "image",
         "import",
@@ -371,6 +375,15 @@ async fn imagestore_copies_from_a_real_lxd_server() {
     .await;
     lxd.ok(&["image", "import", &private, "--alias", "priv"])
         .await;
+    lxd.ok(&[
+        "image",
+        "import",
+        &private_meta,
+        &rootfs,
+        "--alias",
+        "priv-split",
+    ])
+    .await;
     let listed: Vec<serde_json::Value> =
         serde_json::from_str(&lxd.ok(&["image", "list", "--format", "json"]).await).unwrap();
     let lxd_fp = |alias: &str| -> String {
@@ -465,6 +478,21 @@ async fn imagestore_copies_from_a_real_lxd_server() {
         "a fingerprint is not followed"
     );
     assert_eq!(image.parts.len(), 2);
+    // The other way round: the unified one by fingerprint, the split one by
+    // alias (with its aliases).
+    assert_eq!(
+        succeeded(&import(&cp, from_lxd(&lxd_fp("pub-unified"), "", &pin, false)).await),
+        lxd_fp("pub-unified")
+    );
+    assert_eq!(
+        succeeded(&import(&cp, from_lxd("pub-split", "", &pin, true)).await),
+        split
+    );
+    let image = get(split.clone()).await;
+    assert!(
+        image.aliases.iter().any(|a| a.name == "pub-split"),
+        "{image:?}"
+    );
 
     // A private image: not without its secret; with one, yes.
     let hidden = lxd_fp("priv");
@@ -486,6 +514,25 @@ async fn imagestore_copies_from_a_real_lxd_server() {
         succeeded(&import(&cp, from_lxd(&hidden, &secret, &pin, false)).await),
         hidden
     );
+
+    // A private split one, the same way.
+    let hidden_split = lxd_fp("priv-split");
+    let answer: serde_json::Value = serde_json::from_str(
+        &lxd.ok(&[
+            "query",
+            "-X",
+            "POST",
+            &format!("/1.0/images/{hidden_split}/secret"),
+        ])
+        .await,
+    )
+    .unwrap();
+    let secret = answer["metadata"]["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        succeeded(&import(&cp, from_lxd(&hidden_split, &secret, &pin, false)).await),
+        hidden_split
+    );
+    assert_eq!(get(hidden_split).await.parts.len(), 2);
 
     // A wrong pin: refused, both fingerprints named.
     let wrong = "ab".repeat(32);
