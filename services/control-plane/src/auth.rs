@@ -140,7 +140,9 @@ impl Auth {
         let trusted = Arc::downgrade(&self.trusted);
         let catalog = self.catalog.clone();
         tokio::spawn(async move {
-            let mut seen = catalog.trust_version().await.ok();
+            // None: the first tick loads the store again, so that a change made
+            // between open's load and this task's start is not missed.
+            let mut seen = None;
             let mut tick = tokio::time::interval(TRUST_REFRESH);
             loop {
                 tick.tick().await;
