@@ -137,13 +137,16 @@ impl Store {
     pub async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>> {
         let job = self
             .write(move |tx| {
+                // The row is locked until the claim commits (where rows can be
+                // locked; SQLite's writers take turns anyway).
                 let found: Option<(String, Vec<u8>, Option<String>)> = tx
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "SELECT j.operation_id, j.request, j.replaces FROM import_jobs j \
                          JOIN operations o ON o.id = j.operation_id \
                          WHERE o.state = 'QUEUED' AND j.node_id IS NULL \
-                         ORDER BY o.created_at, o.id LIMIT 1",
-                    )?
+                         ORDER BY o.created_at, o.id LIMIT 1{}",
+                        tx.skip_locked()
+                    ))?
                     .query_row(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
                 let Some((id, request, replaces)) = found else {

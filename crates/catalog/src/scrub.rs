@@ -82,11 +82,12 @@ impl Store {
                 if !background {
                     loop {
                         let asked: Option<(String, String)> = tx
-                            .prepare_cached(
+                            .prepare_cached(&format!(
                                 "SELECT operation_id, fingerprint FROM verify_jobs \
-                             WHERE claimed_until IS NULL OR claimed_until < ?1 \
-                             ORDER BY operation_id LIMIT 1",
-                            )?
+                                 WHERE claimed_until IS NULL OR claimed_until < ?1 \
+                                 ORDER BY operation_id LIMIT 1{}",
+                                tx.skip_locked()
+                            ))?
                             .query_row([now], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?;
                         let Some((op_id, fp)) = asked else { break };
