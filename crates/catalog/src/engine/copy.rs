@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::runtime::Handle;
 use tokio_postgres::NoTls;
-use tokio_postgres::types::ToSql;
 
-use super::postgres::{WRITE_LOCK, parse};
+use super::postgres::{WRITE_LOCK, params, parse};
 use super::postgres_schema::{TABLES, migrate};
 use super::sqlite::{Sqlite, connect, from_sqlite};
 use crate::error::{CatalogError, Result};
@@ -80,9 +79,7 @@ fn copy(
             let values = (0..columns.len())
                 .map(|i| from_sqlite(row.get_ref(i)?))
                 .collect::<Result<Vec<Value>>>()?;
-            let params: Vec<&(dyn ToSql + Sync)> =
-                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            handle.block_on(tx.execute(&insert, &params))?;
+            handle.block_on(tx.execute(&insert, &params(&values)))?;
             count += 1;
         }
         counts.push((table.to_string(), count));

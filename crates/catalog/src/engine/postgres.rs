@@ -232,9 +232,7 @@ impl Db for Statements<'_, '_> {
         let sql = dollar_placeholders(sql);
         self.handle.block_on(async {
             let stmt = self.tx.prepare_cached(&sql).await?;
-            let params: Vec<&(dyn ToSql + Sync)> =
-                args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let rows = self.tx.query(&stmt, &params).await?;
+            let rows = self.tx.query(&stmt, &params(&args)).await?;
             rows.iter()
                 .map(|r| {
                     (0..r.len())
@@ -251,15 +249,18 @@ impl Db for Statements<'_, '_> {
         let sql = dollar_placeholders(sql);
         self.handle.block_on(async {
             let stmt = self.tx.prepare_cached(&sql).await?;
-            let params: Vec<&(dyn ToSql + Sync)> =
-                args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            Ok(self.tx.execute(&stmt, &params).await? as usize)
+            Ok(self.tx.execute(&stmt, &params(&args)).await? as usize)
         })
     }
 
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
+}
+
+/// Values as tokio-postgres takes a statement's arguments.
+pub(super) fn params(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
