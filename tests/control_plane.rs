@@ -701,6 +701,7 @@ async fn blob_nodes_register_heartbeat_and_are_handed_out() {
 
     let reply = registry
         .register_node(ipb::RegisterNodeRequest {
+            stores: Vec::new(),
             node_id: "node-a".into(),
             address: "http://127.0.0.1:7444".into(),
             capacity_bytes: 100,
@@ -781,6 +782,7 @@ async fn blob_nodes_register_heartbeat_and_are_handed_out() {
     ] {
         let r = registry
             .register_node(ipb::RegisterNodeRequest {
+                stores: Vec::new(),
                 node_id: id.into(),
                 address: address.into(),
                 ..Default::default()
@@ -805,6 +807,7 @@ async fn nothing_is_lost_across_a_restart() {
     cp.registry()
         .await
         .register_node(ipb::RegisterNodeRequest {
+            stores: Vec::new(),
             node_id: "n1".into(),
             address: "http://127.0.0.1:7444".into(),
             ..Default::default()
@@ -893,6 +896,7 @@ async fn requests_past_the_concurrency_limit_are_shed_at_once() {
         holds.push(tokio::spawn(async move {
             registry
                 .claim_import(ipb::ClaimImportRequest {
+                    stores: Vec::new(),
                     node_id: format!("holder-{n}"),
                     wait_seconds: 30,
                 })

@@ -59,6 +59,7 @@ async fn imports_are_claimed_once_across_replicas_and_progress_is_seen_on_each()
                 loop {
                     let claimed = registry
                         .claim_import(ipb::ClaimImportRequest {
+                            stores: Vec::new(),
                             node_id: format!("node-{r}-{n}"),
                             wait_seconds: 2,
                         })
@@ -77,7 +78,13 @@ async fn imports_are_claimed_once_across_replicas_and_progress_is_seen_on_each()
     for i in 0..IMPORTS {
         let op = one
             .catalog
-            .create_import(format!("import {i}"), Vec::new(), None)
+            .create_import(
+                format!("import {i}"),
+                Vec::new(),
+                None,
+                Default::default(),
+                Vec::new(),
+            )
             .await
             .unwrap();
         queued.insert(format!("operations/{}", op.id));

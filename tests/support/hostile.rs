@@ -86,6 +86,8 @@ fn sample_image() -> Image {
             description: String::new(),
         }],
         damage: None,
+        stores: vec!["local".into()],
+        failed_stores: Vec::new(),
     }
 }
 

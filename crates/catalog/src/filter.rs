@@ -4,7 +4,8 @@
 //!   alias names contains it, or whose description property contains it
 //!   (case-insensitive).
 //! - `key=value` matches a field (fingerprint, type, architecture, public,
-//!   auto_update, cached, filename, layout) or else the property `key`;
+//!   auto_update, cached, filename, layout; store: one of the stores holding it)
+//!   or else the property `key`;
 //!   `properties.key=value` always means the property. The value is a
 //!   case-insensitive regular expression anchored at both ends, and commas separate
 //!   alternatives, as LXD's server-side filter. A value that is not a valid regular
@@ -53,6 +54,8 @@ enum Key {
     Cached,
     Filename,
     Layout,
+    /// One of the stores holding the image.
+    Store,
     Property(String),
 }
 
@@ -136,6 +139,7 @@ fn parse_term(term: &str) -> Result<Term> {
         "cached" => Key::Cached,
         "filename" => Key::Filename,
         "layout" => Key::Layout,
+        "store" => Key::Store,
         other => {
             let name = other.strip_prefix("properties.").unwrap_or(other);
             if name.is_empty() {
@@ -210,6 +214,17 @@ fn term_matches(
                 || description.contains(word.as_str());
             (matched, cost)
         }
+        Term::Match {
+            key: Key::Store,
+            alternatives,
+        } => {
+            let cost = image.stores.iter().map(String::len).sum::<usize>() * alternatives.len();
+            let matched = image
+                .stores
+                .iter()
+                .any(|s| alternatives.iter().any(|v| v.matches(s)));
+            (matched, cost as u64)
+        }
         Term::Match { key, alternatives } => {
             let bool_text = |b: bool| if b { "true" } else { "false" };
             let field: Option<&str> = match key {
@@ -222,6 +237,7 @@ fn term_matches(
                 Key::Filename => Some(&image.filename),
                 Key::Layout => Some(image.layout.as_str()),
                 Key::Property(name) => image.properties.get(name).map(String::as_str),
+                Key::Store => None,
             };
             let cost = field.map_or(0, |f| (f.len() * alternatives.len()) as u64);
             let matched = field.is_some_and(|f| alternatives.iter().any(|v| v.matches(f)));
@@ -263,7 +279,17 @@ mod tests {
                 description: String::new(),
             }],
             damage: None,
+            stores: vec!["local".into(), "s3-eu".into()],
+            failed_stores: vec![],
         }
+    }
+
+    #[test]
+    fn store_matches_any_store_holding_the_image() {
+        assert!(m("store=s3-eu"));
+        assert!(m("store=local"));
+        assert!(m("store=s3-.*"));
+        assert!(!m("store=s3-us"));
     }
 
     fn m(f: &str) -> bool {

@@ -44,7 +44,7 @@ fn not_found(what: &ImageRef) -> CatalogError {
 
 const IMAGE_COLUMNS: &str = "fingerprint, image_type, architecture, size, filename, layout, \
      properties, public, auto_update, cached, created_at, uploaded_at, last_used_at, expires_at, \
-     update_source, damage";
+     update_source, damage, stores, failed_stores";
 
 /// Resolves a reference to a full fingerprint; `public_only` hides private images.
 pub(crate) fn resolve(conn: &dyn Db, what: &ImageRef, public_only: bool) -> Result<String> {
@@ -117,6 +117,8 @@ fn image_from_row(r: &Row) -> Result<Image> {
     let properties: String = r.get(6)?;
     let update_source: Option<String> = r.get(14)?;
     let damage: Option<String> = r.get(15)?;
+    let stores: String = r.get(16)?;
+    let failed_stores: String = r.get(17)?;
     Ok(Image {
         fingerprint: r.get(0)?,
         image_type: ImageType::parse(&image_type).ok_or_else(|| text_enum_err(1, &image_type))?,
@@ -142,6 +144,8 @@ fn image_from_row(r: &Row) -> Result<Image> {
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .map_err(|e| json_err(15, e))?,
+        stores: serde_json::from_str(&stores).map_err(|e| json_err(16, e))?,
+        failed_stores: serde_json::from_str(&failed_stores).map_err(|e| json_err(17, e))?,
     })
 }
 
@@ -307,7 +311,7 @@ fn register(tx: &dyn Db, new: NewImage) -> Result<Registered> {
     let now = now();
     tx.prepare_cached(&format!(
         "INSERT INTO images ({IMAGE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13, ?14, NULL)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13, ?14, NULL, ?15, ?16)"
     ))?
     .execute(params![
         new.fingerprint,
@@ -327,6 +331,8 @@ fn register(tx: &dyn Db, new: NewImage) -> Result<Registered> {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?,
+        serde_json::to_string(&new.stores)?,
+        serde_json::to_string(&new.failed_stores)?,
     ])?;
     for (position, part) in new.parts.iter().enumerate() {
         tx.prepare_cached(
@@ -405,7 +411,8 @@ fn apply_edit(image: &mut Image, edit: ImageEdit) -> Result<()> {
     Ok(())
 }
 
-/// Deletes one image in `tx`, releasing the storage keys no other image uses.
+/// Deletes one image in `tx`, releasing (in every store holding it) the storage
+/// keys no other image uses.
 pub(crate) fn delete_in(tx: &dyn Db, fp: &str) -> Result<(Image, Vec<String>)> {
     let image = must_load(tx, fp)?;
     tx.prepare_cached("DELETE FROM images WHERE fingerprint = ?1")?
@@ -416,11 +423,48 @@ pub(crate) fn delete_in(tx: &dyn Db, fp: &str) -> Result<(Image, Vec<String>)> {
             .prepare_cached("SELECT EXISTS(SELECT 1 FROM image_parts WHERE storage_key = ?1)")?
             .query_row([&part.storage_key], |r| r.get(0))?;
         if !still_used && !released.contains(&part.storage_key) {
-            crate::uploads::release(tx, &part.storage_key)?;
+            crate::uploads::release(tx, &image.stores, &part.storage_key)?;
             released.push(part.storage_key.clone());
         }
     }
     Ok((image, released))
+}
+
+fn save_stores(tx: &dyn Db, image: &Image) -> Result<()> {
+    tx.prepare_cached("UPDATE images SET stores = ?2, failed_stores = ?3 WHERE fingerprint = ?1")?
+        .execute(params![
+            image.fingerprint,
+            serde_json::to_string(&image.stores)?,
+            serde_json::to_string(&image.failed_stores)?,
+        ])?;
+    Ok(())
+}
+
+/// Records new copies (and failed ones) of an image; a store that now holds
+/// it leaves the failed list.
+pub(crate) fn add_locations_in(
+    tx: &dyn Db,
+    fp: &str,
+    stores: &[String],
+    failed: &[FailedStore],
+) -> Result<Image> {
+    let mut image = load(tx, fp)?.ok_or_else(|| {
+        CatalogError::NotFound(format!("image {fp} was deleted while it was being copied"))
+    })?;
+    for store in stores {
+        if !image.stores.contains(store) {
+            image.stores.push(store.clone());
+        }
+        image.failed_stores.retain(|f| &f.store != store);
+    }
+    for f in failed {
+        if !image.stores.contains(&f.store) {
+            image.failed_stores.retain(|old| old.store != f.store);
+            image.failed_stores.push(f.clone());
+        }
+    }
+    save_stores(tx, &image)?;
+    Ok(image)
 }
 
 /// What a registration completes besides creating the record.
@@ -583,29 +627,112 @@ impl Store {
         .await
     }
 
-    /// Storage keys (and prefixes ending in "/") released and not yet collected,
-    /// oldest first.
-    pub async fn released_content(&self, limit: usize) -> Result<Vec<String>> {
+    /// Storage keys (and prefixes ending in "/") released in one of `stores`
+    /// (or in every store) and not yet collected, oldest first.
+    pub async fn released_content(
+        &self,
+        stores: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<ReleasedKey>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT storage_key FROM released_content ORDER BY released_at LIMIT ?1",
+                "SELECT store, storage_key FROM released_content ORDER BY released_at LIMIT ?1",
             )?;
-            let keys = stmt
-                .query_map([limit as i64], |r| r.get(0))?
-                .collect::<Result<_>>()?;
+            let mut keys = Vec::new();
+            // Keys of stores this caller does not reach are passed over; bounded
+            // by scanning at most 16 times the limit.
+            let rows = stmt.query_map([(limit * 16) as i64], |r| {
+                Ok(ReleasedKey {
+                    store: r.get(0)?,
+                    key: r.get(1)?,
+                })
+            })?;
+            for row in rows {
+                let row = row?;
+                if row.store.is_empty() || stores.contains(&row.store) {
+                    keys.push(row);
+                    if keys.len() == limit {
+                        break;
+                    }
+                }
+            }
             Ok(keys)
         })
         .await
     }
 
     /// Forgets released keys whose bytes were deleted.
-    pub async fn forget_released(&self, keys: Vec<String>) -> Result<()> {
+    pub async fn forget_released(&self, keys: Vec<ReleasedKey>) -> Result<()> {
         self.write(move |tx| {
-            for key in &keys {
-                tx.prepare_cached("DELETE FROM released_content WHERE storage_key = ?1")?
-                    .execute([key])?;
+            for k in &keys {
+                tx.prepare_cached(
+                    "DELETE FROM released_content WHERE store = ?1 AND storage_key = ?2",
+                )?
+                .execute([&k.store, &k.key])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Gives images registered before stores had names (they have none) the
+    /// store their bytes are in: the default one. Returns how many.
+    pub async fn adopt_into_store(&self, store: String) -> Result<usize> {
+        self.write(move |tx| {
+            let json = serde_json::to_string(&[&store])?;
+            Ok(tx
+                .prepare_cached("UPDATE images SET stores = ?1 WHERE stores = '[]'")?
+                .execute([&json])?)
+        })
+        .await
+    }
+
+    /// Records new copies of an image (AddLocations) and completes the copy
+    /// operation, unless it was cancelled (FAILED_PRECONDITION, nothing recorded).
+    pub async fn add_locations(
+        &self,
+        fingerprint: String,
+        stores: Vec<String>,
+        failed: Vec<FailedStore>,
+        operation: Option<String>,
+    ) -> Result<Image> {
+        let image = self
+            .write(move |tx| {
+                // A cancelled copy fails finish_import, and nothing is recorded.
+                let image = add_locations_in(tx, &fingerprint, &stores, &failed)?;
+                if let Some(id) = &operation {
+                    crate::imports::finish_import(tx, id, &fingerprint, &[])?;
+                }
+                Ok(image)
+            })
+            .await?;
+        self.operations_changed();
+        Ok(image)
+    }
+
+    /// Removes an image from one store while another keeps it; its bytes there
+    /// are released.
+    pub async fn remove_location(&self, what: ImageRef, store: String) -> Result<Image> {
+        self.write(move |tx| {
+            let fp = resolve(tx, &what, false)?;
+            let mut image = must_load(tx, &fp)?;
+            if !image.stores.contains(&store) {
+                return Err(CatalogError::NotFound(format!(
+                    "image {fp} is not in store {store:?}; it is in {}",
+                    image.stores.join(", ")
+                )));
+            }
+            if image.stores.len() == 1 {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "store {store:?} holds the only copy of image {fp}: delete the image instead"
+                )));
+            }
+            image.stores.retain(|s| *s != store);
+            save_stores(tx, &image)?;
+            for part in &image.parts {
+                crate::uploads::release(tx, std::slice::from_ref(&store), &part.storage_key)?;
+            }
+            Ok(image)
         })
         .await
     }

@@ -29,7 +29,12 @@ pub struct ImportJob {
     pub request: Vec<u8>,
     /// A refresh: the image the new one replaces.
     pub replaces: Option<String>,
+    /// Roles of whoever asked for it, for the import plugins.
+    pub importer_roles: Vec<String>,
 }
+
+/// Queued imports a claim looks through for one the claiming node can do.
+const CLAIM_SCAN: i64 = 64;
 
 /// A finished import's outcome, recorded on its operation.
 fn succeed(tx: &dyn Db, id: &str, image: &Image, skipped: &[String]) -> Result<()> {
@@ -104,6 +109,8 @@ impl Store {
         description: String,
         request: Vec<u8>,
         replaces: Option<String>,
+        needs: StoreNeeds,
+        importer_roles: Vec<String>,
     ) -> Result<Operation> {
         let op = self
             .write(move |tx| {
@@ -123,9 +130,16 @@ impl Store {
                 let op = crate::operations::queued(description, "queued", true);
                 store_op(tx, &op)?;
                 tx.prepare_cached(
-                    "INSERT INTO import_jobs (operation_id, request, replaces) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO import_jobs (operation_id, request, replaces, needs, importer_roles) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![op.id, request, replaces])?;
+                .execute(params![
+                    op.id,
+                    request,
+                    replaces,
+                    serde_json::to_string(&needs)?,
+                    serde_json::to_string(&importer_roles)?
+                ])?;
                 Ok(op)
             })
             .await?;
@@ -133,23 +147,39 @@ impl Store {
         Ok(op)
     }
 
-    /// Hands the oldest queued import to `node_id` and marks it RUNNING.
-    pub async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>> {
+    /// Hands the oldest queued import that a node reaching `reach` can do to
+    /// `node_id` and marks it RUNNING.
+    pub async fn claim_import(
+        &self,
+        node_id: String,
+        reach: Vec<String>,
+    ) -> Result<Option<ImportJob>> {
         let job = self
             .write(move |tx| {
-                // The row is locked until the claim commits (where rows can be
+                // The rows are locked until the claim commits (where rows can be
                 // locked; SQLite's writers take turns anyway).
-                let found: Option<(String, Vec<u8>, Option<String>)> = tx
+                type Row = (String, Vec<u8>, Option<String>, String, String);
+                let queued: Vec<Row> = tx
                     .prepare_cached(&format!(
-                        "SELECT j.operation_id, j.request, j.replaces FROM import_jobs j \
-                         JOIN operations o ON o.id = j.operation_id \
+                        "SELECT j.operation_id, j.request, j.replaces, j.needs, j.importer_roles \
+                         FROM import_jobs j JOIN operations o ON o.id = j.operation_id \
                          WHERE o.state = 'QUEUED' AND j.node_id IS NULL \
-                         ORDER BY o.created_at, o.id LIMIT 1{}",
+                         ORDER BY o.created_at, o.id LIMIT ?1{}",
                         tx.skip_locked()
                     ))?
-                    .query_row(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let Some((id, request, replaces)) = found else {
+                    .query_map([CLAIM_SCAN], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect::<Result<_>>()?;
+                let mut found = None;
+                for (id, request, replaces, needs, roles) in queued {
+                    let needs: StoreNeeds = serde_json::from_str(&needs)?;
+                    if needs.met_by(&reach) {
+                        found = Some((id, request, replaces, serde_json::from_str(&roles)?));
+                        break;
+                    }
+                }
+                let Some((id, request, replaces, importer_roles)) = found else {
                     return Ok(None);
                 };
                 let now = now();
@@ -166,6 +196,7 @@ impl Store {
                     operation: id,
                     request,
                     replaces,
+                    importer_roles,
                 }))
             })
             .await?;
@@ -241,16 +272,17 @@ impl Store {
         let cutoff = ago(silent_for);
         let ended = self
             .write(move |tx| {
-                let stale: Vec<(String, String)> = tx
+                let stale: Vec<(String, String, String)> = tx
                     .prepare_cached(
-                        "SELECT j.operation_id, o.state FROM import_jobs j \
+                        "SELECT j.operation_id, o.state, j.needs FROM import_jobs j \
                          JOIN operations o ON o.id = j.operation_id \
                          WHERE j.node_id IS NOT NULL AND j.reported_at < ?1",
                     )?
-                    .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_>>()?;
                 let mut ended = 0;
-                for (id, state) in stale {
+                for (id, state, needs) in stale {
+                    let needs: StoreNeeds = serde_json::from_str(&needs)?;
                     if state == "RUNNING" {
                         let mut op = load_op(tx, &id)?;
                         op.state = OperationState::Failed;
@@ -263,7 +295,9 @@ impl Store {
                         store_op(tx, &op)?;
                         ended += 1;
                     }
-                    release(tx, &upload_prefix(&id))?;
+                    // Whatever it wrote lies below its own id, in the stores it
+                    // writes to.
+                    release(tx, &needs.all, &upload_prefix(&id))?;
                     tx.prepare_cached("DELETE FROM import_jobs WHERE operation_id = ?1")?
                         .execute([&id])?;
                 }

@@ -122,6 +122,43 @@ pub struct Image {
     pub aliases: Vec<AliasRef>,
     /// What a verification found wrong with the stored bytes; None while sound.
     pub damage: Option<Damage>,
+    /// The stores holding a verified copy of every part.
+    pub stores: Vec<String>,
+    /// Stores a copy failed to reach (Glance's os_glance_failed_import).
+    pub failed_stores: Vec<FailedStore>,
+}
+
+/// A store a copy of an image failed to reach, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedStore {
+    pub store: String,
+    pub message: String,
+}
+
+/// A key (or a prefix ending in "/") released in one store; an empty store
+/// means every store (released before stores had names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReleasedKey {
+    pub store: String,
+    pub key: String,
+}
+
+/// Which stores a queued import needs a node to reach: all of `all` (where it
+/// writes) and one of `any` (where it reads, for a copy), when not empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreNeeds {
+    #[serde(default)]
+    pub all: Vec<String>,
+    #[serde(default)]
+    pub any: Vec<String>,
+}
+
+impl StoreNeeds {
+    /// Whether a node reaching `reach` can do the work.
+    pub fn met_by(&self, reach: &[String]) -> bool {
+        self.all.iter().all(|s| reach.contains(s))
+            && (self.any.is_empty() || self.any.iter().any(|s| reach.contains(s)))
+    }
 }
 
 /// What a verification found wrong with a stored image.
@@ -172,6 +209,10 @@ pub struct NewImage {
     pub expires_at: Option<UnixNanos>,
     pub update_source: Option<UpdateSource>,
     pub aliases: Vec<AliasRef>,
+    /// The stores the verified parts were written to; the first is where the
+    /// upload or import wrote.
+    pub stores: Vec<String>,
+    pub failed_stores: Vec<FailedStore>,
 }
 
 /// What RegisterContent did.
@@ -219,6 +260,8 @@ pub struct Node {
     pub version: String,
     pub registered_at: UnixNanos,
     pub last_heartbeat_at: UnixNanos,
+    /// The named stores it reaches.
+    pub stores: Vec<String>,
 }
 
 /// An operation record.
@@ -250,6 +293,20 @@ pub struct UploadSpec {
     pub public: bool,
     pub aliases: Vec<(String, String)>,
     pub properties: BTreeMap<String, String>,
+    /// Where the image goes, explicit (the control plane resolves defaults);
+    /// empty for sessions opened before stores had names.
+    #[serde(default)]
+    pub stores: Vec<String>,
+    /// A store that fails fails the upload (else it is listed on the image).
+    #[serde(default = "yes")]
+    pub all_stores_must_succeed: bool,
+    /// Roles of whoever opened the session, for the import plugins.
+    #[serde(default)]
+    pub importer_roles: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A stored piece of a staged upload.

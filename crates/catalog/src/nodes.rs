@@ -15,13 +15,19 @@ pub struct NodeAnnouncement {
     pub capacity_bytes: u64,
     pub available_bytes: u64,
     pub version: String,
+    /// The named stores it reaches.
+    pub stores: Vec<String>,
 }
 
 const NODE_COLUMNS: &str = "node_id, address, capacity_bytes, available_bytes, active_transfers, \
-     healthy, version, registered_at, last_heartbeat_at";
+     healthy, version, registered_at, last_heartbeat_at, stores";
 
 fn node_from_row(r: &Row) -> Result<Node> {
+    let stores: String = r.get(9)?;
     Ok(Node {
+        stores: serde_json::from_str(&stores).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         node_id: r.get(0)?,
         address: r.get(1)?,
         capacity_bytes: r.get::<_, i64>(2)? as u64,
@@ -44,8 +50,8 @@ impl Store {
         self.write(move |tx| {
             let now = now();
             tx.prepare_cached(&format!(
-                "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, TRUE, ?5, ?6, ?6) \
-                 ON CONFLICT(node_id) DO UPDATE SET address = excluded.address, \
+                "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, TRUE, ?5, ?6, ?6, ?7) \
+                 ON CONFLICT(node_id) DO UPDATE SET address = excluded.address, stores = excluded.stores, \
                  capacity_bytes = excluded.capacity_bytes, available_bytes = excluded.available_bytes, \
                  healthy = TRUE, version = excluded.version, last_heartbeat_at = excluded.last_heartbeat_at"
             ))?
@@ -55,7 +61,8 @@ impl Store {
                 clamp(n.capacity_bytes),
                 clamp(n.available_bytes),
                 n.version,
-                now
+                now,
+                serde_json::to_string(&n.stores)?
             ])?;
             Ok(tx
                 .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE node_id = ?1"))?

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::params;
-use crate::sql::{Db, OptionalExtension};
+use crate::sql::Db;
 
 use crate::Store;
 use crate::error::{CatalogError, Result};
@@ -33,6 +33,9 @@ pub enum ScrubOutcome {
         message: String,
     },
 }
+
+/// Candidates a claim looks through for one the claiming node reaches.
+const CLAIM_SCAN: i64 = 64;
 
 /// gRPC's DATA_LOSS, the code a verification that found damage ends with.
 const DATA_LOSS: i32 = 15;
@@ -71,26 +74,29 @@ impl Store {
     pub async fn claim_scrub(
         &self,
         node_id: String,
+        reach: Vec<String>,
         background: bool,
         every: Duration,
         claim_for: Duration,
     ) -> Result<Option<ScrubJob>> {
+        // An image with no named store yet is in the one store nodes had.
+        let reachable =
+            move |stores: &[String]| stores.is_empty() || stores.iter().any(|s| reach.contains(s));
         let job = self
             .write(move |tx| {
                 let now = now();
                 let until = now.saturating_add(nanos(claim_for));
                 if !background {
-                    loop {
-                        let asked: Option<(String, String)> = tx
-                            .prepare_cached(&format!(
-                                "SELECT operation_id, fingerprint FROM verify_jobs \
-                                 WHERE claimed_until IS NULL OR claimed_until < ?1 \
-                                 ORDER BY operation_id LIMIT 1{}",
-                                tx.skip_locked()
-                            ))?
-                            .query_row([now], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()?;
-                        let Some((op_id, fp)) = asked else { break };
+                    let asked: Vec<(String, String)> = tx
+                        .prepare_cached(&format!(
+                            "SELECT operation_id, fingerprint FROM verify_jobs \
+                             WHERE claimed_until IS NULL OR claimed_until < ?1 \
+                             ORDER BY operation_id LIMIT ?2{}",
+                            tx.skip_locked()
+                        ))?
+                        .query_map(params![now, CLAIM_SCAN], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_>>()?;
+                    for (op_id, fp) in asked {
                         let mut op = load_op(tx, &op_id)?;
                         let Some(image) = crate::images::load(tx, &fp)? else {
                             // Deleted since it was asked for.
@@ -103,6 +109,9 @@ impl Store {
                                 .execute([&op_id])?;
                             continue;
                         };
+                        if !reachable(&image.stores) {
+                            continue;
+                        }
                         tx.prepare_cached(
                             "UPDATE verify_jobs SET claimed_by = ?2, claimed_until = ?3 \
                          WHERE operation_id = ?1",
@@ -123,17 +132,26 @@ impl Store {
                     return Ok(None);
                 }
                 let due = now.saturating_sub(nanos(every));
-                let next: Option<String> = tx
+                let due_images: Vec<(String, String)> = tx
                     .prepare_cached(
-                        "SELECT i.fingerprint FROM images i \
+                        "SELECT i.fingerprint, i.stores FROM images i \
                          LEFT JOIN image_checks c ON c.fingerprint = i.fingerprint \
                          WHERE (c.checked_at IS NULL OR c.checked_at < ?1) \
                            AND (c.claimed_until IS NULL OR c.claimed_until < ?2) \
                          ORDER BY c.checked_at IS NOT NULL, c.checked_at, i.uploaded_at \
-                         LIMIT 1",
+                         LIMIT ?3",
                     )?
-                    .query_row(params![due, now], |r| r.get(0))
-                    .optional()?;
+                    .query_map(params![due, now, CLAIM_SCAN], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<_>>()?;
+                let mut next = None;
+                for (fp, stores) in due_images {
+                    if reachable(&serde_json::from_str::<Vec<String>>(&stores)?) {
+                        next = Some(fp);
+                        break;
+                    }
+                }
                 let Some(fp) = next else {
                     return Ok(None);
                 };

@@ -91,11 +91,25 @@ pub trait Backend: Send + Sync + 'static {
     /// aliases, in fingerprint order, and the [`Self::images_version`] they are
     /// as of: for documents that describe the whole catalog.
     async fn all_images(&self, public_only: bool) -> Result<(u64, Vec<Image>)>;
-    /// Storage keys (and prefixes ending in "/") released and not yet collected,
-    /// oldest first.
-    async fn released_content(&self, limit: usize) -> Result<Vec<String>>;
+    /// Storage keys (and prefixes ending in "/") released in one of `stores` (or
+    /// in every store) and not yet collected, oldest first.
+    async fn released_content(&self, stores: Vec<String>, limit: usize)
+    -> Result<Vec<ReleasedKey>>;
     /// Forgets released keys whose bytes were deleted.
-    async fn forget_released(&self, keys: Vec<String>) -> Result<()>;
+    async fn forget_released(&self, keys: Vec<ReleasedKey>) -> Result<()>;
+    /// Gives images registered before stores had names the default store.
+    async fn adopt_into_store(&self, store: String) -> Result<usize>;
+    /// Records new copies (and failed ones) of an image, completing the copy
+    /// operation; nothing is recorded when it was cancelled.
+    async fn add_locations(
+        &self,
+        fingerprint: String,
+        stores: Vec<String>,
+        failed: Vec<FailedStore>,
+        operation: Option<String>,
+    ) -> Result<Image>;
+    /// Removes an image from one store while another keeps it.
+    async fn remove_location(&self, what: ImageRef, store: String) -> Result<Image>;
     /// Queues an import. A refresh of an image that has one queued or running
     /// already returns that operation instead of a second one.
     async fn create_import(
@@ -103,9 +117,12 @@ pub trait Backend: Send + Sync + 'static {
         description: String,
         request: Vec<u8>,
         replaces: Option<String>,
+        needs: StoreNeeds,
+        importer_roles: Vec<String>,
     ) -> Result<Operation>;
-    /// Hands the oldest queued import to `node_id` and marks it RUNNING.
-    async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>>;
+    /// Hands the oldest queued import a node reaching `reach` can do to
+    /// `node_id` and marks it RUNNING.
+    async fn claim_import(&self, node_id: String, reach: Vec<String>) -> Result<Option<ImportJob>>;
     /// A claimant's report. Returns the operation as it is now: a done one tells
     /// the node to stop (it was cancelled, or timed out).
     async fn report_import(
@@ -165,6 +182,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn claim_scrub(
         &self,
         node_id: String,
+        reach: Vec<String>,
         background: bool,
         every: Duration,
         claim_for: Duration,
@@ -348,12 +366,34 @@ impl Backend for Store {
         Store::all_images(self, public_only).await
     }
 
-    async fn released_content(&self, limit: usize) -> Result<Vec<String>> {
-        Store::released_content(self, limit).await
+    async fn released_content(
+        &self,
+        stores: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<ReleasedKey>> {
+        Store::released_content(self, stores, limit).await
     }
 
-    async fn forget_released(&self, keys: Vec<String>) -> Result<()> {
+    async fn forget_released(&self, keys: Vec<ReleasedKey>) -> Result<()> {
         Store::forget_released(self, keys).await
+    }
+
+    async fn adopt_into_store(&self, store: String) -> Result<usize> {
+        Store::adopt_into_store(self, store).await
+    }
+
+    async fn add_locations(
+        &self,
+        fingerprint: String,
+        stores: Vec<String>,
+        failed: Vec<FailedStore>,
+        operation: Option<String>,
+    ) -> Result<Image> {
+        Store::add_locations(self, fingerprint, stores, failed, operation).await
+    }
+
+    async fn remove_location(&self, what: ImageRef, store: String) -> Result<Image> {
+        Store::remove_location(self, what, store).await
     }
 
     async fn create_import(
@@ -361,12 +401,14 @@ impl Backend for Store {
         description: String,
         request: Vec<u8>,
         replaces: Option<String>,
+        needs: StoreNeeds,
+        importer_roles: Vec<String>,
     ) -> Result<Operation> {
-        Store::create_import(self, description, request, replaces).await
+        Store::create_import(self, description, request, replaces, needs, importer_roles).await
     }
 
-    async fn claim_import(&self, node_id: String) -> Result<Option<ImportJob>> {
-        Store::claim_import(self, node_id).await
+    async fn claim_import(&self, node_id: String, reach: Vec<String>) -> Result<Option<ImportJob>> {
+        Store::claim_import(self, node_id, reach).await
     }
 
     async fn report_import(
@@ -445,11 +487,12 @@ impl Backend for Store {
     async fn claim_scrub(
         &self,
         node_id: String,
+        reach: Vec<String>,
         background: bool,
         every: Duration,
         claim_for: Duration,
     ) -> Result<Option<ScrubJob>> {
-        Store::claim_scrub(self, node_id, background, every, claim_for).await
+        Store::claim_scrub(self, node_id, reach, background, every, claim_for).await
     }
 
     async fn report_scrub(

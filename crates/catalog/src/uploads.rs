@@ -73,14 +73,23 @@ pub(crate) fn load(conn: &dyn Db, id: &str) -> Result<Upload> {
     Ok(upload)
 }
 
-/// Marks a storage key (or prefix ending in "/") as no longer referenced, so
-/// blob nodes delete its bytes.
-pub(crate) fn release(tx: &dyn Db, key: &str) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO released_content (storage_key, released_at) VALUES (?1, ?2) \
-         ON CONFLICT (storage_key) DO UPDATE SET released_at = excluded.released_at",
-    )?
-    .execute(params![key, now()])?;
+/// Marks a storage key (or prefix ending in "/") as no longer referenced in
+/// `stores` (every store when empty: recorded before stores had names), so
+/// blob nodes reaching them delete its bytes.
+pub(crate) fn release(tx: &dyn Db, stores: &[String], key: &str) -> Result<()> {
+    let every = [String::new()];
+    let stores = if stores.is_empty() {
+        &every[..]
+    } else {
+        stores
+    };
+    for store in stores {
+        tx.prepare_cached(
+            "INSERT INTO released_content (store, storage_key, released_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (store, storage_key) DO UPDATE SET released_at = excluded.released_at",
+        )?
+        .execute(params![store, key, now()])?;
+    }
     Ok(())
 }
 
@@ -90,7 +99,19 @@ fn end(tx: &dyn Db, id: &str, state: UploadState, message: &str) -> Result<()> {
         "UPDATE uploads SET state = ?2, error_message = ?3, lease = NULL WHERE id = ?1",
     )?
     .execute(params![id, state.as_str(), message])?;
-    release(tx, &upload_prefix(id))
+    release(tx, &session_stores(tx, id)?, &upload_prefix(id))
+}
+
+/// The stores a session writes to (whatever its state).
+fn session_stores(tx: &dyn Db, id: &str) -> Result<Vec<String>> {
+    let spec: Option<String> = tx
+        .prepare_cached("SELECT spec FROM uploads WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(match spec {
+        Some(spec) => serde_json::from_str::<UploadSpec>(&spec)?.stores,
+        None => Vec::new(),
+    })
 }
 
 fn check_lease(upload: &Upload, lease: &str) -> Result<()> {
@@ -286,7 +307,7 @@ impl Store {
                 .query_map([now()], |r| r.get(0))?
                 .collect::<Result<_>>()?;
             for id in &ids {
-                release(tx, &upload_prefix(id))?;
+                release(tx, &session_stores(tx, id)?, &upload_prefix(id))?;
                 tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?
                     .execute([id])?;
             }

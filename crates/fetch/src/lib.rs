@@ -179,6 +179,10 @@ pub async fn resolve(
         Some(Source::Remote(r)) => remote::plan(fetcher, r, want_vm).await,
         Some(Source::Simplestreams(s)) => simplestreams::plan(fetcher, s, want_vm, server).await,
         Some(Source::Lxd(s)) => lxd_server::plan(fetcher, s, want_vm).await,
+        // Copies between this cluster's stores fetch nothing from outside.
+        Some(Source::Copy(_)) => Err(FetchError::Invalid(
+            "a copy between stores is not fetched".into(),
+        )),
         None => Err(FetchError::Invalid("the import names no source".into())),
     }
 }

@@ -29,8 +29,8 @@ pub enum DiskError {
     #[error("the virtual machine disk's qcow2 header is damaged: {0}")]
     BadHeader(String),
     #[error(
-        "the virtual machine disk is {0}, not qcow2: LXD's virtual-machine images carry a qcow2 \
-         disk (qemu-img convert -O qcow2)"
+        "the virtual machine disk is {0}, not qcow2 or raw: LXD's virtual-machine images carry a \
+         qcow2 disk (qemu-img convert -O qcow2)"
     )]
     NotQcow2(&'static str),
     #[error("a container's rootfs is a squashfs or a (compressed) tarball; this one is {0}")]
@@ -44,6 +44,9 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 fn be_u64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap_or_default())
 }
+
+/// What [`describe`] calls a disk without any format's magic.
+const RAW: &str = "raw or of an unknown format";
 
 /// What a disk that is not qcow2 is, for the message.
 fn describe(head: &[u8]) -> &'static str {
@@ -60,7 +63,7 @@ fn describe(head: &[u8]) -> &'static str {
             Some(Format::Squashfs) => "a squashfs",
             Some(Format::Qcow2) => "qcow2",
             Some(_) => "a (compressed) tarball",
-            None => "raw or of an unknown format",
+            None => RAW,
         }
     }
 }
@@ -79,10 +82,14 @@ pub fn inspect_rootfs(vm: bool, head: &[u8]) -> Result<(), DiskError> {
 }
 
 /// Checks the first [`DISK_HEADER_LEN`] bytes (or all of a shorter disk) of a
-/// VM disk: a qcow2 (version 2 or 3) that names no other file.
+/// VM disk: a qcow2 (version 2 or 3) that names no other file, or a raw disk
+/// (no format's magic: it names nothing, and it is always opened as raw).
 pub fn inspect_vm_disk(head: &[u8]) -> Result<(), DiskError> {
     if !head.starts_with(QCOW2_MAGIC) {
-        return Err(DiskError::NotQcow2(describe(head)));
+        return match describe(head) {
+            RAW => Ok(()),
+            other => Err(DiskError::NotQcow2(other)),
+        };
     }
     // Version 2 headers are 72 bytes; version 3 adds the feature bits.
     if head.len() < 72 {
@@ -185,10 +192,7 @@ mod tests {
         assert!(
             matches!(inspect_vm_disk(b"hsqs...."), Err(DiskError::NotQcow2(d)) if d.contains("squashfs"))
         );
-        assert!(matches!(
-            inspect_vm_disk(&[0u8; 512]),
-            Err(DiskError::NotQcow2(_))
-        ));
+        assert_eq!(inspect_vm_disk(&[0u8; 512]), Ok(()), "raw");
         assert!(matches!(
             inspect_vm_disk(b"QFI\xfb"),
             Err(DiskError::BadHeader(_))

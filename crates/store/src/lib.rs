@@ -18,10 +18,14 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 
+mod copy;
 mod direct;
 pub mod layout;
+mod names;
 
+pub use copy::Copied;
 pub use layout::segment_key;
+pub use names::{DEFAULT_STORE, check_store_name};
 
 /// Objects are read and re-chunked to at most this many bytes per chunk.
 pub const READ_CHUNK: usize = 1024 * 1024;

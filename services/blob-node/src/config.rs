@@ -39,6 +39,12 @@ pub struct BlobNodeConfig {
     /// Options for the object store (endpoint, region, access_key_id,
     /// secret_access_key, allow_http, ...).
     pub store_options: BTreeMap<String, String>,
+    /// The name of the store `store` points at, among the control plane's
+    /// `stores`.
+    pub store_name: String,
+    /// More named stores this node reaches, each with its `url` and `options`
+    /// as `store` and `store_options` (`[stores.s3-eu] url = "s3://bucket"`).
+    pub stores: BTreeMap<String, NamedStore>,
     /// An upload commits (and can resume from) at least every this many bytes.
     pub segment_bytes: u64,
     /// ... and at least this often while bytes arrive, so that an interrupted
@@ -70,6 +76,46 @@ pub struct BlobNodeConfig {
     pub log: LogConfig,
 }
 
+/// One more store a node reaches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamedStore {
+    /// A directory (or file:// URL), or s3://bucket/prefix and the other schemes
+    /// object_store knows.
+    pub url: String,
+    /// Options for the object store, as `store_options`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl BlobNodeConfig {
+    /// Every store this node reaches, by name: `store` (as `store_name`) and
+    /// `stores`. `store` is left out when it is unset and `stores` names others.
+    pub fn named_stores(&self) -> Result<BTreeMap<String, NamedStore>, String> {
+        let mut all = self.stores.clone();
+        if !self.store.is_empty() || all.is_empty() {
+            let url = if self.store.is_empty() {
+                self.data_dir.join("blobs").display().to_string()
+            } else {
+                self.store.clone()
+            };
+            let own = NamedStore {
+                url,
+                options: self.store_options.clone(),
+            };
+            if all.insert(self.store_name.clone(), own).is_some() {
+                return Err(format!(
+                    "store {:?} is named twice: as store_name and in stores",
+                    self.store_name
+                ));
+            }
+        }
+        for name in all.keys() {
+            imagestore_store::check_store_name(name)?;
+        }
+        Ok(all)
+    }
+}
+
 impl Default for BlobNodeConfig {
     fn default() -> Self {
         Self {
@@ -83,6 +129,8 @@ impl Default for BlobNodeConfig {
             advertise: String::new(),
             store: String::new(),
             store_options: BTreeMap::new(),
+            store_name: imagestore_store::DEFAULT_STORE.into(),
+            stores: BTreeMap::new(),
             segment_bytes: 256 << 20,
             commit_interval: Duration::from_secs(5),
             max_chunk_bytes: 4 << 20,

@@ -28,7 +28,7 @@ pub async fn send(
         .filter(|r| *r != pb::PartRole::Unspecified)
         .ok_or_else(|| Status::invalid_argument("part is required: UNIFIED, METADATA or ROOTFS"))?;
     let guard = crate::admit(&node)?;
-    let parts = node.lookup(fp.as_str()).await?.servable()?;
+    let (store, parts) = node.lookup(fp.as_str()).await?.servable(&node)?;
     let stored = parts
         .iter()
         .find(|p| p.part.role == want as i32)
@@ -59,10 +59,8 @@ pub async fn send(
         sha256: part.sha256.clone(),
         file_name: export_file_name(fp.as_str(), crate::export_role(part.role), &part.extension),
     };
-    let objects = stored.objects(&node.store).await.map_err(BlobError::from)?;
-    let data = node
-        .store
-        .read_part(objects, req.read_offset, req.read_limit);
+    let objects = stored.objects(&store).await.map_err(BlobError::from)?;
+    let data = store.read_part(objects, req.read_offset, req.read_limit);
     let first = futures::stream::once(async move {
         Ok(pb::DownloadResponse {
             data: Default::default(),

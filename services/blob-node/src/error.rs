@@ -22,6 +22,9 @@ pub enum BlobError {
     NotFound(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A store could not be written or read; the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the image is not valid: {0}")]
     Image(#[from] ScanError),
     #[error("storage failed: {0}")]
@@ -49,6 +52,7 @@ impl BlobError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::NotFound(_) => Code::NotFound,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
             Self::Image(e) => e.code(),
             Self::Store(e) => e.code(),
             Self::Ticket(TicketError::WrongScope { .. }) => Code::PermissionDenied,

@@ -100,7 +100,7 @@ async fn serve(
     node.tickets
         .check(ticket, &Scope::Download(fp.as_str().to_owned()))?;
     let guard = crate::admit(&node)?;
-    let parts = node.lookup(fp.as_str()).await?.servable()?;
+    let (store, parts) = node.lookup(fp.as_str()).await?.servable(&node)?;
     let stored = parts
         .iter()
         .find(|p| {
@@ -154,10 +154,8 @@ async fn serve(
     if method == Method::HEAD || length == 0 {
         return Ok((status, reply).into_response());
     }
-    let objects = stored.objects(&node.store).await?;
-    let data = node
-        .store
-        .read_part_shaped(objects, offset, length, ReadShape::FLEET);
+    let objects = stored.objects(&store).await?;
+    let data = store.read_part_shaped(objects, offset, length, ReadShape::FLEET);
     let body = data.map(move |chunk| {
         let _active = &guard;
         chunk.inspect_err(|e| tracing::error!(error = %e, "reading a file for HTTP failed"))

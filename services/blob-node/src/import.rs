@@ -40,6 +40,7 @@ pub async fn work(node: Arc<NodeContext>) {
             .claim_import(ipb::ClaimImportRequest {
                 node_id: node.id.clone(),
                 wait_seconds: CLAIM_WAIT_SECONDS,
+                stores: node.stores.names(),
             })
             .await;
         match claimed {
@@ -255,6 +256,9 @@ async fn import(
 ) -> Result<Ended, Failed> {
     let policy = claim.policy.clone().unwrap_or_default();
     let request = claim.request.clone().unwrap_or_default();
+    if let Some(pb::import_image_request::Source::Copy(c)) = &request.source {
+        return copy_to_stores(node, claim, &c.fingerprint, &request, progress, stop).await;
+    }
     let fetcher = Fetcher::new(
         ImportFiltering::from_policy(&policy),
         Limits {
@@ -315,6 +319,7 @@ async fn import(
         public: request.public,
         aliases,
         properties: properties.into_iter().collect(),
+        target: request.target.clone(),
     };
     let op_id = claim
         .operation
@@ -327,6 +332,7 @@ async fn import(
         update_source: plan.update_source.clone(),
         cached: request.cached,
         image_type: plan.image_type,
+        plugins_for: Some(claim.importer_roles.clone()),
     };
     let mut ingest = Ingest::for_import(node.clone(), op_id, spec, registration)?;
     let _active = crate::transfer(node);
@@ -353,6 +359,80 @@ async fn import(
             Ok(Ended::Stopped)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Glance's copy-image: verified copies of an image held here in more stores,
+/// recorded (AddLocations) only once every part of a store's copy matched.
+async fn copy_to_stores(
+    node: &Arc<NodeContext>,
+    claim: &ipb::ClaimImportResponse,
+    fingerprint: &str,
+    request: &pb::ImportImageRequest,
+    progress: &Progress,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Ended, Failed> {
+    let target = request.target.clone().unwrap_or_default();
+    let must_succeed = target.all_stores_must_succeed.unwrap_or(true);
+    let content = node.lookup(fingerprint).await.map_err(BlobError::from)?;
+    let (from, parts) = content.servable(node)?;
+    let mut lists = Vec::new();
+    for p in &parts {
+        lists.push(p.objects(&from).await.map_err(BlobError::from)?);
+    }
+    let pbparts: Vec<pb::ImagePart> = parts.iter().map(|p| p.part.clone()).collect();
+    let copies = crate::replicate::parts_of(&pbparts, lists);
+    let size: u64 = pbparts.iter().map(|p| p.size).sum();
+    progress
+        .total
+        .store(size * target.stores.len() as u64, Ordering::Relaxed);
+    progress.stage("copy");
+    let _active = crate::transfer(node);
+    let moved = |n: u64| {
+        progress.done.fetch_add(n, Ordering::Relaxed);
+    };
+    let done = tokio::select! {
+        done = crate::replicate::replicate(node, &from, &copies, &target.stores, &moved) => done?,
+        _ = stopped(&mut stop) => {
+            crate::replicate::remove(node, &copies, &target.stores).await;
+            return Ok(Ended::Stopped);
+        }
+    };
+    if done.stored.is_empty() || (must_succeed && !done.failed.is_empty()) {
+        crate::replicate::remove(node, &copies, &done.stored).await;
+        return Err(Failed {
+            code: tonic::Code::Unavailable,
+            message: format!(
+                "copying image {fingerprint} failed ({}); nothing was kept",
+                done.failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.store, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        });
+    }
+    progress.stage("register");
+    let added = node
+        .registry()
+        .add_locations(ipb::AddLocationsRequest {
+            fingerprint: fingerprint.to_owned(),
+            stores: done.stored.clone(),
+            failed_stores: done.failed,
+            operation: claim.operation.clone(),
+        })
+        .await;
+    match added {
+        Ok(_) => Ok(Ended::Registered),
+        Err(s) => {
+            // Cancelled, or the image went meanwhile: the copies must not stay.
+            crate::replicate::remove(node, &copies, &done.stored).await;
+            if s.code() == tonic::Code::FailedPrecondition {
+                Ok(Ended::Stopped)
+            } else {
+                Err(BlobError::from(s).into())
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use imagestore_image::{
 };
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
-use imagestore_store::{SegmentWriter, StoredSegment, layout, segment_key};
+use imagestore_store::{BlobStore, SegmentWriter, StoredSegment, layout, segment_key};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
@@ -79,6 +79,13 @@ struct OpenSegment {
 /// An upload in progress on this node.
 pub struct Ingest {
     node: Arc<NodeContext>,
+    /// Where the bytes are written: the first of `targets`.
+    store: BlobStore,
+    /// Every store the image goes to (the control plane made the list
+    /// explicit); the others get verified copies before registration.
+    targets: Vec<String>,
+    /// One target that fails fails the upload; else it is listed on the image.
+    must_succeed: bool,
     id: String,
     /// "uploads/{id}" for a resumable session; None for a one-shot upload.
     session: Option<String>,
@@ -129,6 +136,25 @@ pub struct Registration {
     pub cached: bool,
     /// What the source says the image is; None: the bytes decide.
     pub image_type: Option<pb::ImageType>,
+    /// The roles of whoever asked for the import: the import plugins run (an
+    /// upload is Glance's image-upload, which runs none).
+    pub plugins_for: Option<Vec<String>>,
+}
+
+/// Where a spec's image goes: its explicit target, or the default store.
+fn targets(
+    node: &NodeContext,
+    spec: &pb::UploadSpec,
+) -> BlobResult<(BlobStore, Vec<String>, bool)> {
+    let (mut stores, must_succeed) = match &spec.target {
+        Some(t) => (t.stores.clone(), t.all_stores_must_succeed.unwrap_or(true)),
+        None => (Vec::new(), true),
+    };
+    if stores.is_empty() {
+        stores.push(node.stores.default_name());
+    }
+    let store = node.stores.get(&stores[0])?.clone();
+    Ok((store, stores, must_succeed))
 }
 
 /// What opening an upload found.
@@ -175,6 +201,7 @@ impl Ingest {
             }
         }
         let spec = opened.spec.unwrap_or_default();
+        let (store, targets, must_succeed) = targets(&node, &spec)?;
         let hash = opened.hash_state.unwrap_or_default();
         let metadata_size = (opened.metadata_size > 0).then_some(opened.metadata_size);
         let split = spec.layout == pb::ImageLayout::Split as i32;
@@ -187,6 +214,9 @@ impl Ingest {
             pending: None,
             broken: false,
             node,
+            store,
+            targets,
+            must_succeed,
             id,
             session: Some(name.to_owned()),
             lease: opened.lease,
@@ -212,7 +242,23 @@ impl Ingest {
     }
 
     /// A one-shot upload: nothing is recorded until it is registered.
+    /// It goes to the default store only: its ticket says nothing of stores.
     pub fn one_shot(node: Arc<NodeContext>, spec: pb::UploadSpec) -> BlobResult<Self> {
+        if spec
+            .target
+            .as_ref()
+            .is_some_and(|t| !t.stores.is_empty() || t.all_stores)
+        {
+            return Err(BlobError::InvalidArgument(
+                "a one-shot upload goes to the default store; open an upload session \
+                 (CreateUpload) to choose stores"
+                    .into(),
+            ));
+        }
+        Self::checked(node, spec)
+    }
+
+    fn checked(node: Arc<NodeContext>, spec: pb::UploadSpec) -> BlobResult<Self> {
         let layout = pb::ImageLayout::try_from(spec.layout)
             .ok()
             .filter(|l| *l != pb::ImageLayout::Unspecified)
@@ -229,7 +275,11 @@ impl Ingest {
         }
         let split = layout == pb::ImageLayout::Split;
         let node_limits = node.config.clone();
+        let (store, targets, must_succeed) = targets(&node, &spec)?;
         Ok(Self {
+            store,
+            targets,
+            must_succeed,
             split,
             max_size: node.config.max_upload_bytes,
             node,
@@ -265,7 +315,7 @@ impl Ingest {
         spec: pb::UploadSpec,
         registration: Registration,
     ) -> BlobResult<Self> {
-        let mut ingest = Self::one_shot(node, spec)?;
+        let mut ingest = Self::checked(node, spec)?;
         ingest.id = operation_id.to_owned();
         ingest.registration = registration;
         Ok(ingest)
@@ -372,7 +422,7 @@ impl Ingest {
                 self.pos - self.part_start(),
                 &self.writer,
             );
-            let writer = self.node.store.begin_segment(&key).await?;
+            let writer = self.store.begin_segment(&key).await?;
             self.open = Some(OpenSegment { writer, key });
         }
         let len = data.len() as u64;
@@ -465,7 +515,7 @@ impl Ingest {
             None => (ArchiveWalk::image(!self.split, limits)?, 0),
         };
         let stored = self.part_objects(from, u64::MAX);
-        let mut data = self.node.store.read_part(stored, 0, 0);
+        let mut data = self.store.read_part(stored, 0, 0);
         while let Some(chunk) = data.next().await {
             walk.feed(chunk?).await;
         }
@@ -552,6 +602,7 @@ impl Ingest {
             metadata_size,
         });
         let node = self.node.clone();
+        let store = self.store.clone();
         self.pending = Some(tokio::spawn(async move {
             if let Some(open) = open {
                 open.writer.finish().await?;
@@ -568,7 +619,7 @@ impl Ingest {
             {
                 // Refused, so never committed: the object is this writer's alone
                 // and no download will ever name it.
-                if let Err(e) = node.store.delete(&key).await {
+                if let Err(e) = store.delete(&key).await {
                     tracing::warn!(key, error = %e, "could not delete a refused segment; collection will");
                 }
             }
@@ -633,8 +684,14 @@ impl Ingest {
             let _ = open.writer.abort().await;
         }
         let prefix = self.upload_prefix();
-        if let Err(e) = self.node.store.delete(&prefix).await {
-            tracing::warn!(prefix, error = %e, "could not delete an abandoned upload's bytes; the collector retries");
+        // Copies to other target stores lie under the same prefix there.
+        for name in &self.targets {
+            let Ok(store) = self.node.stores.get(name) else {
+                continue;
+            };
+            if let Err(e) = store.delete(&prefix).await {
+                tracing::warn!(prefix, store = name, error = %e, "could not delete an abandoned upload's bytes; the collector retries");
+            }
         }
     }
 
@@ -696,8 +753,7 @@ impl Ingest {
         let mut start = 0;
         for (role, size, _) in &parts {
             let list = self.part_objects(start, start + size);
-            self.node
-                .store
+            self.store
                 .seal_part(&self.prefix(*role), &list, *size)
                 .await?;
             objects.push(list);
@@ -718,7 +774,7 @@ impl Ingest {
                 // The metadata part ended on another node: read it again.
                 _ => {
                     scan_metadata_part(
-                        &self.node.store,
+                        &self.store,
                         objects[0].clone(),
                         self.metadata_sha.clone(),
                         walk_limits(&self.node.config),
@@ -788,6 +844,54 @@ impl Ingest {
                 properties.insert(k.clone(), v.clone());
             }
         }
+        let mut candidate = crate::plugins::Candidate {
+            fingerprint,
+            vm: image_type == pb::ImageType::VirtualMachine,
+            parts: image_parts,
+            objects,
+            properties,
+        };
+        if let Some(roles) = &self.registration.plugins_for {
+            crate::plugins::run(
+                &self.node,
+                &self.store,
+                &mut candidate,
+                roles,
+                &self.registration.operation,
+            )
+            .await?;
+        }
+        let crate::plugins::Candidate {
+            fingerprint,
+            parts: image_parts,
+            objects,
+            properties,
+            ..
+        } = candidate;
+        // Verified copies in the other target stores, before anything is
+        // registered.
+        let copies = crate::replicate::replicate(
+            &self.node,
+            &self.store,
+            &crate::replicate::parts_of(&image_parts, objects.clone()),
+            &self.targets[1..],
+            &|_| {},
+        )
+        .await?;
+        if self.must_succeed && !copies.failed.is_empty() {
+            return Err(BlobError::Unavailable(format!(
+                "the image could not be stored in every store asked for ({}); nothing was kept \
+                 (with all_stores_must_succeed false it is kept where it could be stored)",
+                copies
+                    .failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.store, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        let mut stores = vec![self.targets[0].clone()];
+        stores.extend(copies.stored);
         let reply = self
             .node
             .registry()
@@ -822,6 +926,8 @@ impl Ingest {
                 update_source: self.registration.update_source.clone(),
                 auto_update: self.registration.auto_update,
                 cached: self.registration.cached,
+                stores,
+                failed_stores: copies.failed,
                 objects: objects
                     .into_iter()
                     .map(|list| ipb::PartObjects {
@@ -917,7 +1023,7 @@ fn walk_limits(config: &crate::NodeLimits) -> ScanLimits {
 }
 
 /// A fresh name for one writer's objects.
-fn writer_tag() -> String {
+pub(crate) fn writer_tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 

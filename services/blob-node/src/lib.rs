@@ -11,7 +11,10 @@ mod http;
 mod import;
 mod ingest;
 mod lifecycle;
+mod plugins;
+mod replicate;
 mod scrub;
+mod stores;
 mod upload;
 mod walker;
 
@@ -38,8 +41,10 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot open the object store: {0}")]
-    Store(#[from] StoreError),
+    #[error("cannot open store {name:?}: {source}")]
+    Store { name: String, source: StoreError },
+    #[error("stores: {0}")]
+    Stores(String),
     #[error(
         "cannot read the cluster credential from {path}: {reason}; copy the control plane's \
          {file} file here, or point cluster_credential_file at it",
@@ -55,7 +60,8 @@ pub enum StartError {
 /// What every request handler on this node shares.
 pub struct NodeContext {
     pub id: String,
-    pub store: BlobStore,
+    /// The named stores this node reaches.
+    pub stores: stores::NodeStores,
     pub config: NodeLimits,
     /// Checks the tickets clients bring.
     pub tickets: TicketKey,
@@ -81,6 +87,9 @@ pub struct NodeLimits {
     pub scrub_bytes_per_second: u64,
     /// How old a stray under a registered part must be before it is collected.
     pub stray_grace: std::time::Duration,
+    /// Where the import plugins keep files while they work (a disk being
+    /// converted and its result).
+    pub scratch_dir: std::path::PathBuf,
 }
 
 /// Counts a transfer in progress while alive (it may outlive the handler, as a
@@ -114,6 +123,7 @@ impl NodeContext {
             fingerprint: fingerprint.to_owned(),
             parts: StoredPart::pair(found.parts, found.objects),
             damage: found.damage,
+            stores: found.stores,
         })
     }
 
@@ -127,18 +137,29 @@ pub struct Content {
     fingerprint: String,
     parts: Vec<StoredPart>,
     damage: Option<pb::ImageDamage>,
+    /// The stores holding a verified copy.
+    pub stores: Vec<String>,
 }
 
 impl Content {
-    /// The parts to serve; DATA_LOSS when a verification found them damaged.
-    pub fn servable(self) -> Result<Vec<StoredPart>, error::BlobError> {
-        match self.damage {
-            Some(d) => Err(error::BlobError::DataLoss(format!(
+    /// The parts to serve and the store to read them from; DATA_LOSS when a
+    /// verification found them damaged.
+    pub fn servable(
+        self,
+        node: &NodeContext,
+    ) -> Result<(BlobStore, Vec<StoredPart>), error::BlobError> {
+        if let Some(d) = self.damage {
+            return Err(error::BlobError::DataLoss(format!(
                 "image {} is damaged and is not served: {}",
                 self.fingerprint, d.message
-            ))),
-            None => Ok(self.parts),
+            )));
         }
+        let (_, store) = node.stores.reading(&self.stores)?;
+        Ok((store.clone(), self.parts))
+    }
+
+    pub fn into_parts(self) -> Vec<StoredPart> {
+        self.parts
     }
 }
 
@@ -319,12 +340,15 @@ impl BlobNode {
         };
         imagestore_auth::create_private_dir(&config.data_dir).map_err(data_err)?;
         let id = node_id(&config.data_dir).map_err(data_err)?;
-        let store_url = if config.store.is_empty() {
-            config.data_dir.join("blobs").display().to_string()
-        } else {
-            config.store.clone()
-        };
-        let store = BlobStore::open(&store_url, &config.store_options)?;
+        let mut opened = std::collections::BTreeMap::new();
+        for (name, s) in config.named_stores().map_err(StartError::Stores)? {
+            let store = BlobStore::open(&s.url, &s.options).map_err(|e| StartError::Store {
+                name: name.clone(),
+                source: e,
+            })?;
+            opened.insert(name, store);
+        }
+        let stores = stores::NodeStores::new(opened);
         let credential_path = &config.cluster_credential_file;
         let credential_error = |reason: String| StartError::Credential {
             path: credential_path.display().to_string(),
@@ -345,11 +369,11 @@ impl BlobNode {
         } else {
             config.advertise.clone()
         };
-        tracing::info!(node = %id, store = ?store, advertise = %advertise, "blob node starting");
+        tracing::info!(node = %id, stores = ?stores.iter().collect::<Vec<_>>(), advertise = %advertise, "blob node starting");
         Ok(Self {
             node: Arc::new(NodeContext {
                 id,
-                store,
+                stores,
                 config: NodeLimits {
                     segment_bytes: config.segment_bytes.max(1),
                     commit_interval: config
@@ -361,6 +385,7 @@ impl BlobNode {
                     max_upload_bytes: 64 << 30,
                     scrub_bytes_per_second: config.scrub_bytes_per_second,
                     stray_grace: config.stray_grace,
+                    scratch_dir: config.data_dir.clone(),
                 },
                 tickets: TicketKey::derive(&credential),
                 channel,

@@ -47,7 +47,11 @@ pub async fn run(
                 }).await;
                 match reply {
                     Ok(r) => {
-                        let wanted = Duration::from_secs(u64::from(r.into_inner().heartbeat_interval_seconds.max(1)));
+                        let r = r.into_inner();
+                        if let Some(settings) = r.settings {
+                            node.stores.set_settings(settings);
+                        }
+                        let wanted = Duration::from_secs(u64::from(r.heartbeat_interval_seconds.max(1)));
                         if wanted != interval {
                             interval = wanted;
                             beat = tokio::time::interval(interval);
@@ -77,14 +81,17 @@ async fn register(node: &NodeContext, advertise: &str) -> Duration {
                 capacity_bytes: 0,
                 available_bytes: 0,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                stores: node.stores.names(),
             })
             .await;
         match reply {
             Ok(r) => {
+                let r = r.into_inner();
+                if let Some(settings) = r.settings {
+                    node.stores.set_settings(settings);
+                }
                 tracing::info!(node = %node.id, "registered with the control plane");
-                return Duration::from_secs(u64::from(
-                    r.into_inner().heartbeat_interval_seconds.max(1),
-                ));
+                return Duration::from_secs(u64::from(r.heartbeat_interval_seconds.max(1)));
             }
             Err(s) => {
                 tracing::warn!(error = %s.message(), "cannot register with the control plane; retrying");
@@ -98,10 +105,13 @@ async fn register(node: &NodeContext, advertise: &str) -> Duration {
 async fn collect(node: &NodeContext) {
     let released = match node
         .registry()
-        .list_released(ipb::ListReleasedRequest { limit: 100 })
+        .list_released(ipb::ListReleasedRequest {
+            limit: 100,
+            stores: node.stores.names(),
+        })
         .await
     {
-        Ok(r) => r.into_inner().storage_keys,
+        Ok(r) => r.into_inner().released,
         Err(s) => {
             tracing::debug!(error = %s.message(), "listing released content failed");
             return;
@@ -111,16 +121,27 @@ async fn collect(node: &NodeContext) {
         return;
     }
     let mut gone = Vec::with_capacity(released.len());
-    for key in released {
-        match node.store.delete(&key).await {
-            Ok(()) => gone.push(key),
-            Err(e) => tracing::warn!(key, error = %e, "deleting released bytes failed; will retry"),
+    for released in released {
+        // An entry without a store was released before stores had names: it
+        // goes from every store this node reaches.
+        let mut deleted = true;
+        for (name, store) in node.stores.iter() {
+            if !released.store.is_empty() && *name != released.store {
+                continue;
+            }
+            if let Err(e) = store.delete(&released.key).await {
+                tracing::warn!(key = released.key, store = name, error = %e, "deleting released bytes failed; will retry");
+                deleted = false;
+            }
+        }
+        if deleted {
+            gone.push(released);
         }
     }
     let n = gone.len();
     if let Err(s) = node
         .registry()
-        .forget_released(ipb::ForgetReleasedRequest { storage_keys: gone })
+        .forget_released(ipb::ForgetReleasedRequest { released: gone })
         .await
     {
         tracing::warn!(error = %s.message(), "forgetting released keys failed");

@@ -13,6 +13,8 @@ use imagestore_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use imagestore_store::{BlobStore, Copied};
+
 use crate::hasher::HashPipe;
 use crate::{NodeContext, StoredPart};
 
@@ -30,6 +32,7 @@ pub async fn work(node: Arc<NodeContext>, background: bool) {
                 node_id: node.id.clone(),
                 wait_seconds: CLAIM_WAIT_SECONDS,
                 background,
+                stores: node.stores.names(),
             })
             .await;
         let job = match claimed {
@@ -58,7 +61,10 @@ pub async fn work(node: Arc<NodeContext>, background: bool) {
     }
 }
 
-/// Reads every part of the claimed image and says what it found.
+/// Reads every part of the claimed image in every store holding it that this
+/// node reaches, and says what it found. A damaged copy is rewritten from a
+/// sound one in another store (and verified as it is written): the image is
+/// then sound again, and the report names the stores repaired.
 async fn verify(
     node: &NodeContext,
     job: ipb::ClaimScrubResponse,
@@ -70,45 +76,114 @@ async fn verify(
         operation: job.operation.clone(),
         ..Default::default()
     };
+    let fp = job.fingerprint.clone();
     let mut pacer = Pacer::new(pace);
     let parts = StoredPart::pair(job.parts, job.objects);
-    let mut sound = Vec::new();
-    for stored in &parts {
-        match verify_part(node, stored, &mut pacer).await {
-            Ok(None) => sound.push(stored),
+    let held = if job.stores.is_empty() {
+        vec![node.stores.default_name()]
+    } else {
+        job.stores
+    };
+    let mut sound: Vec<(String, BlobStore)> = Vec::new();
+    let mut damaged: Vec<(String, BlobStore, pb::ImageDamage)> = Vec::new();
+    for name in &held {
+        let Ok(store) = node.stores.get(name) else {
+            continue;
+        };
+        match verify_copy(store, &parts, &mut pacer).await {
+            Ok(None) => sound.push((name.clone(), store.clone())),
             Ok(Some(damage)) => {
                 tracing::error!(
-                    fingerprint = %job.fingerprint,
+                    fingerprint = %fp, store = %name,
                     expected = %damage.expected_sha256,
                     found = %damage.found_sha256,
                     "stored image is damaged: {}", damage.message
                 );
-                report.damage = Some(damage);
-                return report;
+                damaged.push((name.clone(), store.clone(), damage));
             }
             Err(e) => {
-                tracing::warn!(fingerprint = %job.fingerprint, error = %e, "could not verify an image");
+                tracing::warn!(fingerprint = %fp, store = %name, error = %e, "could not verify an image");
                 report.error_code = tonic::Code::Unavailable as i32;
                 report.error_message = format!(
-                    "the blob node could not read image {} from its store: {e}; nothing is known \
-                     of its bytes, verify it again",
-                    job.fingerprint
+                    "the blob node could not read image {fp} from store {name}: {e}; nothing \
+                     is known of its bytes, verify it again"
                 );
                 return report;
             }
         }
     }
-    for stored in sound.into_iter().filter(|s| s.recorded()) {
-        collect_strays(node, stored).await;
+    let Some((good_name, good)) = sound.first().cloned() else {
+        if let Some((_, _, damage)) = damaged.into_iter().next() {
+            report.damage = Some(damage);
+        }
+        return report;
+    };
+    for (name, store, damage) in damaged {
+        match repair(&good, &store, &parts).await {
+            Ok(()) => {
+                tracing::warn!(fingerprint = %fp, store = %name, from = %good_name, "damaged copy rewritten from a sound one");
+                report.repaired.push(name.clone());
+                sound.push((name, store));
+            }
+            Err(e) => {
+                tracing::error!(fingerprint = %fp, store = %name, error = %e, "could not repair a damaged copy");
+                report.damage = Some(pb::ImageDamage {
+                    message: format!(
+                        "{} (in store {name}; repairing it from store {good_name} failed: {e})",
+                        damage.message
+                    ),
+                    ..damage
+                });
+                return report;
+            }
+        }
     }
-    tracing::info!(fingerprint = %job.fingerprint, "image verified: sound");
+    for (_, store) in &sound {
+        for stored in parts.iter().filter(|s| s.recorded()) {
+            collect_strays(node, store, stored).await;
+        }
+    }
+    tracing::info!(fingerprint = %fp, "image verified: sound");
     report
+}
+
+/// What one store's copy holds: None when every part is sound.
+async fn verify_copy(
+    store: &BlobStore,
+    parts: &[StoredPart],
+    pacer: &mut Pacer,
+) -> Result<Option<pb::ImageDamage>, String> {
+    for stored in parts {
+        if let Some(damage) = verify_part(store, stored, pacer).await? {
+            return Ok(Some(damage));
+        }
+    }
+    Ok(None)
+}
+
+/// Rewrites every part of a damaged copy from a sound one, hashing as it goes.
+async fn repair(from: &BlobStore, to: &BlobStore, parts: &[StoredPart]) -> Result<(), String> {
+    for stored in parts {
+        let objects = stored.objects(from).await.map_err(|e| e.to_string())?;
+        let part = &stored.part;
+        match from
+            .copy_part_to(to, &objects, &part.sha256, part.size, &|_| {})
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Copied::Verified => {}
+            Copied::Mismatch { found_sha256, .. } => {
+                return Err(format!("the sound copy now hashes to {found_sha256}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Damage found in one part, or None when it is sound; Err when it could not
 /// be read (nothing is known then).
 async fn verify_part(
-    node: &NodeContext,
+    store: &BlobStore,
     stored: &StoredPart,
     pacer: &mut Pacer,
 ) -> Result<Option<pb::ImageDamage>, String> {
@@ -124,10 +199,7 @@ async fn verify_part(
         detect_time: None,
         message,
     };
-    let objects = stored
-        .objects(&node.store)
-        .await
-        .map_err(|e| e.to_string())?;
+    let objects = stored.objects(store).await.map_err(|e| e.to_string())?;
     let listed: u64 = objects.iter().map(|o| o.size).sum();
     if listed != part.size {
         return Ok(Some(damage(
@@ -139,7 +211,7 @@ async fn verify_part(
             ),
         )));
     }
-    match node.store.check_objects(&objects).await {
+    match store.check_objects(&objects).await {
         Ok(Ok(())) => {}
         Ok(Err(why)) => {
             return Ok(Some(damage(
@@ -152,7 +224,7 @@ async fn verify_part(
     }
     let hash = HashPipe::start(Sha256::new()).map_err(|e| e.to_string())?;
     let mut size = 0u64;
-    let mut data = node.store.read_part(objects, 0, 0);
+    let mut data = store.read_part(objects, 0, 0);
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let chunk_len = chunk.len() as u64;
@@ -176,14 +248,13 @@ async fn verify_part(
 
 /// Deletes what lies under a sound part's prefix but is none of its objects,
 /// once older than `stray_grace` (a late write by a node that was superseded).
-async fn collect_strays(node: &NodeContext, stored: &StoredPart) {
-    let Ok(objects) = stored.objects(&node.store).await else {
+async fn collect_strays(node: &NodeContext, store: &BlobStore, stored: &StoredPart) {
+    let Ok(objects) = stored.objects(store).await else {
         return;
     };
     let keep: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     let prefix = &stored.part.storage_key;
-    match node
-        .store
+    match store
         .collect_strays(prefix, &keep, node.config.stray_grace)
         .await
     {

@@ -108,5 +108,7 @@ fn as_record(i: &pb::Image) -> cat::Image {
             })
             .collect(),
         damage: None,
+        stores: Vec::new(),
+        failed_stores: Vec::new(),
     }
 }

@@ -53,6 +53,9 @@ pub struct Auth {
     catalog: Catalog,
     trusted: Arc<TrustMap>,
     cluster_hash: String,
+    /// The hash of this control plane's admin token: its holder has the role
+    /// "admin" (import plugins' ignore_user_roles); other trusted callers "member".
+    admin_hash: Option<String>,
     tickets: TicketKey,
     lane: crate::admission::Lane,
     ticket_ttl: Duration,
@@ -118,10 +121,14 @@ impl Auth {
                 .map_err(file_error(&admin_path))?;
             tracing::info!(file = %admin_path.display(), "admin token written; it is trusted");
         }
+        let admin_hash = read_secret(&admin_path)
+            .map_err(file_error(&admin_path))?
+            .map(|t| hash_token(&t));
         let auth = Self {
             catalog,
             trusted: Arc::default(),
             cluster_hash: hash_token(&cluster),
+            admin_hash,
             tickets: TicketKey::derive(&cluster),
             lane: crate::admission::Lane::new(0, 64),
             ticket_ttl: Duration::from_secs(15 * 60),
@@ -270,6 +277,19 @@ impl Auth {
         trusted
             .get(fingerprint)
             .map(|expires| expires.is_none_or(|at| at > now()))
+    }
+
+    /// The roles of a trusted caller, as Glance's import plugins name them:
+    /// "admin" for the holder of this control plane's admin token, "member"
+    /// for every other trusted caller.
+    pub fn roles<T>(&self, req: &Request<T>) -> Vec<String> {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(token_of);
+        let admin = token.is_some_and(|t| Some(hash_token(&t)) == self.admin_hash);
+        vec![if admin { "admin" } else { "member" }.to_owned()]
     }
 
     /// Calls that change anything, or manage trust.

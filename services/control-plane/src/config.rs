@@ -1,5 +1,6 @@
 //! The control plane's configuration (`--config FILE`, `IMAGESTORE_*`, flags).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +63,12 @@ pub struct ControlPlaneConfig {
     /// Images.VerifyImage runs at once whatever this says.
     #[serde(with = "humantime_serde")]
     pub scrub_every: Duration,
+    /// The stores image bytes live in, by name (Glance's enabled_backends): each
+    /// blob node says which of them it reaches and how (its own `stores`).
+    pub stores: Vec<String>,
+    /// Where uploads and imports that name no store go; empty: the first of
+    /// `stores`.
+    pub default_store: String,
     /// TLS: certificate and key files; without them plaintext, on loopback only.
     pub tls: TlsConfig,
     /// Where server-side imports may fetch from (Glance's import filtering).
@@ -104,10 +111,57 @@ pub struct ImportSettings {
     /// The architectures this server serves, LXD's names, sent to image servers
     /// in LXD-Server-Architectures; empty: the host's.
     pub architectures: Vec<String>,
+    /// Import plugins (Glance's image_import_plugins), run in this order on the
+    /// blob node after the bytes are verified and before the image is
+    /// registered: "image_conversion", "inject_image_metadata".
+    pub plugins: Vec<String>,
+    /// The image_conversion plugin's settings.
+    pub image_conversion: ConversionSettings,
+    /// The inject_image_metadata plugin's settings.
+    pub inject_metadata_properties: InjectSettings,
 }
 
-/// The import methods there are.
-pub const IMPORT_METHODS: &[&str] = &["upload", "url", "remote", "simplestreams"];
+/// Glance's [image_conversion].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConversionSettings {
+    /// What virtual-machine disks are converted to: "raw" or "qcow2".
+    pub output_format: String,
+}
+
+impl Default for ConversionSettings {
+    fn default() -> Self {
+        Self {
+            output_format: "raw".into(),
+        }
+    }
+}
+
+/// Glance's [inject_metadata_properties].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InjectSettings {
+    /// Properties added to every imported image (they win over the image's own).
+    pub inject: BTreeMap<String, String>,
+    /// Nothing is injected into images imported by callers with one of these
+    /// roles: "admin" (the admin token), "member" (any other trusted caller).
+    pub ignore_user_roles: Vec<String>,
+}
+
+impl Default for InjectSettings {
+    fn default() -> Self {
+        Self {
+            inject: BTreeMap::new(),
+            ignore_user_roles: vec!["admin".into()],
+        }
+    }
+}
+
+/// The import methods there are ("copy": Glance's copy-image, Images.CopyImage).
+pub const IMPORT_METHODS: &[&str] = &["upload", "url", "remote", "simplestreams", "copy"];
+
+/// The import plugins there are.
+pub const IMPORT_PLUGINS: &[&str] = &["image_conversion", "inject_image_metadata"];
 
 impl Default for ImportSettings {
     fn default() -> Self {
@@ -121,6 +175,9 @@ impl Default for ImportSettings {
             auto_update_interval: Duration::from_secs(6 * 3600),
             remote_cache_expiry: Duration::from_secs(10 * 24 * 3600),
             architectures: Vec::new(),
+            plugins: Vec::new(),
+            image_conversion: ConversionSettings::default(),
+            inject_metadata_properties: InjectSettings::default(),
         }
     }
 }
@@ -137,6 +194,22 @@ impl ImportSettings {
                 ));
             }
         }
+        for p in &self.plugins {
+            if !IMPORT_PLUGINS.contains(&p.as_str()) {
+                return Err(format!(
+                    "import.plugins has {p:?}; the plugins are {}",
+                    IMPORT_PLUGINS.join(", ")
+                ));
+            }
+        }
+        let format = &self.image_conversion.output_format;
+        if !["raw", "qcow2"].contains(&format.as_str()) {
+            return Err(format!(
+                "import.image_conversion.output_format is {format:?}; it is \"raw\" or \"qcow2\""
+            ));
+        }
+        imagestore_image::validate_properties(&self.inject_metadata_properties.inject)
+            .map_err(|e| format!("import.inject_metadata_properties.inject: {e}"))?;
         Ok(())
     }
 
@@ -177,6 +250,8 @@ impl Default for ControlPlaneConfig {
             anonymous_queue: 64,
             max_concurrent_requests: imagestore_server::DEFAULT_MAX_CONCURRENT,
             scrub_every: Duration::from_secs(7 * 24 * 3600),
+            stores: vec![imagestore_store::DEFAULT_STORE.into()],
+            default_store: String::new(),
             tls: TlsConfig::default(),
             import_filtering: ImportFiltering::default(),
             import: ImportSettings::default(),

@@ -133,6 +133,15 @@ pub fn image(i: cat::Image) -> pb::Image {
             .collect(),
         etag,
         damage: i.damage.map(damage),
+        stores: i.stores,
+        failed_stores: i.failed_stores.into_iter().map(failed_store).collect(),
+    }
+}
+
+pub fn failed_store(f: cat::FailedStore) -> pb::FailedStore {
+    pb::FailedStore {
+        store: f.store,
+        message: f.message,
     }
 }
 

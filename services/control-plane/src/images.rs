@@ -10,21 +10,29 @@ use tonic::{Request, Response};
 use crate::auth::Auth;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
+use crate::imports::ImportRules;
 use crate::names;
-use crate::nodes::NodePicker;
+use crate::nodes::{Need, NodePicker};
 
 pub struct ImagesService {
     catalog: Catalog,
     nodes: NodePicker,
     auth: Auth,
+    rules: std::sync::Arc<ImportRules>,
 }
 
 impl ImagesService {
-    pub fn new(catalog: Catalog, nodes: NodePicker, auth: Auth) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        nodes: NodePicker,
+        auth: Auth,
+        rules: std::sync::Arc<ImportRules>,
+    ) -> Self {
         Self {
             catalog,
             nodes,
             auth,
+            rules,
         }
     }
 
@@ -212,7 +220,7 @@ impl Images for ImagesService {
             // Only trusted callers' reports count: a stranger cannot move load.
             self.nodes.report_unreachable(&r.unreachable_blob_node);
         }
-        let node = self.nodes.pick().await?;
+        let node = self.nodes.pick(Need::OneOf(&image.stores)).await?;
         if image.cached {
             // A cached image lives while it is used (LXD's last_used_at).
             self.catalog
@@ -280,5 +288,60 @@ impl Images for ImagesService {
             .map_err(ApiError::from)?;
         tracing::info!(operation = %op.id, image = %op.image, "verification queued");
         Ok(Response::new(convert::operation(op)))
+    }
+
+    async fn copy_image(&self, req: Request<pb::CopyImageRequest>) -> Reply<pb::Operation> {
+        self.auth.require_trusted(&req)?;
+        let roles = self.auth.roles(&req);
+        let r = req.into_inner();
+        let image = self.lookup(&r.name, 0, false).await?;
+        let request = pb::ImportImageRequest {
+            source: Some(pb::import_image_request::Source::Copy(pb::CopySource {
+                fingerprint: image.fingerprint,
+            })),
+            target: r.target,
+            ..Default::default()
+        };
+        let op = crate::imports::queue(&self.catalog, &self.rules, request, roles).await?;
+        Ok(Response::new(convert::operation(op)))
+    }
+
+    async fn remove_image_location(
+        &self,
+        req: Request<pb::RemoveImageLocationRequest>,
+    ) -> Reply<pb::Image> {
+        self.auth.require_trusted(&req)?;
+        let r = req.into_inner();
+        self.rules.stores.check("store", &r.store)?;
+        let what = names::image_ref("name", &r.name, None)?;
+        let image = self
+            .catalog
+            .remove_location(what, r.store.clone())
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(fingerprint = %image.fingerprint, store = %r.store, "image removed from a store");
+        Ok(Response::new(convert::image(image)))
+    }
+
+    async fn list_stores(
+        &self,
+        req: Request<pb::ListStoresRequest>,
+    ) -> Reply<pb::ListStoresResponse> {
+        self.auth.require_trusted(&req)?;
+        let nodes = self.catalog.list_nodes().await.map_err(ApiError::from)?;
+        let stores = self.rules.stores.names();
+        Ok(Response::new(pb::ListStoresResponse {
+            stores: stores
+                .iter()
+                .map(|name| pb::StoreInfo {
+                    name: name.clone(),
+                    default: name == self.rules.stores.default_store(),
+                    nodes: nodes
+                        .iter()
+                        .filter(|n| self.nodes.is_healthy(n) && n.stores.contains(name))
+                        .count() as u32,
+                })
+                .collect(),
+        }))
     }
 }

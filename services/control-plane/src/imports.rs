@@ -6,17 +6,20 @@
 
 use std::sync::Arc;
 
-use imagestore_catalog::{Catalog, Image, ImageType, Operation};
+use imagestore_catalog::{Catalog, Image, ImageRef, ImageType, Operation, StoreNeeds};
 use imagestore_fetch::{ImportFiltering, parse_url};
+use imagestore_image::FingerprintQuery;
 use imagestore_proto::v1 as pb;
 use pb::import_image_request::Source;
 use pb::imports_server::Imports;
 use prost::Message;
 use tonic::{Request, Response};
 
+use crate::auth::Auth;
 use crate::config::ImportSettings;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
+use crate::stores::{Stores, Target};
 
 /// What imports need to know of the configuration, shared by the services that
 /// queue and hand them out.
@@ -24,6 +27,7 @@ use crate::error::{ApiError, ApiResult, Reply, invalid};
 pub struct ImportRules {
     pub filtering: ImportFiltering,
     pub settings: ImportSettings,
+    pub stores: Stores,
 }
 
 impl ImportRules {
@@ -67,8 +71,18 @@ impl ImportRules {
         let method = match &r.source {
             None => {
                 return Err(invalid(
-                    "source is required: url, remote, simplestreams or lxd",
+                    "source is required: url, remote, simplestreams, lxd or copy",
                 ));
+            }
+            Some(Source::Copy(c)) => {
+                if r.auto_update || !r.aliases.is_empty() || !r.properties.is_empty() {
+                    return Err(invalid(
+                        "a copy to other stores takes only copy.fingerprint and target: the \
+                         image keeps its aliases, properties and auto_update",
+                    ));
+                }
+                need_image("copy.fingerprint", &c.fingerprint)?;
+                "copy"
             }
             Some(Source::Url(u)) => {
                 self.check_url("url.url", &u.url)?;
@@ -179,37 +193,110 @@ pub async fn queue_refresh(catalog: &Catalog, image: &Image) -> ApiResult<Operat
             image.fingerprint
         ))
     })?;
+    // The newer version goes where the old one is.
+    let mut request = request;
+    let mut needs = StoreNeeds::default();
+    if !image.stores.is_empty() {
+        let target = Target {
+            stores: image.stores.clone(),
+            must_succeed: true,
+        };
+        request.target = Some(Stores::selection(&target));
+        needs.all = target.stores;
+    }
     Ok(catalog
         .create_import(
             "Refreshing image".into(),
             request.encode_to_vec(),
             Some(image.fingerprint.clone()),
+            needs,
+            Vec::new(),
         )
         .await?)
+}
+
+/// Checks and queues an import (a copy to other stores included) asked for by
+/// a caller with `roles`.
+pub async fn queue(
+    catalog: &Catalog,
+    rules: &ImportRules,
+    mut r: pb::ImportImageRequest,
+    roles: Vec<String>,
+) -> ApiResult<Operation> {
+    let method = rules.check(&r)?;
+    let target = rules.stores.target(r.target.as_ref())?;
+    let (description, needs, target) = match &mut r.source {
+        Some(Source::Copy(c)) => {
+            let image = catalog
+                .get_image(
+                    ImageRef::Fingerprint(FingerprintQuery::parse(&c.fingerprint)?),
+                    false,
+                )
+                .await?;
+            crate::error::refuse_damaged(&image)?;
+            c.fingerprint = image.fingerprint.clone();
+            let missing: Vec<String> = target
+                .stores
+                .iter()
+                .filter(|s| !image.stores.contains(s))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return Err(ApiError::Catalog(
+                    imagestore_catalog::CatalogError::AlreadyExists(format!(
+                        "image {} is in {} already",
+                        image.fingerprint,
+                        target.stores.join(", ")
+                    )),
+                ));
+            }
+            let target = Target {
+                stores: missing,
+                must_succeed: target.must_succeed,
+            };
+            let needs = StoreNeeds {
+                all: target.stores.clone(),
+                any: image.stores.clone(),
+            };
+            ("Copying image to stores", needs, target)
+        }
+        _ => {
+            let needs = StoreNeeds {
+                all: target.stores.clone(),
+                any: Vec::new(),
+            };
+            ("Downloading image", needs, target)
+        }
+    };
+    r.target = Some(Stores::selection(&target));
+    let op = catalog
+        .create_import(description.into(), r.encode_to_vec(), None, needs, roles)
+        .await?;
+    tracing::info!(operation = %op.id, method, stores = ?target.stores, "import queued");
+    Ok(op)
 }
 
 pub struct ImportsService {
     catalog: Catalog,
     rules: Arc<ImportRules>,
+    auth: Auth,
 }
 
 impl ImportsService {
-    pub fn new(catalog: Catalog, rules: Arc<ImportRules>) -> Self {
-        Self { catalog, rules }
+    pub fn new(catalog: Catalog, rules: Arc<ImportRules>, auth: Auth) -> Self {
+        Self {
+            catalog,
+            rules,
+            auth,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Imports for ImportsService {
     async fn import_image(&self, req: Request<pb::ImportImageRequest>) -> Reply<pb::Operation> {
-        let r = req.into_inner();
-        let method = self.rules.check(&r)?;
-        let op = self
-            .catalog
-            .create_import("Downloading image".into(), r.encode_to_vec(), None)
-            .await
-            .map_err(ApiError::from)?;
-        tracing::info!(operation = %op.id, method, "import queued");
+        let roles = self.auth.roles(&req);
+        let op = queue(&self.catalog, &self.rules, req.into_inner(), roles).await?;
         Ok(Response::new(convert::operation(op)))
     }
 }

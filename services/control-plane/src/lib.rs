@@ -14,6 +14,7 @@ mod names;
 mod nodes;
 mod operations;
 mod registry;
+mod stores;
 mod trust;
 mod uploads;
 
@@ -119,6 +120,18 @@ pub async fn serve_catalog(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     config.import.validate().map_err(StartError::Config)?;
+    let stores = stores::Stores::from_config(&config).map_err(StartError::Config)?;
+    // Images registered before stores had names are in the one store there was.
+    let adopted = catalog
+        .adopt_into_store(stores.default_store().to_owned())
+        .await?;
+    if adopted > 0 {
+        tracing::info!(
+            images = adopted,
+            store = stores.default_store(),
+            "images recorded in the default store"
+        );
+    }
     let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
     let sweeper = spawn_background(&config, catalog.clone());
     let server = GrpcServer::new()
@@ -153,9 +166,17 @@ pub fn add_services(
     };
     let stopping = server.stopping();
     let face = http::router(catalog.clone(), auth.clone(), nodes.clone());
+    // serve_catalog checked the configuration; a caller that adds the services
+    // alone gets the default store for a bad one.
+    let stores = stores::Stores::from_config(config).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "bad store configuration; using the default store only");
+        stores::Stores::from_config(&ControlPlaneConfig::default())
+            .expect("the default configuration is valid")
+    });
     let import_rules = Arc::new(imports::ImportRules {
         filtering: config.import_filtering.clone(),
         settings: config.import.clone(),
+        stores: stores.clone(),
     });
     server
         .add_http(face)
@@ -164,6 +185,7 @@ pub fn add_services(
                 catalog.clone(),
                 nodes.clone(),
                 auth.clone(),
+                import_rules.clone(),
             ))
             .max_decoding_message_size(limit),
             limit,
@@ -192,6 +214,7 @@ pub fn add_services(
                     nodes.clone(),
                     upload_limits,
                     auth.clone(),
+                    stores,
                 ))
                 .max_decoding_message_size(limit),
             ),
@@ -203,6 +226,7 @@ pub fn add_services(
                 ImportsServer::new(imports::ImportsService::new(
                     catalog.clone(),
                     import_rules.clone(),
+                    auth.clone(),
                 ))
                 .max_decoding_message_size(limit),
             ),

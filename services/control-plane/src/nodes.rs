@@ -75,9 +75,9 @@ impl NodePicker {
         node.reports_healthy && now().saturating_sub(node.last_heartbeat_at) <= max_age
     }
 
-    /// A healthy node with the fewest transfers in progress, taking turns among
-    /// those with as few.
-    pub async fn pick(&self) -> ApiResult<Node> {
+    /// A healthy node that reaches the stores `need` asks for, with the fewest
+    /// transfers in progress, taking turns among those with as few.
+    pub async fn pick(&self, need: Need<'_>) -> ApiResult<Node> {
         let mut healthy: Vec<Node> = self
             .catalog
             .list_nodes()
@@ -85,6 +85,10 @@ impl NodePicker {
             .into_iter()
             .filter(|n| self.is_healthy(n))
             .collect();
+        if let Some(missing) = need.unmet(&healthy) {
+            return Err(ApiError::Unavailable(missing));
+        }
+        healthy.retain(|n| need.met_by(&n.stores));
         if healthy.iter().any(|n| !self.suspected(&n.address)) {
             healthy.retain(|n| !self.suspected(&n.address));
         }
@@ -99,5 +103,45 @@ impl NodePicker {
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         Ok(healthy.swap_remove(turn % healthy.len()))
+    }
+}
+
+/// Which stores the node handed out must reach.
+#[derive(Debug, Clone, Copy)]
+pub enum Need<'a> {
+    /// Every one of these (where an upload writes).
+    All(&'a [String]),
+    /// At least one of these (where an image to read is); empty: any node.
+    OneOf(&'a [String]),
+}
+
+impl Need<'_> {
+    pub fn met_by(&self, reach: &[String]) -> bool {
+        match self {
+            Self::All(stores) => stores.iter().all(|s| reach.contains(s)),
+            Self::OneOf(stores) => stores.is_empty() || stores.iter().any(|s| reach.contains(s)),
+        }
+    }
+
+    /// Why no node of `healthy` will do, when there are nodes but none reaches
+    /// the stores; None otherwise.
+    fn unmet(&self, healthy: &[Node]) -> Option<String> {
+        if healthy.is_empty() || healthy.iter().any(|n| self.met_by(&n.stores)) {
+            return None;
+        }
+        let (how, stores) = match self {
+            Self::All(s) => ("every one of the stores", s),
+            Self::OneOf(s) => ("one of the stores", s),
+        };
+        Some(format!(
+            "no healthy blob node reaches {how} {}: start a node whose configuration has \
+             them (the healthy nodes reach {})",
+            stores.join(", "),
+            healthy
+                .iter()
+                .map(|n| format!("{}: {}", n.node_id, n.stores.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
     }
 }

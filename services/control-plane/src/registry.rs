@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::imports::ImportRules;
 use crate::names;
 use crate::nodes::NodePicker;
+use crate::stores::Stores;
 use crate::uploads::{UploadLimits, spec_to_pb};
 
 pub struct RegistryService {
@@ -93,7 +94,21 @@ impl RegistryService {
             version: n.version,
             register_time: Some(convert::timestamp(n.registered_at)),
             last_heartbeat_time: Some(convert::timestamp(n.last_heartbeat_at)),
+            stores: n.stores,
         }
+    }
+
+    /// The stores a node says it reaches; a node that names none (older
+    /// than named stores) reaches the default one.
+    fn reach(&self, declared: Vec<String>) -> ApiResult<Vec<String>> {
+        if declared.is_empty() {
+            return Ok(vec![self.imports.stores.default_store().to_owned()]);
+        }
+        if declared.len() > 64 {
+            return Err(invalid("at most 64 stores per node"));
+        }
+        self.imports.stores.check_node(&declared)?;
+        Ok(declared)
     }
 
     fn interval_seconds(&self) -> u32 {
@@ -159,7 +174,31 @@ fn part(p: pb::ImagePart) -> ApiResult<cat::Part> {
     })
 }
 
-fn new_image(r: ipb::RegisterContentRequest) -> ApiResult<NewImage> {
+fn new_image(r: ipb::RegisterContentRequest, stores: &Stores) -> ApiResult<NewImage> {
+    let mut written = Vec::new();
+    for name in &r.stores {
+        stores.check("stores", name)?;
+        if !written.contains(name) {
+            written.push(name.clone());
+        }
+    }
+    if written.is_empty() {
+        // A node older than named stores wrote to the one store there was.
+        written.push(stores.default_store().to_owned());
+    }
+    let mut failed_stores = Vec::new();
+    for f in &r.failed_stores {
+        stores.check("failed_stores", &f.store)?;
+        if f.message.len() > 4096 {
+            return Err(invalid(
+                "failed_stores: a message is longer than 4096 bytes",
+            ));
+        }
+        failed_stores.push(cat::FailedStore {
+            store: f.store.clone(),
+            message: f.message.clone(),
+        });
+    }
     let image_type = convert::want_type(r.r#type)?
         .ok_or_else(|| invalid("type is required: container or virtual-machine"))?;
     let layout = match pb::ImageLayout::try_from(r.layout) {
@@ -183,6 +222,8 @@ fn new_image(r: ipb::RegisterContentRequest) -> ApiResult<NewImage> {
         })
         .transpose()?;
     Ok(NewImage {
+        stores: written,
+        failed_stores,
         fingerprint: r.fingerprint,
         image_type,
         architecture: r.architecture,
@@ -241,6 +282,7 @@ impl Registry for RegistryService {
         if r.version.len() > 128 {
             return Err(invalid("version is longer than 128 bytes").into());
         }
+        let stores = self.reach(r.stores)?;
         let node = self
             .catalog
             .register_node(NodeAnnouncement {
@@ -249,13 +291,15 @@ impl Registry for RegistryService {
                 capacity_bytes: r.capacity_bytes,
                 available_bytes: r.available_bytes,
                 version: r.version,
+                stores,
             })
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(node = %node.node_id, address = %node.address, "blob node registered");
+        tracing::info!(node = %node.node_id, address = %node.address, stores = ?node.stores, "blob node registered");
         Ok(Response::new(ipb::RegisterNodeResponse {
             node: Some(self.node(node)),
             heartbeat_interval_seconds: self.interval_seconds(),
+            settings: Some(self.imports.stores.settings()),
         }))
     }
 
@@ -271,6 +315,7 @@ impl Registry for RegistryService {
             .map_err(ApiError::from)?;
         Ok(Response::new(ipb::HeartbeatResponse {
             heartbeat_interval_seconds: self.interval_seconds(),
+            settings: Some(self.imports.stores.settings()),
         }))
     }
 
@@ -302,7 +347,7 @@ impl Registry for RegistryService {
         };
         let registered = self
             .catalog
-            .register_image(new_image(r)?, completes)
+            .register_image(new_image(r, &self.imports.stores)?, completes)
             .await
             .map_err(ApiError::from)?;
         if registered.created {
@@ -341,6 +386,7 @@ impl Registry for RegistryService {
             _ => None,
         };
         Ok(Response::new(ipb::OpenWriteResponse {
+            importer_roles: u.spec.importer_roles.clone(),
             spec: Some(spec_to_pb(&u.spec)),
             committed_size: u.committed_size,
             metadata_size: u.metadata_size,
@@ -443,6 +489,7 @@ impl Registry for RegistryService {
             parts: image.parts,
             objects: objects_pb(objects),
             damage: image.damage,
+            stores: image.stores,
         }))
     }
 
@@ -450,23 +497,39 @@ impl Registry for RegistryService {
         &self,
         req: Request<ipb::ListReleasedRequest>,
     ) -> Reply<ipb::ListReleasedResponse> {
-        let limit = match req.get_ref().limit {
+        let r = req.into_inner();
+        let limit = match r.limit {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let storage_keys = self
+        let reach = self.reach(r.stores)?;
+        let released = self
             .catalog
-            .released_content(limit)
+            .released_content(reach, limit)
             .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(ipb::ListReleasedResponse { storage_keys }))
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|k| ipb::ReleasedKey {
+                store: k.store,
+                key: k.key,
+            })
+            .collect();
+        Ok(Response::new(ipb::ListReleasedResponse { released }))
     }
 
     async fn forget_released(
         &self,
         req: Request<ipb::ForgetReleasedRequest>,
     ) -> Reply<ipb::ForgetReleasedResponse> {
-        let keys = req.into_inner().storage_keys;
+        let keys: Vec<cat::ReleasedKey> = req
+            .into_inner()
+            .released
+            .into_iter()
+            .map(|k| cat::ReleasedKey {
+                store: k.store,
+                key: k.key,
+            })
+            .collect();
         if keys.len() > 1000 {
             return Err(invalid("at most 1000 keys per call").into());
         }
@@ -483,6 +546,7 @@ impl Registry for RegistryService {
     ) -> Reply<ipb::ClaimImportResponse> {
         let r = req.into_inner();
         validate_node_id(&r.node_id)?;
+        let reach = self.reach(r.stores)?;
         let wait = std::time::Duration::from_secs(u64::from(r.wait_seconds.min(60)));
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.catalog.watch_operations();
@@ -491,7 +555,7 @@ impl Registry for RegistryService {
             changes.borrow_and_update();
             let claimed = self
                 .catalog
-                .claim_import(r.node_id.clone())
+                .claim_import(r.node_id.clone(), reach.clone())
                 .await
                 .map_err(ApiError::from)?;
             if let Some(job) = claimed {
@@ -504,6 +568,7 @@ impl Registry for RegistryService {
                     policy: Some(self.policy()),
                     replaces: job.replaces.unwrap_or_default(),
                     architectures: self.imports.settings.server_architectures(),
+                    importer_roles: job.importer_roles,
                 }));
             }
             tokio::select! {
@@ -522,6 +587,7 @@ impl Registry for RegistryService {
     ) -> Reply<ipb::ClaimScrubResponse> {
         let r = req.into_inner();
         validate_node_id(&r.node_id)?;
+        let reach = self.reach(r.stores)?;
         let background = r.background;
         let wait = std::time::Duration::from_secs(u64::from(r.wait_seconds.min(60)));
         let deadline = tokio::time::Instant::now() + wait;
@@ -538,7 +604,13 @@ impl Registry for RegistryService {
             changes.borrow_and_update();
             let claimed = self
                 .catalog
-                .claim_scrub(r.node_id.clone(), background, self.scrub_every, SCRUB_CLAIM)
+                .claim_scrub(
+                    r.node_id.clone(),
+                    reach.clone(),
+                    background,
+                    self.scrub_every,
+                    SCRUB_CLAIM,
+                )
                 .await
                 .map_err(ApiError::from)?;
             if let Some(job) = claimed {
@@ -549,6 +621,7 @@ impl Registry for RegistryService {
                     .await
                     .map_err(ApiError::from)?;
                 return Ok(Response::new(ipb::ClaimScrubResponse {
+                    stores: job.image.stores.clone(),
                     fingerprint,
                     operation: job
                         .operation
@@ -587,6 +660,12 @@ impl Registry for RegistryService {
             "" => None,
             name => Some(names::operation("operation", name)?.to_owned()),
         };
+        for store in &r.repaired {
+            tracing::warn!(
+                fingerprint = %fp, node = %r.node_id, store = %store,
+                "a damaged copy was rewritten from a sound copy in another store"
+            );
+        }
         let outcome = match (r.damage, r.error_code) {
             (Some(d), _) => {
                 let part = pb::PartRole::try_from(d.part)
@@ -655,6 +734,39 @@ impl Registry for RegistryService {
             .map_err(ApiError::from)?;
         Ok(Response::new(ipb::ReportImportResponse {
             stop: op.state.is_done(),
+        }))
+    }
+
+    async fn add_locations(
+        &self,
+        req: Request<ipb::AddLocationsRequest>,
+    ) -> Reply<ipb::AddLocationsResponse> {
+        let r = req.into_inner();
+        let fp = imagestore_image::Fingerprint::parse(&r.fingerprint)
+            .map_err(|e| invalid(format!("fingerprint: {e}")))?;
+        let operation = match r.operation.as_str() {
+            "" => None,
+            name => Some(names::operation("operation", name)?.to_owned()),
+        };
+        for name in &r.stores {
+            self.imports.stores.check("stores", name)?;
+        }
+        let mut failed = Vec::new();
+        for f in r.failed_stores {
+            self.imports.stores.check("failed_stores", &f.store)?;
+            failed.push(cat::FailedStore {
+                store: f.store,
+                message: f.message.chars().take(4096).collect(),
+            });
+        }
+        let image = self
+            .catalog
+            .add_locations(fp.as_str().to_owned(), r.stores.clone(), failed, operation)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(fingerprint = %image.fingerprint, added = ?r.stores, stores = ?image.stores, "image copied to stores");
+        Ok(Response::new(ipb::AddLocationsResponse {
+            image: Some(convert::image(image)),
         }))
     }
 }

@@ -13,7 +13,8 @@ use crate::auth::Auth;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, Reply, invalid};
 use crate::names;
-use crate::nodes::NodePicker;
+use crate::nodes::{Need, NodePicker};
+use crate::stores::{Stores, Target};
 
 /// What an upload session needs from the configuration.
 #[derive(Clone, Copy)]
@@ -43,15 +44,23 @@ pub struct UploadsService {
     nodes: NodePicker,
     limits: UploadLimits,
     auth: Auth,
+    stores: Stores,
 }
 
 impl UploadsService {
-    pub fn new(catalog: Catalog, nodes: NodePicker, limits: UploadLimits, auth: Auth) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        nodes: NodePicker,
+        limits: UploadLimits,
+        auth: Auth,
+        stores: Stores,
+    ) -> Self {
         Self {
             catalog,
             nodes,
             limits,
             auth,
+            stores,
         }
     }
 
@@ -89,7 +98,7 @@ impl UploadsService {
         let blob_node = match upload.state {
             cat::UploadState::Open => self
                 .nodes
-                .pick()
+                .pick(Need::All(&upload.spec.stores))
                 .await
                 .map(|n| n.address)
                 .unwrap_or_default(),
@@ -145,11 +154,22 @@ pub fn spec_to_pb(s: &cat::UploadSpec) -> pb::UploadSpec {
             })
             .collect(),
         properties: s.properties.clone().into_iter().collect(),
+        target: (!s.stores.is_empty()).then(|| {
+            Stores::selection(&Target {
+                stores: s.stores.clone(),
+                must_succeed: s.all_stores_must_succeed,
+            })
+        }),
     }
 }
 
 /// Validates a client's spec: everything that can be refused before a byte moves.
-pub fn spec_from_pb(s: pb::UploadSpec, max_bytes: u64) -> ApiResult<cat::UploadSpec> {
+/// `target` is where it goes, resolved from `s.target`.
+pub fn spec_from_pb(
+    s: pb::UploadSpec,
+    max_bytes: u64,
+    target: Target,
+) -> ApiResult<cat::UploadSpec> {
     let layout = match pb::ImageLayout::try_from(s.layout) {
         Ok(pb::ImageLayout::Unified) => cat::Layout::Unified,
         Ok(pb::ImageLayout::Split) => cat::Layout::Split,
@@ -200,6 +220,9 @@ pub fn spec_from_pb(s: pb::UploadSpec, max_bytes: u64) -> ApiResult<cat::UploadS
             .map(|a| (a.name, a.description))
             .collect(),
         properties,
+        stores: target.stores,
+        all_stores_must_succeed: target.must_succeed,
+        importer_roles: Vec::new(),
     })
 }
 
@@ -210,11 +233,14 @@ impl Uploads for UploadsService {
         req: Request<pb::CreateUploadRequest>,
     ) -> Reply<pb::UploadSession> {
         self.limits.require_enabled()?;
+        let roles = self.auth.roles(&req);
         let spec = req
             .into_inner()
             .spec
             .ok_or_else(|| invalid("spec is required"))?;
-        let spec = spec_from_pb(spec, self.limits.max_bytes)?;
+        let target = self.stores.target(spec.target.as_ref())?;
+        let mut spec = spec_from_pb(spec, self.limits.max_bytes, target)?;
+        spec.importer_roles = roles;
         if !spec.expected_fingerprint.is_empty() {
             let what = ImageRef::Fingerprint(
                 FingerprintQuery::parse(&spec.expected_fingerprint).map_err(ApiError::from)?,
@@ -227,7 +253,7 @@ impl Uploads for UploadsService {
                 .into());
             }
         }
-        let node = self.nodes.pick().await?;
+        let node = self.nodes.pick(Need::All(&spec.stores)).await?;
         let upload = self
             .catalog
             .create_upload(spec, self.limits.ttl)
@@ -267,7 +293,13 @@ impl Uploads for UploadsService {
         if !fp.is_empty() {
             Fingerprint::parse(&fp).map_err(|e| invalid(format!("expected_fingerprint: {e}")))?;
         }
-        let node = self.nodes.pick().await?;
+        // A one-shot upload goes to the default store.
+        let node = self
+            .nodes
+            .pick(Need::All(std::slice::from_ref(
+                &self.stores.default_store().to_owned(),
+            )))
+            .await?;
         let (ticket, expires) = self
             .auth
             .ticket(&Scope::OneShot((!fp.is_empty()).then_some(fp)));

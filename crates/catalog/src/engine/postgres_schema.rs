@@ -214,6 +214,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER operations_version_verify AFTER INSERT ON verify_jobs
         FOR EACH ROW EXECUTE FUNCTION operations_changed();
     "#,
+    // 2: named stores (as SQLite's migration 12).
+    r#"
+    ALTER TABLE images ADD COLUMN stores TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE images ADD COLUMN failed_stores TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE nodes ADD COLUMN stores TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE import_jobs ADD COLUMN needs TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE import_jobs ADD COLUMN importer_roles TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE released_content ADD COLUMN store TEXT COLLATE "C" NOT NULL DEFAULT '';
+    ALTER TABLE released_content DROP CONSTRAINT released_content_pkey;
+    ALTER TABLE released_content ADD PRIMARY KEY (store, storage_key);
+    CREATE INDEX released_content_key ON released_content(storage_key);
+    "#,
 ];
 
 /// Every table of catalog data, parents before children (the order a copy

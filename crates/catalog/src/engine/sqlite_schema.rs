@@ -254,6 +254,30 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 12: named stores. Where each image has a verified copy (JSON array of store
+    // names; empty until the control plane adopts images registered before into
+    // its default store) and where a copy failed (JSON array of {store,
+    // message}); which stores each node reaches; which stores an import needs;
+    // released keys by store (empty: released before stores had names, every
+    // store).
+    r#"
+    ALTER TABLE images ADD COLUMN stores TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE images ADD COLUMN failed_stores TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE nodes ADD COLUMN stores TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE import_jobs ADD COLUMN needs TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE import_jobs ADD COLUMN importer_roles TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE released_by_store (
+        store       TEXT NOT NULL,
+        storage_key TEXT NOT NULL,
+        released_at INTEGER NOT NULL,
+        PRIMARY KEY (store, storage_key)
+    ) WITHOUT ROWID;
+    INSERT INTO released_by_store (store, storage_key, released_at)
+        SELECT '', storage_key, released_at FROM released_content;
+    DROP TABLE released_content;
+    ALTER TABLE released_by_store RENAME TO released_content;
+    CREATE INDEX released_content_key ON released_content(storage_key);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

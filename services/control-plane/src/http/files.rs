@@ -90,7 +90,10 @@ pub async fn file(
             .await
             .map_err(ApiError::from)?;
     }
-    let node = face.nodes.pick().await?;
+    let node = face
+        .nodes
+        .pick(crate::nodes::Need::OneOf(&image.stores))
+        .await?;
     let (ticket, _) = face.auth.ticket(&scope);
     let location = format!(
         "{}/blobs/{}/{}?ticket={ticket}",

@@ -326,6 +326,8 @@ mod tests {
                 })
                 .collect(),
             damage: None,
+            stores: Vec::new(),
+            failed_stores: Vec::new(),
         }
     }
 
