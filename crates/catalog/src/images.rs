@@ -680,9 +680,8 @@ impl Store {
     pub async fn adopt_into_store(&self, store: String) -> Result<usize> {
         self.write(move |tx| {
             let json = serde_json::to_string(&[&store])?;
-            Ok(tx
-                .prepare_cached("UPDATE images SET stores = ?1 WHERE stores = '[]'")?
-                .execute([&json])?)
+            tx.prepare_cached("UPDATE images SET stores = ?1 WHERE stores = '[]'")?
+                .execute([&json])
         })
         .await
     }

@@ -300,9 +300,6 @@ pub struct UploadSpec {
     /// A store that fails fails the upload (else it is listed on the image).
     #[serde(default = "yes")]
     pub all_stores_must_succeed: bool,
-    /// Roles of whoever opened the session, for the import plugins.
-    #[serde(default)]
-    pub importer_roles: Vec<String>,
 }
 
 fn yes() -> bool {

@@ -45,6 +45,8 @@ pub struct UploadOptions {
     pub retries: u32,
     /// Bytes per message (at most the session's max_chunk_bytes).
     pub chunk_bytes: usize,
+    /// The stores to write the image to; None: the server's default store.
+    pub target: Option<pb::StoreSelection>,
 }
 
 impl Default for UploadOptions {
@@ -57,6 +59,7 @@ impl Default for UploadOptions {
             resume_file: None,
             retries: 5,
             chunk_bytes: 1 << 20,
+            target: None,
         }
     }
 }
@@ -396,6 +399,7 @@ fn spec(source: &Source, sizes: &[u64], opts: &UploadOptions) -> pb::UploadSpec 
         public: opts.public,
         aliases: crate::alias_specs(&opts.aliases),
         properties: opts.properties.clone(),
+        target: opts.target.clone(),
         ..Default::default()
     }
 }

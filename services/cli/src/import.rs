@@ -28,6 +28,8 @@ pub struct ImportArgs {
     /// A property, key=value (repeatable).
     #[arg(long = "prop", value_name = "KEY=VALUE")]
     prop: Vec<String>,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
 }
 
 pub async fn import(ctx: &Ctx, args: ImportArgs) -> CliResult {
@@ -60,6 +62,7 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> CliResult {
                 aliases: alias_specs(&args.alias),
                 public: args.public,
                 properties,
+                target: args.stores.selection(),
                 ..Default::default()
             };
             let op = client.imports().import_image(req).await?.into_inner();
@@ -77,14 +80,14 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> CliResult {
             } else {
                 Source::Unified(path)
             };
-            upload(ctx, &client, source, args.alias, args.public, properties).await?
+            upload(ctx, &client, source, &args, properties).await?
         }
         [metadata, rootfs] => {
             let source = Source::Split {
                 metadata: existing(metadata)?,
                 rootfs: existing(rootfs)?,
             };
-            upload(ctx, &client, source, args.alias, args.public, properties).await?
+            upload(ctx, &client, source, &args, properties).await?
         }
         _ => {
             return Err(Failure::usage(
@@ -127,10 +130,10 @@ async fn upload(
     ctx: &Ctx,
     client: &Client,
     source: Source,
-    aliases: Vec<String>,
-    public: bool,
+    args: &ImportArgs,
     properties: HashMap<String, String>,
 ) -> CliResult<pb::Image> {
+    let (aliases, public) = (args.alias.clone(), args.public);
     let resume = resume_file(client.url(), &source, &aliases, public);
     if resume.exists() && !ctx.quiet {
         eprintln!("Resuming the interrupted upload of the same files");
@@ -140,6 +143,7 @@ async fn upload(
         aliases,
         public,
         properties,
+        target: args.stores.selection(),
         ..Default::default()
     };
     let image = client
@@ -274,6 +278,8 @@ pub struct CopyArgs {
     /// Make the copy public.
     #[arg(long)]
     public: bool,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
 }
 
 pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
@@ -369,6 +375,7 @@ pub async fn copy(ctx: &Ctx, args: CopyArgs) -> CliResult {
         } else {
             0
         },
+        target: args.stores.selection(),
         ..Default::default()
     };
     let op = client.imports().import_image(req).await?.into_inner();

@@ -184,6 +184,10 @@ fn info_text(i: &pb::Image) -> String {
     let _ = writeln!(s, "Architecture: {}", i.architecture);
     let _ = writeln!(s, "Type: {}", type_name(i.r#type));
     let _ = writeln!(s, "Public: {}", yes_no(i.public));
+    let _ = writeln!(s, "Stores: {}", i.stores.join(", "));
+    for f in &i.failed_stores {
+        let _ = writeln!(s, "    Copy to {} failed: {}", f.store, f.message);
+    }
     if let Some(d) = &i.damage {
         let _ = writeln!(s, "Damaged: {}", d.message);
         let _ = writeln!(s, "    Found: {}", human_time(&d.detect_time, "unknown"));

@@ -14,6 +14,7 @@ mod pack;
 mod progress;
 mod remote;
 mod serve;
+mod stores;
 mod trust;
 
 use std::process::ExitCode;
@@ -102,6 +103,10 @@ enum ClientCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// The server's stores: list them, copy an image to more of them, remove
+    /// it from one.
+    #[command(subcommand)]
+    Store(stores::StoreCommand),
     /// Manage the remote servers this command talks to.
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
@@ -145,6 +150,7 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
         Command::Delete { images } => manage::delete(ctx, images).await,
         Command::Refresh { images } => import::refresh(ctx, images).await,
         Command::Verify { images } => manage::verify(ctx, images).await,
+        Command::Store(cmd) => stores::run(ctx, cmd).await,
         Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd).await,
         Command::Trust(cmd) => trust::run(ctx, cmd).await,
     }

@@ -123,6 +123,8 @@ pub fn image_json(i: &pb::Image) -> Value {
             Ok(pb::ImageLayout::Split) => "split",
             _ => "unified",
         },
+        "stores": i.stores,
+        "failed_stores": i.failed_stores.iter().map(|f| json!({"store": f.store, "message": f.message})).collect::<Vec<_>>(),
     });
     if let Some(s) = &i.update_source {
         v["update_source"] = json!({

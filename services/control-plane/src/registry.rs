@@ -386,7 +386,6 @@ impl Registry for RegistryService {
             _ => None,
         };
         Ok(Response::new(ipb::OpenWriteResponse {
-            importer_roles: u.spec.importer_roles.clone(),
             spec: Some(spec_to_pb(&u.spec)),
             committed_size: u.committed_size,
             metadata_size: u.metadata_size,

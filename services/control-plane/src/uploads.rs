@@ -222,7 +222,6 @@ pub fn spec_from_pb(
         properties,
         stores: target.stores,
         all_stores_must_succeed: target.must_succeed,
-        importer_roles: Vec::new(),
     })
 }
 
@@ -233,14 +232,12 @@ impl Uploads for UploadsService {
         req: Request<pb::CreateUploadRequest>,
     ) -> Reply<pb::UploadSession> {
         self.limits.require_enabled()?;
-        let roles = self.auth.roles(&req);
         let spec = req
             .into_inner()
             .spec
             .ok_or_else(|| invalid("spec is required"))?;
         let target = self.stores.target(spec.target.as_ref())?;
-        let mut spec = spec_from_pb(spec, self.limits.max_bytes, target)?;
-        spec.importer_roles = roles;
+        let spec = spec_from_pb(spec, self.limits.max_bytes, target)?;
         if !spec.expected_fingerprint.is_empty() {
             let what = ImageRef::Fingerprint(
                 FingerprintQuery::parse(&spec.expected_fingerprint).map_err(ApiError::from)?,
