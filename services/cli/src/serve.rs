@@ -164,14 +164,17 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         ..config.blob_node.clone()
     };
     let node = BlobNode::prepare(&node_config, reach)?;
-    let server = node.add_services(imagestore_control_plane::add_services(
-        GrpcServer::new()
-            .with_tls(node.tls())
-            .with_max_concurrent(control.max_concurrent_requests),
-        &control,
-        catalog.clone(),
-        auth,
-    ));
+    let server = node.add_services(
+        imagestore_control_plane::add_services(
+            GrpcServer::new()
+                .with_tls(node.tls())
+                .with_max_concurrent(control.max_concurrent_requests),
+            &control,
+            catalog.clone(),
+            auth,
+        )
+        .await?,
+    );
     let sweeper = imagestore_control_plane::spawn_background(&control, catalog);
     let lifecycle = node.spawn_lifecycle(None);
     if let Some(fingerprint) = node.tls().certificate_sha256() {

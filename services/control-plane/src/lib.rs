@@ -119,8 +119,29 @@ pub async fn serve_catalog(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
+    let server = GrpcServer::new()
+        .with_tls(tls)
+        .with_max_concurrent(config.max_concurrent_requests);
+    let server = add_services(server, &config, catalog.clone(), auth).await?;
+    let sweeper = spawn_background(&config, catalog);
+    let served = server.serve(listener, shutdown).await;
+    sweeper.abort();
+    served?;
+    Ok(())
+}
+
+/// Checks the configuration, brings the catalog in line with it, and adds
+/// every control-plane service over `catalog` to `server`, so that one process
+/// can serve them beside others (`imagestore serve`).
+pub async fn add_services(
+    server: GrpcServer,
+    config: &ControlPlaneConfig,
+    catalog: Catalog,
+    auth: Auth,
+) -> Result<GrpcServer, StartError> {
     config.import.validate().map_err(StartError::Config)?;
-    let stores = stores::Stores::from_config(&config).map_err(StartError::Config)?;
+    let stores = stores::Stores::from_config(config).map_err(StartError::Config)?;
     // Images registered before stores had names are in the one store there was.
     let adopted = catalog
         .adopt_into_store(stores.default_store().to_owned())
@@ -132,27 +153,6 @@ pub async fn serve_catalog(
             "images recorded in the default store"
         );
     }
-    let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
-    let sweeper = spawn_background(&config, catalog.clone());
-    let server = GrpcServer::new()
-        .with_tls(tls)
-        .with_max_concurrent(config.max_concurrent_requests);
-    let served = add_services(server, &config, catalog, auth)
-        .serve(listener, shutdown)
-        .await;
-    sweeper.abort();
-    served?;
-    Ok(())
-}
-
-/// Adds every control-plane service over `catalog` to `server`, so that one
-/// process can serve them beside others (`imagestore serve`).
-pub fn add_services(
-    server: GrpcServer,
-    config: &ControlPlaneConfig,
-    catalog: Catalog,
-    auth: Auth,
-) -> GrpcServer {
     let auth = auth
         .with_lifetimes(config.ticket_ttl, config.image_secret_ttl)
         .with_anonymous_lane(config.anonymous_reads, config.anonymous_queue);
@@ -166,19 +166,12 @@ pub fn add_services(
     };
     let stopping = server.stopping();
     let face = http::router(catalog.clone(), auth.clone(), nodes.clone());
-    // serve_catalog checked the configuration; a caller that adds the services
-    // alone gets the default store for a bad one.
-    let stores = stores::Stores::from_config(config).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "bad store configuration; using the default store only");
-        stores::Stores::from_config(&ControlPlaneConfig::default())
-            .expect("the default configuration is valid")
-    });
     let import_rules = Arc::new(imports::ImportRules {
         filtering: config.import_filtering.clone(),
         settings: config.import.clone(),
         stores: stores.clone(),
     });
-    server
+    Ok(server
         .add_http(face)
         .add_limited_service(
             ImagesServer::new(images::ImagesService::new(
@@ -254,7 +247,7 @@ pub fn add_services(
                 auth.nodes_only(),
             ),
             limit,
-        )
+        ))
 }
 
 /// `svc` behind the trust check: for services where every call needs trust.
