@@ -13,7 +13,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use imagestore_control_plane::ControlPlaneConfig;
 use imagestore_proto::v1 as pb;
 use imagestore_tests::*;
 use tokio::net::TcpListener;
@@ -116,29 +115,6 @@ fn lxd_route(site: &Shared, path: &str, hash: &str, file: &str) {
     route(site, path, &headers, Vec::new());
 }
 
-/// A control plane that lets imports reach 127.0.0.1 on `ports`, and a node.
-async fn cluster(
-    dir: &Path,
-    ports: Vec<u16>,
-    tweak: impl FnOnce(&mut ControlPlaneConfig),
-) -> (ControlPlane, BlobNode) {
-    let cp = ControlPlane::start_with(&dir.join("cp"), |c| {
-        c.import_filtering.allowed_hosts = vec!["127.0.0.1".into()];
-        c.import_filtering.allowed_ports = ports;
-        c.import.report_interval = Duration::from_millis(50);
-        c.sweep_interval = Duration::from_millis(50);
-        tweak(c);
-    })
-    .await;
-    let node = BlobNode::start(
-        &cp,
-        &dir.join("node"),
-        &StoreSpec::local(&dir.join("blobs")),
-    )
-    .await;
-    (cp, node)
-}
-
 fn url_request(url: String) -> pb::ImportImageRequest {
     pb::ImportImageRequest {
         source: Some(pb::import_image_request::Source::Url(pb::UrlSource { url })),
@@ -203,7 +179,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
     // A listener on a port the filtering does not allow: it must never be reached.
     let forbidden = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let forbidden_port = forbidden.local_addr().unwrap().port();
-    let (cp, node) = cluster(dir.path(), vec![addr.port()], |_| {}).await;
+    let (cp, node) = importing_cluster(dir.path(), vec![addr.port()], |_| {}).await;
     let base = format!("http://{addr}");
 
     let data = fixture("busybox-unified.tar.gz");
@@ -448,7 +424,7 @@ async fn url_imports_stop_at_the_size_limit_and_when_the_server_goes_quiet() {
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     site.lock().unwrap().closed = Some(closed_tx);
     let addr = start_site(site.clone()).await;
-    let (cp, node) = cluster(dir.path(), vec![addr.port()], |c| {
+    let (cp, node) = importing_cluster(dir.path(), vec![addr.port()], |c| {
         c.import.max_bytes = 256 * 1024;
         c.import.idle_timeout = Duration::from_millis(300);
     })
@@ -494,7 +470,7 @@ async fn url_imports_stop_at_the_size_limit_and_when_the_server_goes_quiet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn administrators_choose_the_import_methods() {
     let dir = tempfile::tempdir().unwrap();
-    let (cp, node) = cluster(dir.path(), vec![80], |c| {
+    let (cp, node) = importing_cluster(dir.path(), vec![80], |c| {
         c.import.enabled_methods = vec!["simplestreams".into()];
     })
     .await;
@@ -600,7 +576,7 @@ async fn copies_from_another_server_keep_aliases_secrets_and_follow_updates() {
     )
     .await;
     let ports = vec![src.addr.port(), src_node.addr.port()];
-    let (dst, dst_node) = cluster(&dir.path().join("dst"), ports.clone(), |c| {
+    let (dst, dst_node) = importing_cluster(&dir.path().join("dst"), ports.clone(), |c| {
         c.import.auto_update_interval = Duration::from_millis(200);
     })
     .await;
@@ -781,7 +757,7 @@ async fn cached_images_expire_when_unused_and_others_stay() {
     )
     .await;
     let ports = vec![src.addr.port(), src_node.addr.port()];
-    let (dst, dst_node) = cluster(&dir.path().join("dst"), ports, |c| {
+    let (dst, dst_node) = importing_cluster(&dir.path().join("dst"), ports, |c| {
         c.import.remote_cache_expiry = Duration::from_millis(500);
     })
     .await;
@@ -823,7 +799,7 @@ async fn simplestreams_picks_the_newest_matching_item_and_checks_every_hash() {
     let dir = tempfile::tempdir().unwrap();
     let site: Shared = Default::default();
     let addr = start_site(site.clone()).await;
-    let (cp, node) = cluster(dir.path(), vec![addr.port()], |_| {}).await;
+    let (cp, node) = importing_cluster(dir.path(), vec![addr.port()], |_| {}).await;
     let meta = fixture("busybox-split-meta.tar.xz");
     let root = fixture("busybox-split-rootfs.squashfs");
     let unified = fixture("busybox-unified.tar.gz");
@@ -973,7 +949,7 @@ async fn a_self_signed_simplestreams_source_is_reached_through_its_pin() {
     let pin = pin_of(&source.cert_file);
     let dir = tempfile::tempdir().unwrap();
     let ports = vec![source.cp.addr.port(), source.nodes[0].addr.port()];
-    let (cp, node) = cluster(dir.path(), ports, |_| {}).await;
+    let (cp, node) = importing_cluster(dir.path(), ports, |_| {}).await;
     let server = format!("https://127.0.0.1:{}", source.cp.addr.port());
     let ss = |pin: &str| pb::ImportImageRequest {
         source: Some(pb::import_image_request::Source::Simplestreams(

@@ -45,6 +45,24 @@ async fn upload_split(
     .await
 }
 
+/// Asks for a copy of image `fp` to `store`.
+async fn copy_to(
+    cp: &ControlPlane,
+    fp: &str,
+    store: &str,
+) -> Result<tonic::Response<pb::Operation>, tonic::Status> {
+    cp.images()
+        .await
+        .copy_image(pb::CopyImageRequest {
+            name: format!("images/{fp}"),
+            target: Some(pb::StoreSelection {
+                stores: stores(&[store]),
+                ..Default::default()
+            }),
+        })
+        .await
+}
+
 /// Healthy nodes that reach `store`, as ListStores says.
 async fn nodes_reaching(cp: &ControlPlane, store: &str) -> u32 {
     let listed = cp
@@ -59,6 +77,26 @@ async fn nodes_reaching(cp: &ControlPlane, store: &str) -> u32 {
         .iter()
         .find(|s| s.name == store)
         .map_or(0, |s| s.nodes)
+}
+
+/// A node on `local` (the default store), S3 and `flaky`.
+async fn start_every_store(
+    cp: &ControlPlane,
+    data: &Path,
+    local: &Path,
+    s3: &StoreSpec,
+    flaky: &Path,
+) -> BlobNode {
+    let named = |url: String, options| imagestore_blob_node::config::NamedStore { url, options };
+    BlobNode::start_with(cp, data, &StoreSpec::local(local), |c| {
+        c.stores
+            .insert("s3".into(), named(s3.url.clone(), s3.options.clone()));
+        c.stores.insert(
+            "flaky".into(),
+            named(flaky.display().to_string(), Default::default()),
+        );
+    })
+    .await
 }
 
 async fn get(cp: &ControlPlane, fp: &str) -> pb::Image {
@@ -109,26 +147,12 @@ async fn images_live_in_named_stores_are_copied_served_and_deleted_everywhere() 
     .await;
     let local_dir = dir.path().join("local");
     let flaky_dir = dir.path().join("flaky");
-    let node = BlobNode::start_with(
+    let node = start_every_store(
         &cp,
         &dir.path().join("n1"),
-        &StoreSpec::local(&local_dir),
-        |c| {
-            c.stores.insert(
-                "s3".into(),
-                imagestore_blob_node::config::NamedStore {
-                    url: s3.store.url.clone(),
-                    options: s3.store.options.clone(),
-                },
-            );
-            c.stores.insert(
-                "flaky".into(),
-                imagestore_blob_node::config::NamedStore {
-                    url: flaky_dir.display().to_string(),
-                    options: Default::default(),
-                },
-            );
-        },
+        &local_dir,
+        &s3.store,
+        &flaky_dir,
     )
     .await;
     let meta = fixture("busybox-split-meta.tar.xz");
@@ -142,33 +166,11 @@ async fn images_live_in_named_stores_are_copied_served_and_deleted_everywhere() 
     assert_eq!(get(&cp, &fp).await.stores, stores(&["local"]));
 
     // Copied to S3 as an operation; recorded once it matched.
-    let op = cp
-        .images()
-        .await
-        .copy_image(pb::CopyImageRequest {
-            name: format!("images/{fp}"),
-            target: Some(pb::StoreSelection {
-                stores: stores(&["s3"]),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = copy_to(&cp, &fp, "s3").await.unwrap().into_inner();
     let op = wait(&cp, &op).await;
     assert_eq!(op.state, pb::OperationState::Succeeded as i32, "{op:?}");
     assert_eq!(get(&cp, &fp).await.stores, stores(&["local", "s3"]));
-    let again = cp
-        .images()
-        .await
-        .copy_image(pb::CopyImageRequest {
-            name: format!("images/{fp}"),
-            target: Some(pb::StoreSelection {
-                stores: stores(&["s3"]),
-                ..Default::default()
-            }),
-        })
-        .await;
+    let again = copy_to(&cp, &fp, "s3").await;
     assert_status(again, Code::AlreadyExists, "is in s3 already");
     let listed = cp
         .images()
@@ -200,26 +202,12 @@ async fn images_live_in_named_stores_are_copied_served_and_deleted_everywhere() 
     assert_eq!(parts, vec![meta.clone(), rootfs.clone()]);
     s3_only.stop().await;
 
-    let node = BlobNode::start_with(
+    let node = start_every_store(
         &cp,
         &dir.path().join("n1"),
-        &StoreSpec::local(&local_dir),
-        |c| {
-            c.stores.insert(
-                "s3".into(),
-                imagestore_blob_node::config::NamedStore {
-                    url: s3.store.url.clone(),
-                    options: s3.store.options.clone(),
-                },
-            );
-            c.stores.insert(
-                "flaky".into(),
-                imagestore_blob_node::config::NamedStore {
-                    url: flaky_dir.display().to_string(),
-                    options: Default::default(),
-                },
-            );
-        },
+        &local_dir,
+        &s3.store,
+        &flaky_dir,
     )
     .await;
     // The S3-only node is gone: once its heartbeats are stale, only the first
@@ -340,19 +328,7 @@ async fn images_live_in_named_stores_are_copied_served_and_deleted_everywhere() 
     let vm = get(&cp, &vm_fp).await;
     assert_eq!(vm.stores, stores(&["local", "s3"]));
     assert_eq!(vm.failed_stores.len(), 1, "flaky is still failed");
-    let op = cp
-        .images()
-        .await
-        .copy_image(pb::CopyImageRequest {
-            name: format!("images/{vm_fp}"),
-            target: Some(pb::StoreSelection {
-                stores: stores(&["flaky"]),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = copy_to(&cp, &vm_fp, "flaky").await.unwrap().into_inner();
     let op = wait(&cp, &op).await;
     assert_eq!(op.state, pb::OperationState::Failed as i32, "{op:?}");
     assert!(op.error.unwrap().message.contains("flaky"));
@@ -480,29 +456,16 @@ fn port(url: &str) -> u16 {
 }
 
 /// A control plane whose imports may reach `source` (its control plane and
-/// blob node on 127.0.0.1), with one node.
+/// blob node), with one node.
 async fn cluster_with(
     dir: &Path,
     source: Option<(&ControlPlane, &BlobNode)>,
     tweak: impl FnOnce(&mut imagestore_control_plane::ControlPlaneConfig),
 ) -> (ControlPlane, BlobNode) {
-    let cp = ControlPlane::start_with(&dir.join("cp"), |c| {
-        if let Some((cp, node)) = source {
-            c.import_filtering.allowed_hosts = vec!["127.0.0.1".into()];
-            c.import_filtering.allowed_ports = vec![port(&cp.url()), port(&node.url())];
-        }
-        c.import.report_interval = std::time::Duration::from_millis(50);
-        c.sweep_interval = std::time::Duration::from_millis(50);
-        tweak(c);
-    })
-    .await;
-    let node = BlobNode::start(
-        &cp,
-        &dir.join("node"),
-        &StoreSpec::local(&dir.join("blobs")),
-    )
-    .await;
-    (cp, node)
+    let ports = source.map_or_else(Vec::new, |(cp, node)| {
+        vec![port(&cp.url()), port(&node.url())]
+    });
+    importing_cluster(dir, ports, tweak).await
 }
 
 fn copy_from(server: &ControlPlane, fp: &str) -> pb::ImportImageRequest {

@@ -1045,3 +1045,27 @@ pub fn imagestore_cli_ok(config_dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A control plane whose imports may reach 127.0.0.1 on `ports` (reporting
+/// every 50 ms), and a node on a local directory.
+pub async fn importing_cluster(
+    dir: &Path,
+    ports: Vec<u16>,
+    tweak: impl FnOnce(&mut ControlPlaneConfig),
+) -> (ControlPlane, BlobNode) {
+    let cp = ControlPlane::start_with(&dir.join("cp"), |c| {
+        c.import_filtering.allowed_hosts = vec!["127.0.0.1".into()];
+        c.import_filtering.allowed_ports = ports;
+        c.import.report_interval = Duration::from_millis(50);
+        c.sweep_interval = Duration::from_millis(50);
+        tweak(c);
+    })
+    .await;
+    let node = BlobNode::start(
+        &cp,
+        &dir.join("node"),
+        &StoreSpec::local(&dir.join("blobs")),
+    )
+    .await;
+    (cp, node)
+}
