@@ -364,6 +364,25 @@ async fn images_live_in_named_stores_are_copied_served_and_deleted_everywhere() 
             .any(|f| f.to_string_lossy().contains(&key[6..42]))
     })
     .await;
+    // Copied back once the collection is recorded (until then it is refused,
+    // so that the collector cannot delete the new copy).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let op = loop {
+        match copy_to(&cp, &fp, "local").await {
+            Ok(op) => break op.into_inner(),
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                assert!(s.message().contains("not collected yet"), "{s:?}");
+                assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    let op = wait(&cp, &op).await;
+    assert_eq!(op.state, pb::OperationState::Succeeded as i32, "{op:?}");
+    assert_eq!(get(&cp, &fp).await.stores, stores(&["s3", "local"]));
+    let (_, parts) = export(&cp, &fp).await;
+    assert_eq!(parts, vec![meta.clone(), rootfs.clone()]);
 
     // Deleting removes it from every store.
     cp.images()

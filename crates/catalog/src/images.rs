@@ -456,6 +456,14 @@ pub(crate) fn add_locations_in(
             image.stores.push(store.clone());
         }
         image.failed_stores.retain(|f| &f.store != store);
+        // Removed from this store earlier and copied back before the bytes
+        // were collected: they are the image's again.
+        for part in &image.parts {
+            tx.prepare_cached(
+                "DELETE FROM released_content WHERE store = ?1 AND storage_key = ?2",
+            )?
+            .execute([store, &part.storage_key])?;
+        }
     }
     for f in failed {
         if !image.stores.contains(&f.store) {
@@ -671,6 +679,34 @@ impl Store {
                 .execute([&k.store, &k.key])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Which of `stores` still have bytes of `keys` waiting to be collected
+    /// (released and not yet deleted).
+    pub async fn releases_pending(
+        &self,
+        stores: Vec<String>,
+        keys: Vec<String>,
+    ) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut pending = Vec::new();
+            for store in &stores {
+                for key in &keys {
+                    let found: bool = conn
+                        .prepare_cached(
+                            "SELECT EXISTS(SELECT 1 FROM released_content \
+                             WHERE store = ?1 AND storage_key = ?2)",
+                        )?
+                        .query_row([store, key], |r| r.get(0))?;
+                    if found {
+                        pending.push(store.clone());
+                        break;
+                    }
+                }
+            }
+            Ok(pending)
         })
         .await
     }

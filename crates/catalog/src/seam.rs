@@ -99,6 +99,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn forget_released(&self, keys: Vec<ReleasedKey>) -> Result<()>;
     /// Gives images registered before stores had names the default store.
     async fn adopt_into_store(&self, store: String) -> Result<usize>;
+    /// Which of `stores` still have bytes of `keys` waiting to be collected.
+    async fn releases_pending(&self, stores: Vec<String>, keys: Vec<String>)
+    -> Result<Vec<String>>;
     /// Records new copies (and failed ones) of an image, completing the copy
     /// operation; nothing is recorded when it was cancelled.
     async fn add_locations(
@@ -380,6 +383,14 @@ impl Backend for Store {
 
     async fn adopt_into_store(&self, store: String) -> Result<usize> {
         Store::adopt_into_store(self, store).await
+    }
+
+    async fn releases_pending(
+        &self,
+        stores: Vec<String>,
+        keys: Vec<String>,
+    ) -> Result<Vec<String>> {
+        Store::releases_pending(self, stores, keys).await
     }
 
     async fn add_locations(

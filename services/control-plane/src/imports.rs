@@ -241,6 +241,20 @@ pub async fn queue(
                 .filter(|s| !image.stores.contains(s))
                 .cloned()
                 .collect();
+            // A store the image was removed from keeps its bytes until a node
+            // collects them; a copy written before then could be collected
+            // after it is recorded.
+            let keys = image.parts.iter().map(|p| p.storage_key.clone()).collect();
+            let pending = catalog.releases_pending(missing.clone(), keys).await?;
+            if !pending.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "image {} was removed from {} and its bytes there are not collected yet: \
+                     copy it again once a blob node reaching the store has collected them \
+                     (every gc_interval)",
+                    image.fingerprint,
+                    pending.join(", ")
+                )));
+            }
             if missing.is_empty() {
                 return Err(ApiError::Catalog(
                     imagestore_catalog::CatalogError::AlreadyExists(format!(
