@@ -451,6 +451,25 @@ fn unified_vm(metadata: &[u8], disk: &[u8]) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// The file `name` of a gzip tarball, as tar itself extracts it.
+fn untar(tarball: &[u8], name: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("image.tar.gz");
+    std::fs::write(&file, tarball).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(&file)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs qemu-img convert as the test's own reference.
 fn qemu_convert(disk: &[u8], from: &str, to: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -570,13 +589,7 @@ async fn import_plugins_convert_disks_inject_properties_and_leave_nothing_when_t
     );
     assert_eq!(image.parts[1].extension, ".qcow2");
 
-    // A plugin that fails leaves no image and no bytes: a unified VM image's
-    // disk is not converted.
-    let (fail_cp, fail_node) =
-        cluster_with(&dir.path().join("d"), Some((&source, &source_node)), |c| {
-            c.import.plugins = stores(&["image_conversion"]);
-        })
-        .await;
+    // A unified VM image: its rootfs.img is converted inside the tarball.
     let unified = unified_vm(&meta_yaml(), &qcow2);
     let up = send_upload(
         &source,
@@ -594,10 +607,36 @@ async fn import_plugins_convert_disks_inject_properties_and_leave_nothing_when_t
     .await
     .unwrap();
     let unified_fp = up.image.unwrap().fingerprint;
-    let op = import(&fail_cp, copy_from(&source, &unified_fp)).await;
+    let op = import(&raw_cp, copy_from(&source, &unified_fp)).await;
+    assert_eq!(op.state, pb::OperationState::Succeeded as i32, "{op:?}");
+    assert_eq!(op.metadata["original_fingerprint"], unified_fp);
+    let converted_fp = op.metadata["fingerprint"].clone();
+    let (_, parts) = export(&raw_cp, &converted_fp).await;
+    assert_eq!(sha256_hex(&parts[0]), converted_fp);
+    assert_eq!(
+        untar(&parts[0], "rootfs.img"),
+        raw,
+        "qemu-img's own raw disk"
+    );
+    assert_eq!(untar(&parts[0], "metadata.yaml"), meta_yaml());
+
+    // A plugin that fails leaves no image and no bytes: a qcow2 whose header
+    // passes the inspection but that qemu-img cannot open (2^8-byte clusters).
+    let (fail_cp, fail_node) =
+        cluster_with(&dir.path().join("d"), Some((&source, &source_node)), |c| {
+            c.import.plugins = stores(&["image_conversion"]);
+        })
+        .await;
+    let mut odd = qcow2.clone();
+    odd[20..24].copy_from_slice(&8u32.to_be_bytes());
+    let up = upload_split(&source, None, &meta, &odd).await.unwrap();
+    let odd_fp = up.image.unwrap().fingerprint;
+    make_public(&source, &odd_fp).await;
+    let op = import(&fail_cp, copy_from(&source, &odd_fp)).await;
     assert_eq!(op.state, pb::OperationState::Failed as i32, "{op:?}");
     let error = op.error.unwrap();
     assert!(error.message.contains("image_conversion"), "{error:?}");
+    assert!(error.message.contains("qemu-img"), "{error:?}");
     let listed = fail_cp
         .images()
         .await

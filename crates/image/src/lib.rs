@@ -5,6 +5,7 @@ pub mod fingerprint;
 pub mod format;
 pub mod inspect;
 pub mod metadata;
+pub mod repack;
 pub mod scan;
 
 pub use arch::{canonical_architecture, debian_architecture};

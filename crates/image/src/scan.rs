@@ -253,7 +253,7 @@ fn io_error(e: io::Error, limit: u64) -> ScanError {
 
 /// Reads the first bytes of `reader` for sniffing and gives back a reader that
 /// still yields them.
-fn sniffed(mut reader: impl Read) -> io::Result<(Vec<u8>, impl Read)> {
+pub(crate) fn sniffed(mut reader: impl Read) -> io::Result<(Vec<u8>, impl Read)> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
     (&mut reader)
         .take(SNIFF_LEN as u64)
@@ -262,7 +262,7 @@ fn sniffed(mut reader: impl Read) -> io::Result<(Vec<u8>, impl Read)> {
     Ok((head, again))
 }
 
-fn decompressor<'a>(
+pub(crate) fn decompressor<'a>(
     format: Format,
     reader: impl Read + 'a,
 ) -> Result<Box<dyn Read + 'a>, ScanError> {
@@ -287,7 +287,7 @@ fn decompressor<'a>(
 }
 
 /// `./a/b` and `a/b` are the same entry; `..` and absolute paths are refused.
-fn entry_name(raw: &[u8]) -> Result<String, ScanError> {
+pub(crate) fn entry_name(raw: &[u8]) -> Result<String, ScanError> {
     let name = String::from_utf8_lossy(raw).into_owned();
     if name.starts_with('/') || name.split('/').any(|c| c == "..") {
         return Err(ScanError::UnsafePath(name));

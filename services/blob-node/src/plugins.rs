@@ -69,20 +69,31 @@ fn inject(c: &mut Candidate, settings: &ipb::ImportPlugins, roles: &[String]) {
     }
 }
 
-/// qemu-img's name for a split VM image's disk, from its extension.
-fn disk_format(part: &pb::ImagePart) -> &'static str {
-    if part.extension == ".qcow2" {
+/// qemu-img's name for a disk, from its first bytes (never probed by
+/// qemu-img itself: the inspection accepted only these two).
+fn disk_format(path: &Path) -> Result<&'static str, String> {
+    let mut head = vec![0u8; DISK_HEADER_LEN];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| read_up_to(&mut f, &mut head))
+        .map_err(|e| format!("cannot read the disk: {e}"))?;
+    inspect_vm_disk(&head[..n]).map_err(|e| e.to_string())?;
+    Ok(if head.starts_with(b"QFI\xfb") {
         "qcow2"
     } else {
         "raw"
-    }
+    })
 }
 
-/// Glance's image_conversion for a split virtual-machine image: the disk is
-/// converted (formats given, never probed) into a new rootfs part under the
-/// same prefix, whose objects replace the original's; the image gets the
-/// fingerprint of its metadata and new disk, and keeps the old one in
-/// [`ORIGINAL_FINGERPRINT`]. A disk already in the format is left alone.
+/// The file in a unified virtual-machine image that is its disk.
+const UNIFIED_DISK: &str = "rootfs.img";
+
+/// Glance's image_conversion for a virtual-machine image: the disk (a split
+/// image's rootfs part, or rootfs.img inside a unified image's tarball, which
+/// is then written again as .tar.gz) is converted with qemu-img (formats given,
+/// never probed) into new objects under the same part prefix, which replace
+/// the original's; the image gets the fingerprint of its new bytes, and keeps
+/// the old one in [`ORIGINAL_FINGERPRINT`]. A disk already in the format is
+/// left alone.
 async fn convert(
     node: &NodeContext,
     store: &BlobStore,
@@ -93,65 +104,111 @@ async fn convert(
     if !c.vm {
         return Ok(());
     }
-    if c.parts.len() != 2 {
-        return Err(
-            "a unified virtual-machine image's disk is inside its tarball and is not converted; \
-             import the image split (a metadata tarball and rootfs.img)"
-                .into(),
-        );
-    }
-    let input = disk_format(&c.parts[1]);
-    if input == output {
-        return Ok(());
-    }
     let started = Instant::now();
     let scratch = tempfile::tempdir_in(&node.config.scratch_dir)
         .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let source = scratch.path().join("source.img");
     let converted = scratch.path().join("converted.img");
-    write_file(store, c.objects[1].clone(), &source)
+    let disk_part = c.parts.len() - 1;
+    let unified = c.parts.len() == 1;
+    let tarball = scratch.path().join("image.tar");
+    if unified {
+        write_file(store, c.objects[0].clone(), &tarball)
+            .await
+            .map_err(|e| format!("cannot read the image from the store: {e}"))?;
+        let (from, to) = (tarball.clone(), source.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&to)?;
+            imagestore_image::repack::extract_file(
+                std::io::BufReader::new(std::fs::File::open(&from)?),
+                UNIFIED_DISK,
+                std::io::BufWriter::new(file),
+            )
+        })
         .await
-        .map_err(|e| format!("cannot read the disk from the store: {e}"))?;
+        .map_err(|e| format!("extracting task: {e}"))?
+        .map_err(|e| format!("cannot read {UNIFIED_DISK} from the image: {e}"))?;
+        if !found {
+            return Err(format!("the image has no {UNIFIED_DISK}"));
+        }
+    } else {
+        write_file(store, c.objects[disk_part].clone(), &source)
+            .await
+            .map_err(|e| format!("cannot read the disk from the store: {e}"))?;
+    }
+    let input = disk_format(&source)?;
+    if input == output {
+        return Ok(());
+    }
     let (src, dst) = (source.clone(), converted.clone());
     let (input_owned, output_owned) = (input.to_owned(), output.to_owned());
     let cpu =
         tokio::task::spawn_blocking(move || qemu_img(&input_owned, &output_owned, &src, &dst))
             .await
             .map_err(|e| format!("qemu-img task: {e}"))??;
-    let size = std::fs::metadata(&converted)
+    let disk_size = std::fs::metadata(&converted)
         .map_err(|e| format!("qemu-img wrote nothing: {e}"))?
         .len();
-    if size > node.config.max_upload_bytes {
+    if disk_size > node.config.max_upload_bytes {
         return Err(format!(
-            "the converted disk is {size} bytes, more than this server takes ({} bytes)",
+            "the converted disk is {disk_size} bytes, more than this server takes ({} bytes)",
             node.config.max_upload_bytes
         ));
     }
-    let mut head = vec![0u8; DISK_HEADER_LEN];
-    let n = std::fs::File::open(&converted)
-        .and_then(|mut f| read_up_to(&mut f, &mut head))
-        .map_err(|e| format!("cannot read the converted disk: {e}"))?;
-    inspect_vm_disk(&head[..n]).map_err(|e| format!("the converted disk is refused: {e}"))?;
-
-    // The new fingerprint: the metadata part's bytes, then the new disk's.
-    let mut image = Sha256::new();
-    let mut meta = store.read_part(c.objects[0].clone(), 0, 0);
-    while let Some(chunk) = meta.next().await {
-        image.update(&chunk.map_err(|e| e.to_string())?);
+    let got = disk_format(&converted).map_err(|e| format!("the converted disk is refused: {e}"))?;
+    if got != output {
+        return Err(format!("qemu-img wrote a {got} disk, not {output}"));
     }
-    let prefix = c.parts[1].storage_key.clone();
-    let (objects, sha) = store_file(node, store, &converted, &prefix, &mut image)
+    // What is stored: the new disk, or the tarball written again around it.
+    let (new_file, extension) = if unified {
+        let repacked = scratch.path().join("converted.tar.gz");
+        let (from, disk, to) = (tarball.clone(), converted.clone(), repacked.clone());
+        tokio::task::spawn_blocking(move || {
+            imagestore_image::repack::replace_file(
+                std::io::BufReader::new(std::fs::File::open(&from)?),
+                UNIFIED_DISK,
+                &disk,
+                std::io::BufWriter::new(std::fs::File::create(&to)?),
+            )
+        })
         .await
-        .map_err(|e| format!("cannot store the converted disk: {e}"))?;
+        .map_err(|e| format!("repacking task: {e}"))?
+        .map_err(|e| format!("cannot write the image again: {e}"))?;
+        (repacked, ".tar.gz")
+    } else {
+        (converted, if output == "qcow2" { ".qcow2" } else { "" })
+    };
+    let size = std::fs::metadata(&new_file)
+        .map_err(|e| format!("cannot read the converted image: {e}"))?
+        .len();
+    if size > node.config.max_upload_bytes {
+        return Err(format!(
+            "the converted image is {size} bytes, more than this server takes ({} bytes)",
+            node.config.max_upload_bytes
+        ));
+    }
+
+    // The new fingerprint: a split image's metadata bytes, then the new part's.
+    let mut image = Sha256::new();
+    if !unified {
+        let mut meta = store.read_part(c.objects[0].clone(), 0, 0);
+        while let Some(chunk) = meta.next().await {
+            image.update(&chunk.map_err(|e| e.to_string())?);
+        }
+    }
+    let prefix = c.parts[disk_part].storage_key.clone();
+    let (objects, sha) = store_file(node, store, &new_file, &prefix, &mut image)
+        .await
+        .map_err(|e| format!("cannot store the converted image: {e}"))?;
     store
         .seal_part(&prefix, &objects, size)
         .await
-        .map_err(|e| format!("cannot store the converted disk: {e}"))?;
+        .map_err(|e| format!("cannot store the converted image: {e}"))?;
     let original = std::mem::replace(&mut c.fingerprint, hex::encode(image.finalize()));
-    c.parts[1].sha256 = sha;
-    c.parts[1].size = size;
-    c.parts[1].extension = if output == "qcow2" { ".qcow2" } else { "" }.into();
-    c.objects[1] = objects;
+    c.parts[disk_part].sha256 = sha;
+    c.parts[disk_part].size = size;
+    c.parts[disk_part].extension = extension.into();
+    c.objects[disk_part] = objects;
     c.properties
         .insert(ORIGINAL_FINGERPRINT.into(), original.clone());
     let seconds = started.elapsed().as_secs_f64();
