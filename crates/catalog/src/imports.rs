@@ -127,6 +127,24 @@ impl Store {
                         return load_op(tx, &id);
                     }
                 }
+                if let Some(fp) = &needs.copy_of {
+                    let active: Vec<(String, String)> = tx
+                        .prepare_cached(
+                            "SELECT j.operation_id, j.needs FROM import_jobs j JOIN operations o \
+                             ON o.id = j.operation_id WHERE o.state IN ('QUEUED', 'RUNNING')",
+                        )?
+                        .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_>>()?;
+                    for (id, other) in active {
+                        let other: StoreNeeds = serde_json::from_str(&other)?;
+                        if other.copy_of.as_ref() == Some(fp) {
+                            return Err(CatalogError::FailedPrecondition(format!(
+                                "image {fp} is being copied already (operations/{id}): wait for \
+                                 that copy, then ask again for the stores it did not cover"
+                            )));
+                        }
+                    }
+                }
                 let op = crate::operations::queued(description, "queued", true);
                 store_op(tx, &op)?;
                 tx.prepare_cached(
@@ -370,5 +388,88 @@ impl Store {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Catalog, CatalogError, OperationState, StoreNeeds};
+
+    fn copy_of(fp: &str, to: &str) -> StoreNeeds {
+        StoreNeeds {
+            all: vec![to.into()],
+            any: vec!["local".into()],
+            copy_of: Some(fp.into()),
+        }
+    }
+
+    /// A copy that fails removes what it wrote under the image's keys, so two
+    /// copies of one image never run at once; claims go to nodes reaching the
+    /// stores a job needs.
+    #[tokio::test]
+    async fn copies_of_one_image_run_one_at_a_time_on_nodes_that_reach_their_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path().join("catalog.sqlite"))
+            .await
+            .unwrap();
+        let first = catalog
+            .create_import(
+                "copy".into(),
+                Vec::new(),
+                None,
+                copy_of("aa", "s3"),
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        let second = catalog
+            .create_import(
+                "copy".into(),
+                Vec::new(),
+                None,
+                copy_of("aa", "gcs"),
+                Vec::new(),
+            )
+            .await;
+        assert!(
+            matches!(&second, Err(CatalogError::FailedPrecondition(m)) if m.contains(&first.id)),
+            "{second:?}"
+        );
+        catalog
+            .create_import(
+                "copy".into(),
+                Vec::new(),
+                None,
+                copy_of("bb", "s3"),
+                Vec::new(),
+            )
+            .await
+            .expect("another image's copy");
+        let local_only = catalog
+            .claim_import("n1".into(), vec!["local".into()])
+            .await
+            .unwrap();
+        assert!(local_only.is_none(), "a node without s3 gets nothing");
+        let claimed = catalog
+            .claim_import("n2".into(), vec!["local".into(), "s3".into()])
+            .await
+            .unwrap()
+            .expect("a node reaching both");
+        assert_eq!(claimed.operation, first.id);
+        catalog.cancel_operation(first.id.clone()).await.unwrap();
+        assert_eq!(
+            catalog.get_operation(first.id).await.unwrap().state,
+            OperationState::Cancelled
+        );
+        catalog
+            .create_import(
+                "copy".into(),
+                Vec::new(),
+                None,
+                copy_of("aa", "gcs"),
+                Vec::new(),
+            )
+            .await
+            .expect("once the first copy is over");
     }
 }

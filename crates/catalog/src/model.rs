@@ -151,6 +151,10 @@ pub struct StoreNeeds {
     pub all: Vec<String>,
     #[serde(default)]
     pub any: Vec<String>,
+    /// A copy between stores: the image it copies (one at a time per image,
+    /// since a copy that fails removes what it wrote under the image's keys).
+    #[serde(default)]
+    pub copy_of: Option<String>,
 }
 
 impl StoreNeeds {

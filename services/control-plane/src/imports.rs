@@ -271,13 +271,14 @@ pub async fn queue(
             let needs = StoreNeeds {
                 all: target.stores.clone(),
                 any: image.stores.clone(),
+                copy_of: Some(image.fingerprint.clone()),
             };
             ("Copying image to stores", needs, target)
         }
         _ => {
             let needs = StoreNeeds {
                 all: target.stores.clone(),
-                any: Vec::new(),
+                ..StoreNeeds::default()
             };
             ("Downloading image", needs, target)
         }
