@@ -657,3 +657,88 @@ async fn import_plugins_convert_disks_inject_properties_and_leave_nothing_when_t
         c.stop().await;
     }
 }
+
+/// A blob node given only the standard AWS environment reaches S3 with it (an
+/// option set through IMAGESTORE_* as `true` included); without credentials it
+/// refuses to start, saying what to set, instead of asking a cloud's instance
+/// metadata service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_node_takes_s3_credentials_from_the_standard_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start("envbucket").await;
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let endpoint = s3.store.options["aws_endpoint"].clone();
+    let data = dir.path().join("node");
+    let credential = cp.cluster_credential_file();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--control-plane",
+        &cp.url(),
+        "--cluster-credential-file",
+        credential.to_str().unwrap(),
+        "--store",
+        "s3://envbucket",
+    ];
+    let node = Process::start(
+        &binary("imagestore-blob"),
+        &args,
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("IMAGESTORE_STORE_OPTIONS__AWS_ALLOW_HTTP", "true"),
+        ],
+    )
+    .await;
+    eventually("the node to register", || async {
+        nodes_reaching(&cp, "local").await == 1
+    })
+    .await;
+    let image = fixture("busybox-unified.tar.gz");
+    let done = send_upload(
+        &cp,
+        &node.url(),
+        upload_messages(
+            FirstMessage::Spec(pb::UploadSpec {
+                layout: pb::ImageLayout::Unified as i32,
+                ..Default::default()
+            }),
+            &[&image],
+            CHUNK,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(done.complete);
+    let bucket = imagestore_store::BlobStore::open(&s3.store.url, &s3.store.options).unwrap();
+    let stored = bucket.keys("blobs/").await.unwrap();
+    assert!(!stored.is_empty(), "the bytes are in the bucket");
+    node.kill().await;
+
+    // No credentials anywhere: a start-up error that names the fix, at once.
+    let mut bare = std::process::Command::new(binary("imagestore-blob"));
+    bare.args(args)
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_REGION", "us-east-1");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") && k != "AWS_ENDPOINT_URL" && k != "AWS_REGION" {
+            bare.env_remove(k);
+        }
+    }
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || bare.output().unwrap()),
+    )
+    .await
+    .expect("the node gives up at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no S3 credentials"), "{said}");
+    assert!(said.contains("instance_credentials"), "{said}");
+    cp.stop().await;
+}

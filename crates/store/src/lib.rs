@@ -22,10 +22,12 @@ mod copy;
 mod direct;
 pub mod layout;
 mod names;
+mod s3;
 
 pub use copy::Copied;
 pub use layout::segment_key;
 pub use names::{DEFAULT_STORE, check_store_name};
+pub use s3::INSTANCE_CREDENTIALS;
 
 /// Objects are read and re-chunked to at most this many bytes per chunk.
 pub const READ_CHUNK: usize = 1024 * 1024;
@@ -147,8 +149,14 @@ impl BlobStore {
             });
         }
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
-            .map_err(|e| bad(e.to_string()))?;
+        let (store, prefix) = match parsed.scheme() {
+            "s3" | "s3a" => (
+                s3::open(url, options).map_err(bad)?,
+                Path::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?,
+            ),
+            _ => object_store::parse_url_opts(&parsed, options.iter())
+                .map_err(|e| bad(e.to_string()))?,
+        };
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             Arc::from(store)
         } else {

@@ -37,7 +37,10 @@ pub struct BlobNodeConfig {
     /// and the other schemes object_store knows. Empty means `{data_dir}/blobs`.
     pub store: String,
     /// Options for the object store (endpoint, region, access_key_id,
-    /// secret_access_key, allow_http, ...).
+    /// secret_access_key, allow_http, ...). For S3 the standard AWS_*
+    /// environment is read first and these win; credentials come from the
+    /// instance metadata service only with instance_credentials = "true".
+    #[serde(deserialize_with = "text_map")]
     pub store_options: BTreeMap<String, String>,
     /// The name of the store `store` points at, among the control plane's
     /// `stores`.
@@ -84,7 +87,37 @@ pub struct NamedStore {
     /// object_store knows.
     pub url: String,
     /// Options for the object store, as `store_options`.
+    #[serde(deserialize_with = "text_map")]
     pub options: BTreeMap<String, String>,
+}
+
+/// A map of options as text. Values set through the environment arrive typed
+/// (`IMAGESTORE_STORE_OPTIONS__AWS_ALLOW_HTTP=true` is a boolean): each is
+/// taken as the text it was written as.
+fn text_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Bool(bool),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+    }
+    let map = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Text::Text(s) => s,
+                Text::Bool(b) => b.to_string(),
+                Text::Int(i) => i.to_string(),
+                Text::Uint(u) => u.to_string(),
+                Text::Float(f) => f.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }
 
 impl BlobNodeConfig {
