@@ -97,23 +97,23 @@ pub struct NamedStore {
 fn text_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Text {
+    enum Scalar {
         Text(String),
         Bool(bool),
         Int(i64),
         Uint(u64),
         Float(f64),
     }
-    let map = BTreeMap::<String, Text>::deserialize(d)?;
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
     Ok(map
         .into_iter()
         .map(|(k, v)| {
             let text = match v {
-                Text::Text(s) => s,
-                Text::Bool(b) => b.to_string(),
-                Text::Int(i) => i.to_string(),
-                Text::Uint(u) => u.to_string(),
-                Text::Float(f) => f.to_string(),
+                Scalar::Text(s) => s,
+                Scalar::Bool(b) => b.to_string(),
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Uint(u) => u.to_string(),
+                Scalar::Float(f) => f.to_string(),
             };
             (k, text)
         })
