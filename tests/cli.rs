@@ -467,6 +467,24 @@ async fn aliases_and_properties_through_their_lifecycle() {
     fx.run_with_stdin(&["edit", "bb"], Some("public: [not a bool\n"))
         .await
         .fails(2, "not valid");
+    // Empty input (`</dev/null`, only comments) changes nothing.
+    for empty in ["", "# nothing\n\n"] {
+        fx.run_with_stdin(&["edit", "bb"], Some(empty))
+            .await
+            .fails(2, "empty: nothing was changed");
+    }
+    let info = fx.json(&["info", "bb", "-f", "json"]).await;
+    assert_eq!(
+        info["properties"],
+        serde_json::json!({"os": "busybox", "flavour": "tiny"})
+    );
+    // An unknown remote is an error naming the remotes, not an empty list.
+    fx.run(&["list", "nosuch:"])
+        .await
+        .fails(3, "The remote \"nosuch\" does not exist; the remotes are");
+    fx.run(&["alias", "list", "nosuch:"])
+        .await
+        .fails(3, "does not exist");
     fx.server.terminate().await;
 }
 

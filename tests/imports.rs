@@ -336,7 +336,7 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
         assert_eq!(state(&op), pb::OperationState::Failed, "{path}");
         assert_eq!(
             error_code(&op),
-            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
             "{path}: {op:?}"
         );
         assert!(

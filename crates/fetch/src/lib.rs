@@ -55,7 +55,10 @@ impl FetchError {
     /// The google.rpc.Code an operation that failed this way reports.
     pub fn code(&self) -> tonic::Code {
         match self {
-            Self::Refused(_) => tonic::Code::PermissionDenied,
+            // The same refusal the control plane gives before anything
+            // connects (the address is not allowed), found later: one code, so
+            // that callers (the CLI's exit code) see one kind.
+            Self::Refused(_) => tonic::Code::InvalidArgument,
             Self::Invalid(_) => tonic::Code::InvalidArgument,
             Self::NotFound(_) => tonic::Code::NotFound,
             Self::Http(_) => tonic::Code::FailedPrecondition,

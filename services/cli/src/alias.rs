@@ -112,7 +112,7 @@ async fn server_aliases(ctx: &Ctx, remote: Option<&str>) -> CliResult<Vec<pb::Al
 }
 
 async fn list(ctx: &Ctx, args: Vec<String>, format: Format) -> CliResult {
-    let (remote, filters) = ctx.config.remote_and_filters(&args);
+    let (remote, filters) = ctx.config.remote_and_filters(&args)?;
     let target = ctx.config.target(remote.as_deref())?;
     let mut aliases = if target.protocol == "imagestore" {
         server_aliases(ctx, remote.as_deref()).await?

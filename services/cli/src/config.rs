@@ -103,11 +103,20 @@ impl Config {
 
     /// The remote named `name`.
     pub fn remote(&self, name: &str) -> CliResult<&Remote> {
-        self.remotes.get(name).ok_or_else(|| {
-            Failure::not_found(format!(
-                "The remote \"{name}\" does not exist (see `imagestore remote list`)"
-            ))
-        })
+        self.remotes
+            .get(name)
+            .ok_or_else(|| self.no_such_remote(name))
+    }
+
+    /// The error for a remote name that is not configured, naming those that are.
+    fn no_such_remote(&self, name: &str) -> Failure {
+        let mut known: Vec<&str> = self.remotes.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        Failure::not_found(format!(
+            "The remote \"{name}\" does not exist; the remotes are {} (see `imagestore remote \
+             list`, `imagestore remote add`)",
+            known.join(", ")
+        ))
     }
 
     /// The default remote's name: IMAGESTORE_REMOTE when it names a remote, else
@@ -151,17 +160,18 @@ impl Config {
     }
 
     /// `[remote:] [filter...]` as `list` commands take them: a first argument
-    /// "name:" naming a known remote picks it; the rest are filters.
-    pub fn remote_and_filters(&self, args: &[String]) -> (Option<String>, Vec<String>) {
+    /// "name:" picks the remote (one that is not configured is an error, not a
+    /// filter that matches nothing); the rest are filters.
+    pub fn remote_and_filters(&self, args: &[String]) -> CliResult<(Option<String>, Vec<String>)> {
         match args.split_first() {
-            Some((first, rest))
-                if first
-                    .strip_suffix(':')
-                    .is_some_and(|r| self.remotes.contains_key(r)) =>
-            {
-                (Some(first.trim_end_matches(':').to_owned()), rest.to_vec())
-            }
-            _ => (None, args.to_vec()),
+            Some((first, rest)) => match first.strip_suffix(':') {
+                Some(r) if self.remotes.contains_key(r) => Ok((Some(r.to_owned()), rest.to_vec())),
+                Some(r) if !r.is_empty() && !r.contains([':', '=', ' ']) => {
+                    Err(self.no_such_remote(r))
+                }
+                _ => Ok((None, args.to_vec())),
+            },
+            None => Ok((None, Vec::new())),
         }
     }
 

@@ -193,6 +193,15 @@ fn resume_file(url: &str, source: &Source, aliases: &[String], public: bool) -> 
 /// Follows a server-side operation to its end with a progress bar; returns the
 /// image it made.
 pub async fn follow(ctx: &Ctx, client: &Client, op: pb::Operation) -> CliResult<pb::Image> {
+    Ok(follow_to_end(ctx, client, op).await?.1)
+}
+
+/// As [`follow`], with the operation as it ended (its metadata says more).
+async fn follow_to_end(
+    ctx: &Ctx,
+    client: &Client,
+    op: pb::Operation,
+) -> CliResult<(pb::Operation, pb::Image)> {
     let progress = ctx.progress();
     progress.status(&op.description);
     let mut last = op;
@@ -242,7 +251,7 @@ pub async fn follow(ctx: &Ctx, client: &Client, op: pb::Operation) -> CliResult<
                 })
                 .await?
                 .into_inner();
-            Ok(image)
+            Ok((last, image))
         }
         state => {
             let (code, message) = last
@@ -395,11 +404,17 @@ pub async fn refresh(ctx: &Ctx, images: Vec<String>) -> CliResult {
             })
             .await?
             .into_inner();
-        let fresh = follow(ctx, &client, op).await?;
-        if fresh.fingerprint == image.fingerprint {
-            ctx.say(format!("Image {arg} is up to date"));
-        } else {
+        let (done, fresh) = follow_to_end(ctx, &client, op).await?;
+        // The server says whether the image was replaced; a newer version it
+        // found here already (under another fingerprint) is no refresh.
+        let refreshed = done
+            .metadata
+            .get("refreshed")
+            .map_or(fresh.fingerprint != image.fingerprint, |r| r == "true");
+        if refreshed {
             ctx.say(format!("Image {arg} was refreshed: {}", fresh.fingerprint));
+        } else {
+            ctx.say(format!("Image {arg} is up to date"));
         }
     }
     Ok(())

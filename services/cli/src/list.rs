@@ -21,7 +21,7 @@ pub struct ListArgs {
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> CliResult {
-    let (remote, filters) = ctx.config.remote_and_filters(&args.args);
+    let (remote, filters) = ctx.config.remote_and_filters(&args.args)?;
     let columns: Vec<Column> = args
         .columns
         .chars()

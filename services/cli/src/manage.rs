@@ -160,7 +160,7 @@ pub fn edit_text(current: &str, banner: &str) -> CliResult<String> {
         std::io::stdin()
             .read_to_string(&mut s)
             .map_err(|e| Failure::new(exit::FAILED, format!("reading stdin: {e}")))?;
-        return Ok(s);
+        return refuse_empty(s);
     }
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
@@ -186,11 +186,28 @@ pub fn edit_text(current: &str, banner: &str) -> CliResult<String> {
     }
     let text = std::fs::read_to_string(file.path())
         .map_err(|e| Failure::new(exit::FAILED, format!("reading the edited file: {e}")))?;
-    Ok(text
+    refuse_empty(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// Nothing (or only comments and blanks) is not "remove everything": a
+/// `</dev/null` or an editor quit without saving would otherwise wipe every
+/// property. Nothing is changed.
+fn refuse_empty(text: String) -> CliResult<String> {
+    let meaningful = text
         .lines()
-        .filter(|l| !l.starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n"))
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    if meaningful {
+        return Ok(text);
+    }
+    Err(Failure::usage(
+        "The edited text is empty: nothing was changed (to clear the properties, send \
+         `properties: {}`)",
+    ))
 }
 
 /// Verifies each image on its server, says what was found, and fails (exit 7)

@@ -45,7 +45,7 @@ pub async fn run(ctx: &Ctx, cmd: TrustCommand) -> CliResult {
             description,
             ttl,
         } => {
-            let (remote, rest) = ctx.config.remote_and_filters(&args);
+            let (remote, rest) = ctx.config.remote_and_filters(&args)?;
             let client = ctx.client(remote.as_deref()).await?;
             match rest.as_slice() {
                 [] => {
