@@ -478,6 +478,26 @@ async fn aliases_and_properties_through_their_lifecycle() {
         info["properties"],
         serde_json::json!({"os": "busybox", "flavour": "tiny"})
     );
+    // Server-side work as operations: listed, shown, followed, not cancelled
+    // once over.
+    fx.ok(&["verify", "bb"]).await;
+    let ops = fx.json(&["operation", "list", "-f", "json"]).await;
+    let verify = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["stage"] == "done" || o["state"] == "SUCCEEDED")
+        .unwrap_or_else(|| panic!("{ops}"))
+        .clone();
+    let id = verify["id"].as_str().unwrap().to_owned();
+    let shown = fx.json(&["operation", "show", &id, "-f", "json"]).await;
+    assert_eq!(shown["state"], "SUCCEEDED", "{shown}");
+    let waited = fx.ok(&["operation", "wait", &id]).await;
+    assert!(waited.contains("Operation succeeded"), "{waited}");
+    fx.run(&["operation", "cancel", &id]).await.fails(1, "");
+    fx.run(&["operation", "show", "00000000-0000-0000-0000-000000000000"])
+        .await
+        .fails(3, "");
     // An unknown remote is an error naming the remotes, not an empty list.
     fx.run(&["list", "nosuch:"])
         .await

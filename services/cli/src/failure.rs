@@ -22,6 +22,8 @@ pub mod exit {
     pub const DENIED: u8 = 6;
     /// Bytes did not match their fingerprint.
     pub const INTEGRITY: u8 = 7;
+    /// Interrupted (Ctrl-C), as shells count SIGINT.
+    pub const INTERRUPTED: u8 = 130;
 
     /// The exit code of a failure of kind `code`: one code per kind, whatever
     /// raised it.

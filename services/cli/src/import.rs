@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 
 use crate::ctx::Ctx;
-use crate::failure::{CliResult, Failure};
+use crate::failure::{CliResult, Failure, exit};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -204,6 +204,70 @@ async fn follow_to_end(
 ) -> CliResult<(pb::Operation, pb::Image)> {
     let progress = ctx.progress();
     progress.status(&op.description);
+    let name = op.name.clone();
+    let followed = tokio::select! {
+        followed = watch(client, op, progress.as_ref()) => followed?,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish();
+            return Err(interrupted(client, &name).await);
+        }
+    };
+    finish(client, followed, progress.as_ref()).await
+}
+
+/// Ctrl-C while following `name`: the operation runs on the server whatever
+/// happens here, so ask (on a terminal) whether to cancel it there too.
+async fn interrupted(client: &Client, name: &str) -> Failure {
+    use std::io::IsTerminal;
+    let id = name.trim_start_matches("operations/");
+    let ask = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let cancel = ask
+        && {
+            eprint!("\nCancel operation {id} on the server too? [y/N] ");
+            let answer = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            })
+            .await;
+            matches!(answer, Ok(Ok(line)) if line.trim().eq_ignore_ascii_case("y") || line.trim().eq_ignore_ascii_case("yes"))
+        };
+    if cancel {
+        return match client
+            .operations()
+            .cancel_operation(pb::CancelOperationRequest {
+                name: name.to_owned(),
+            })
+            .await
+        {
+            Ok(_) => Failure::new(
+                exit::INTERRUPTED,
+                format!("Interrupted; operation {id} was cancelled on the server"),
+            ),
+            Err(e) => Failure::new(
+                exit::INTERRUPTED,
+                format!(
+                    "Interrupted; cancelling operation {id} failed ({}): `imagestore operation \
+                     cancel {id}`",
+                    e.message()
+                ),
+            ),
+        };
+    }
+    Failure::new(
+        exit::INTERRUPTED,
+        format!(
+            "Interrupted; operation {id} goes on on the server: `imagestore operation wait \
+             {id}` follows it, `imagestore operation cancel {id}` stops it"
+        ),
+    )
+}
+
+/// Follows the operation until it is done.
+async fn watch(
+    client: &Client,
+    op: pb::Operation,
+    progress: &dyn imagestore_client::Progress,
+) -> CliResult<pb::Operation> {
     let mut last = op;
     let mut started = false;
     // A wait ends at the server's time limit or when it restarts: wait again
@@ -233,6 +297,15 @@ async fn follow_to_end(
             }
         }
     }
+    Ok(last)
+}
+
+/// What a finished operation made, or its error.
+async fn finish(
+    client: &Client,
+    last: pb::Operation,
+    progress: &dyn imagestore_client::Progress,
+) -> CliResult<(pb::Operation, pb::Image)> {
     progress.finish();
     match pb::OperationState::try_from(last.state).unwrap_or_default() {
         pb::OperationState::Succeeded => {

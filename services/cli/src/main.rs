@@ -9,6 +9,7 @@ mod failure;
 mod import;
 mod list;
 mod manage;
+mod operation;
 mod output;
 mod pack;
 mod progress;
@@ -103,6 +104,10 @@ enum ClientCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Server-side work (imports, copies, refreshes, verifications): list, show,
+    /// follow or cancel it.
+    #[command(subcommand)]
+    Operation(operation::OperationCommand),
     /// The server's stores: list them, copy an image to more of them, remove
     /// it from one.
     #[command(subcommand)]
@@ -151,6 +156,7 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
         Command::Refresh { images } => import::refresh(ctx, images).await,
         Command::Verify { images } => manage::verify(ctx, images).await,
         Command::Store(cmd) => stores::run(ctx, cmd).await,
+        Command::Operation(cmd) => operation::run(ctx, cmd).await,
         Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd).await,
         Command::Trust(cmd) => trust::run(ctx, cmd).await,
     }
