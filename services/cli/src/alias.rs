@@ -13,27 +13,42 @@ use crate::output::{Format, Table, type_name};
 pub enum AliasCommand {
     /// Create an alias: `alias create [remote:]NAME IMAGE`.
     Create {
+        /// `[remote:]NAME` of the new alias.
         alias: String,
         /// Fingerprint, unique prefix or another alias.
         target: String,
+        /// What the alias is for.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// Delete an alias.
     #[command(alias = "rm")]
-    Delete { alias: String },
+    Delete {
+        /// `[remote:]NAME`.
+        alias: String,
+    },
     /// Rename an alias: `alias rename [remote:]OLD NEW`.
     #[command(alias = "mv")]
-    Rename { alias: String, new_name: String },
+    Rename {
+        /// `[remote:]OLD`.
+        alias: String,
+        /// The new name.
+        new_name: String,
+    },
     /// List aliases: `alias list [remote:] [filter...]`.
     #[command(alias = "ls")]
     List {
+        /// `[remote:]` then filters (words in alias names).
         args: Vec<String>,
+        /// table, compact, json, yaml or csv.
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Edit an alias's target and description (YAML in $EDITOR, or on stdin).
-    Edit { alias: String },
+    Edit {
+        /// `[remote:]NAME`.
+        alias: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: AliasCommand) -> CliResult {

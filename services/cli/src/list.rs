@@ -12,6 +12,7 @@ pub struct ListArgs {
     /// `[remote:]` then filters: words match fingerprints and aliases; key=value
     /// matches a field or a property (os=ubuntu,debian), as `lxc image list`.
     args: Vec<String>,
+    /// table, compact, json, yaml or csv.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Columns: l alias, L all aliases, f fingerprint, F full fingerprint,

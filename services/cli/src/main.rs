@@ -35,7 +35,7 @@ IMAGESTORE_CONFIG_DIR moves the config directory.
 
 Exit codes: 0 success, 1 failed, 2 bad usage or input, 3 not found,
 4 already exists, 5 server unreachable (run again to resume), 6 not trusted,
-7 bytes did not match their fingerprint.";
+7 bytes did not match their fingerprint, 130 interrupted.";
 
 /// imagestore: an image store in the model of LXD/Incus images.
 #[derive(Parser)]
@@ -53,6 +53,17 @@ enum Command {
     /// Run the whole system in one process: a control plane on SQLite and a blob
     /// node on a local directory, all services on one address.
     Serve(serve::ServeArgs),
+    /// Print shell completions (`imagestore completion bash >
+    /// /etc/bash_completion.d/imagestore`).
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (imagestore.1 and one per command) into a directory.
+    Manpages {
+        /// Where to write them.
+        dir: std::path::PathBuf,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -76,31 +87,50 @@ enum ClientCommand {
     Alias(alias::AliasCommand),
     /// Edit an image's properties, public flag and auto-update (YAML in $EDITOR,
     /// or on stdin).
-    Edit { image: String },
+    Edit {
+        /// `[remote:]image`.
+        image: String,
+    },
     /// Set an image property.
     SetProperty {
+        /// `[remote:]image`.
         image: String,
+        /// The property's name.
         key: String,
+        /// Its new value.
         value: String,
     },
     /// Remove an image property.
-    UnsetProperty { image: String, key: String },
+    UnsetProperty {
+        /// `[remote:]image`.
+        image: String,
+        /// The property's name.
+        key: String,
+    },
     /// Print an image property.
-    GetProperty { image: String, key: String },
+    GetProperty {
+        /// `[remote:]image`.
+        image: String,
+        /// The property's name.
+        key: String,
+    },
     /// Delete images.
     #[command(alias = "rm")]
     Delete {
+        /// `[remote:]image`s.
         #[arg(required = true)]
         images: Vec<String>,
     },
     /// Refresh images from their source.
     Refresh {
+        /// `[remote:]image`s.
         #[arg(required = true)]
         images: Vec<String>,
     },
     /// Read images' stored bytes again on a blob node and compare every part with
     /// its SHA-256; a damaged image is marked and served no more (exit 7).
     Verify {
+        /// `[remote:]image`s.
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -126,6 +156,17 @@ async fn main() -> ExitCode {
     let quiet = cli.quiet;
     let result = match cli.command {
         Command::Serve(args) => return serve::run(args).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "imagestore",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Manpages { dir } => manpages(&dir),
         Command::Client(other) => match Ctx::load(quiet) {
             Ok(ctx) => dispatch(&ctx, other).await,
             Err(e) => Err(e),
@@ -135,6 +176,37 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.report(),
     }
+}
+
+/// imagestore.1, and imagestore-COMMAND.1 for every command and subcommand.
+fn manpages(dir: &std::path::Path) -> CliResult {
+    use clap::CommandFactory;
+    fn write(dir: &std::path::Path, cmd: clap::Command, name: &str) -> CliResult {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone().display_name(name.to_owned()))
+            .render(&mut page)
+            .and_then(|()| std::fs::write(&path, page))
+            .map_err(|e| {
+                crate::failure::Failure::new(
+                    crate::failure::exit::FAILED,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            write(dir, sub.clone(), &format!("{name}-{}", sub.get_name()))?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        crate::failure::Failure::new(
+            crate::failure::exit::FAILED,
+            format!("{}: {e}", dir.display()),
+        )
+    })?;
+    let mut cli = Cli::command();
+    cli.build();
+    write(dir, cli, "imagestore")
 }
 
 async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
@@ -159,5 +231,40 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> CliResult {
         Command::Operation(cmd) => operation::run(ctx, cmd).await,
         Command::Remote(cmd) => remote::run(ctx.config.clone(), cmd).await,
         Command::Trust(cmd) => trust::run(ctx, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command and every argument says what it is (in --help, the man
+    /// pages and the completions).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() && path != "imagestore" {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "imagestore", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
     }
 }

@@ -14,7 +14,9 @@ pub enum RemoteCommand {
     /// name several replicas of one installation separated by commas
     /// (https://a:7443,https://b:7443), tried in that order.
     Add {
+        /// The remote's name, as in `NAME:image`.
         name: String,
+        /// Its address (https://host:port; several replicas' separated by commas).
         url: String,
         /// imagestore (default), lxd (an LXD or Incus server's REST API, read as
         /// an untrusted client) or simplestreams.
@@ -42,25 +44,40 @@ pub enum RemoteCommand {
     /// Set or clear the token presented to a remote:
     /// `remote set-token NAME [--token T | --token-file F]` (neither: clear it).
     SetToken {
+        /// The remote.
         name: String,
+        /// The token.
         #[arg(long, conflicts_with = "token_file")]
         token: Option<String>,
+        /// Read the token from this file.
         #[arg(long, value_name = "FILE")]
         token_file: Option<std::path::PathBuf>,
     },
     /// List the remotes.
     List {
+        /// table, compact, json, yaml or csv.
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Remove a remote.
     #[command(alias = "rm")]
-    Remove { name: String },
+    Remove {
+        /// The remote.
+        name: String,
+    },
     /// Rename a remote.
     #[command(alias = "mv")]
-    Rename { old: String, new: String },
+    Rename {
+        /// Its name now.
+        old: String,
+        /// Its new name.
+        new: String,
+    },
     /// Make a remote the default.
-    Switch { name: String },
+    Switch {
+        /// The remote.
+        name: String,
+    },
     /// Print the default remote's name.
     GetDefault,
 }

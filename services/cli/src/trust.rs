@@ -30,12 +30,16 @@ pub enum TrustCommand {
     List {
         /// "remote:".
         remote: Option<String>,
+        /// table, compact, json, yaml or csv.
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Stop trusting an entry: `trust remove [remote:]ID` (the ID `trust list` shows).
     #[command(alias = "rm")]
-    Remove { entry: String },
+    Remove {
+        /// `[remote:]ID`, as `trust list` shows it.
+        entry: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: TrustCommand) -> CliResult {
