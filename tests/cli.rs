@@ -1261,14 +1261,24 @@ fn completions_and_man_pages_are_generated() {
     let dir = tempfile::tempdir().unwrap();
     let bash = imagestore_cli_ok(dir.path(), &["completion", "bash"]);
     assert!(bash.contains("_imagestore()"), "{bash}");
-    assert!(bash.contains("copy") && bash.contains("operation"), "{bash}");
+    assert!(
+        bash.contains("copy") && bash.contains("operation"),
+        "{bash}"
+    );
     let zsh = imagestore_cli_ok(dir.path(), &["completion", "zsh"]);
     assert!(zsh.starts_with("#compdef imagestore"), "{zsh}");
     let man = dir.path().join("man");
     imagestore_cli_ok(dir.path(), &["manpages", man.to_str().unwrap()]);
-    for page in ["imagestore.1", "imagestore-import.1", "imagestore-store-copy.1"] {
+    for page in [
+        "imagestore.1",
+        "imagestore-import.1",
+        "imagestore-store-copy.1",
+    ] {
         let text = std::fs::read_to_string(man.join(page)).unwrap();
-        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}: {text}");
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
     }
     let import = std::fs::read_to_string(man.join("imagestore-import.1")).unwrap();
     assert!(import.contains("all\\-stores"), "{import}");

@@ -398,3 +398,72 @@ async fn the_example_configurations_in_deploy_are_valid() {
         assert!(server.terminate().await.status.success(), "{file}");
     }
 }
+
+/// The artefacts in deploy/ are what their tools accept: the Kubernetes
+/// manifests by kubernetes-validate (strict, against the current API), the
+/// systemd units by systemd-analyze verify (with ExecStart at the binaries
+/// just built, since nothing is installed in /usr/local/bin here), and the
+/// compose file and Containerfile name the binaries this workspace builds.
+#[test]
+fn the_deploy_artefacts_pass_their_validators() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let manifests: Vec<std::path::PathBuf> = std::fs::read_dir(deploy.join("kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 3, "{manifests:?}");
+    let out = std::process::Command::new(test_tool("kubernetes-validate"))
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .expect("kubernetes-validate (installed by ./tests/run)");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for name in ["imagestore-control", "imagestore-blob"] {
+        let text = std::fs::read_to_string(deploy.join(format!("systemd/{name}.service"))).unwrap();
+        let installed = format!("/usr/local/bin/{name} ");
+        assert!(text.contains(&installed), "{name}.service runs {installed}");
+        let built = format!("{} ", binary(name).display());
+        let unit = dir.path().join(format!("{name}.service"));
+        std::fs::write(&unit, text.replace(&installed, &built)).unwrap();
+        units.push(unit);
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze (systemd)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let compose: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(deploy.join("compose.yaml")).unwrap())
+            .unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    assert_eq!(services.len(), 2);
+    let containerfile = std::fs::read_to_string(deploy.join("container/Containerfile")).unwrap();
+    for (_, service) in services {
+        let program = service["command"][0].as_str().unwrap();
+        let name = program.trim_start_matches("/usr/local/bin/");
+        assert!(
+            binary(name).exists(),
+            "compose runs {program}, which is not built"
+        );
+        assert!(
+            containerfile.contains(&format!("target/release/{name}")),
+            "the image carries {name}"
+        );
+    }
+    assert!(containerfile.contains("USER 10001"), "not root");
+}

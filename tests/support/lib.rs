@@ -705,7 +705,7 @@ impl Drop for S3Server {
     }
 }
 
-fn test_tool(name: &str) -> PathBuf {
+pub fn test_tool(name: &str) -> PathBuf {
     let installed = target_profile_dir()
         .parent()
         .unwrap()
