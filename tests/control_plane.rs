@@ -889,20 +889,25 @@ async fn requests_past_the_concurrency_limit_are_shed_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start_with(dir.path(), |c| c.max_concurrent_requests = 2).await;
     let fp = register(&cp, unified("shed")).await.fingerprint;
-    // Two long polls hold both places for up to 10 s. (Aborting them usually
-    // frees the places at once; now and then the server does not see the
-    // cancellation and the poll runs out its wait: the bound keeps that short.)
+    // Two long polls hold both places for up to 30 s. A hold that arrives
+    // while a probe below has the other place is shed itself: it asks again.
     let mut holds = Vec::new();
     for n in 0..2 {
         let mut registry = cp.registry().await;
         holds.push(tokio::spawn(async move {
-            registry
-                .claim_import(ipb::ClaimImportRequest {
-                    stores: Vec::new(),
-                    node_id: format!("holder-{n}"),
-                    wait_seconds: 10,
-                })
-                .await
+            loop {
+                let held = registry
+                    .claim_import(ipb::ClaimImportRequest {
+                        stores: Vec::new(),
+                        node_id: format!("holder-{n}"),
+                        wait_seconds: 30,
+                    })
+                    .await;
+                match held {
+                    Err(s) if s.code() == Code::ResourceExhausted => tokio::task::yield_now().await,
+                    other => return other,
+                }
+            }
         }));
     }
     let images = cp.images().await;

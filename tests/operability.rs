@@ -467,3 +467,118 @@ fn the_deploy_artefacts_pass_their_validators() {
     }
     assert!(containerfile.contains("USER 10001"), "not root");
 }
+
+/// A real Prometheus scrapes `imagestore serve`'s /metrics and answers, from
+/// its own HTTP API, the counters an upload moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_what_an_upload_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Process::start_until(
+        &binary("imagestore"),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        Some("registered with the control plane"),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: imagestore\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            serve.url().trim_start_matches("http://")
+        ),
+    )
+    .unwrap();
+    let _prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus (the Debian package, installed by ./tests/run)");
+    let http = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{port}");
+    eventually("Prometheus to be ready", || async {
+        http.get(format!("{api}/-/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    // An upload, with the CLI.
+    let cli = dir.path().join("cli");
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let url = serve.url();
+    let file = dir.path().join("busybox.tar.gz");
+    let image = fixture("busybox-unified.tar.gz");
+    std::fs::write(&file, &image).unwrap();
+    let (cli2, file2) = (cli.clone(), file.clone());
+    tokio::task::spawn_blocking(move || {
+        imagestore_cli_ok(
+            &cli2,
+            &["remote", "add", "s", &url, "--token", token.trim()],
+        );
+        imagestore_cli_ok(&cli2, &["import", file2.to_str().unwrap(), "s:", "--quiet"]);
+    })
+    .await
+    .unwrap();
+
+    let query = |q: &'static str| {
+        let http = http.clone();
+        let api = api.clone();
+        async move {
+            let url =
+                reqwest::Url::parse_with_params(&format!("{api}/api/v1/query"), [("query", q)])
+                    .ok()?;
+            let answer: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            answer["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+        }
+    };
+    let size = image.len() as f64;
+    eventually("Prometheus to hold the bytes the upload moved", || async {
+        query("imagestore_blob_received_bytes_total")
+            .await
+            .is_some_and(|v| v >= size)
+    })
+    .await;
+    eventually("Prometheus to count the upload RPC", || async {
+        query("sum(imagestore_requests_total{method=\"/imagestore.v1.Blobs/Upload\",code=\"Ok\"})")
+            .await
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    eventually("the catalog's latency histogram", || async {
+        query("sum(imagestore_catalog_operation_duration_seconds_count{kind=\"write\"})")
+            .await
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    eventually("the control plane's view of its blob node", || async {
+        query("imagestore_blob_nodes{kind=\"healthy\"}")
+            .await
+            .is_some_and(|v| v == 1.0)
+    })
+    .await;
+    serve.terminate().await;
+}

@@ -61,11 +61,13 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&dyn Db) -> Result<T> + Send + 'static,
     {
+        let started = std::time::Instant::now();
         let out = self
             .engine
             .read(Box::new(move |db| Ok(Box::new(f(db)?))))
-            .await?;
-        Ok(*out.downcast().expect("a job answers with its own type"))
+            .await;
+        timed("read", started);
+        Ok(*out?.downcast().expect("a job answers with its own type"))
     }
 
     /// Runs `f` in one transaction that writes, off the async workers; commits if
@@ -75,11 +77,13 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&dyn Db) -> Result<T> + Send + 'static,
     {
+        let started = std::time::Instant::now();
         let out = self
             .engine
             .write(Box::new(move |db| Ok(Box::new(f(db)?))))
-            .await?;
-        Ok(*out.downcast().expect("a job answers with its own type"))
+            .await;
+        timed("write", started);
+        Ok(*out?.downcast().expect("a job answers with its own type"))
     }
 
     /// A receiver that changes whenever any operation changes.
@@ -99,4 +103,10 @@ pub(crate) fn counter(conn: &dyn Db, table: &str) -> Result<u64> {
         .prepare_cached(&format!("SELECT version FROM {table} WHERE id = 0"))?
         .query_row(params![], |r| r.get(0))?;
     Ok(v as u64)
+}
+
+/// Records a transaction's time (queueing for the writer included).
+fn timed(kind: &str, started: std::time::Instant) {
+    use imagestore_telemetry::metrics::{Metrics, metrics};
+    Metrics::timed(&metrics().catalog_seconds, kind, started.elapsed());
 }

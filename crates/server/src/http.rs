@@ -34,14 +34,60 @@ pub(crate) fn dispatch(grpc: Router, http: Router) -> Router {
                 "this path answers GET and HEAD only",
             )
         });
+    // Every server's metrics, whichever tiers it serves (trust is not asked:
+    // the figures name no image).
+    let http = http.route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                imagestore_telemetry::metrics::metrics().encode(),
+            )
+        }),
+    );
     Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
-        let route = if is_grpc(&req) {
+        let grpc_request = is_grpc(&req);
+        let route = if grpc_request {
             grpc.clone()
         } else {
             http.clone()
         };
-        async move { Ok::<_, Infallible>(route.oneshot(req).await.into_response()) }
+        let method = grpc_request.then(|| req.uri().path().to_owned());
+        let started = std::time::Instant::now();
+        async move {
+            let response = route.oneshot(req).await.into_response();
+            record(method, &response, started.elapsed());
+            Ok::<_, Infallible>(response)
+        }
     }))
+}
+
+/// Counts a request by method and outcome: a gRPC method by its path and the
+/// grpc-status it answered with at once (a stream's later status is not
+/// seen; no status yet is OK), HTTP as one method by status code. A path no
+/// service has (UNIMPLEMENTED) counts as "unknown", so that strangers cannot
+/// make labels without end.
+fn record(method: Option<String>, response: &axum::response::Response, took: std::time::Duration) {
+    let metrics = imagestore_telemetry::metrics::metrics();
+    let Some(path) = method else {
+        metrics.request("http", response.status().as_str(), took);
+        return;
+    };
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from);
+    let path = if code == tonic::Code::Unimplemented {
+        "unknown".to_owned()
+    } else {
+        path
+    };
+    metrics.request(&path, &format!("{code:?}"), took);
 }
 
 /// Whether a request's `If-None-Match` names `etag` (a quoted entity tag), weak

@@ -579,13 +579,17 @@ impl SegmentWriter {
 
     /// Makes the object durable and visible; returns its size.
     pub async fn finish(self) -> Result<u64> {
-        match self.0 {
-            Writer::Local(w) => Ok(w.finish().await?),
+        use imagestore_telemetry::metrics::{Metrics, metrics};
+        let started = std::time::Instant::now();
+        let size = match self.0 {
+            Writer::Local(w) => w.finish().await?,
             Writer::Remote { writer, written } => {
                 writer.finish().await?;
-                Ok(written)
+                written
             }
-        }
+        };
+        Metrics::timed(&metrics().store_seconds, "segment", started.elapsed());
+        Ok(size)
     }
 
     /// Throws the object away.

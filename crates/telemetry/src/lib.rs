@@ -4,6 +4,8 @@
 //! filter. When an OTLP endpoint is configured (or `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //! set), spans are also exported through OpenTelemetry.
 
+pub mod metrics;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};

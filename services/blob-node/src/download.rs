@@ -70,8 +70,18 @@ pub async fn send(
     let rest = data.map(move |chunk| {
         let _active = &guard;
         chunk
-            .map(|data| pb::DownloadResponse { data, info: None })
+            .map(|data| {
+                sent(data.len());
+                pb::DownloadResponse { data, info: None }
+            })
             .map_err(|e| Status::from(BlobError::from(e)))
     });
     Ok(Box::pin(first.chain(rest)))
+}
+
+/// Counts image bytes sent, for the metrics.
+pub(crate) fn sent(n: usize) {
+    imagestore_telemetry::metrics::metrics()
+        .bytes_sent
+        .inc_by(n as u64);
 }

@@ -158,7 +158,9 @@ async fn serve(
     let data = store.read_part_shaped(objects, offset, length, ReadShape::FLEET);
     let body = data.map(move |chunk| {
         let _active = &guard;
-        chunk.inspect_err(|e| tracing::error!(error = %e, "reading a file for HTTP failed"))
+        chunk
+            .inspect(|data| crate::download::sent(data.len()))
+            .inspect_err(|e| tracing::error!(error = %e, "reading a file for HTTP failed"))
     });
     Ok((status, reply, Body::from_stream(body)).into_response())
 }

@@ -135,7 +135,10 @@ async fn run(node: Arc<NodeContext>, claim: ipb::ClaimImportResponse) {
         interval,
     ));
     tracing::info!(operation, "import started");
+    let metrics = imagestore_telemetry::metrics::metrics();
+    metrics.imports_active.inc();
     let ended = import(&node, &claim, &progress, stop).await;
+    metrics.imports_active.dec();
     reporter.abort();
     let mut report = ipb::ReportImportRequest {
         operation: operation.clone(),

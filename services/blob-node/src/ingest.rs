@@ -426,6 +426,9 @@ impl Ingest {
             self.open = Some(OpenSegment { writer, key });
         }
         let len = data.len() as u64;
+        imagestore_telemetry::metrics::metrics()
+            .bytes_received
+            .inc_by(len);
         // The hashers and the store share the chunk (no copy).
         self.image_hash.update(data.clone()).await?;
         if let Some(part) = &self.part_hash {

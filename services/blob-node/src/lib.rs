@@ -99,6 +99,9 @@ pub struct OwnedTransfer(Arc<NodeContext>);
 impl Drop for OwnedTransfer {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+        imagestore_telemetry::metrics::metrics()
+            .transfers_active
+            .dec();
     }
 }
 
@@ -225,6 +228,9 @@ pub(crate) fn export_role(role: i32) -> imagestore_image::ExportRole {
 /// Counts one more transfer until the guard drops.
 pub fn transfer(node: &Arc<NodeContext>) -> OwnedTransfer {
     node.active.fetch_add(1, Ordering::Relaxed);
+    imagestore_telemetry::metrics::metrics()
+        .transfers_active
+        .inc();
     OwnedTransfer(node.clone())
 }
 
@@ -234,6 +240,9 @@ pub fn transfer(node: &Arc<NodeContext>) -> OwnedTransfer {
 pub fn admit(node: &Arc<NodeContext>) -> Result<OwnedTransfer, error::BlobError> {
     let max = node.config.max_transfers;
     let before = node.active.fetch_add(1, Ordering::Relaxed);
+    imagestore_telemetry::metrics::metrics()
+        .transfers_active
+        .inc();
     let guard = OwnedTransfer(node.clone());
     if before >= max {
         return Err(error::BlobError::ResourceExhausted(format!(

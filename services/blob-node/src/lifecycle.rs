@@ -139,6 +139,9 @@ async fn collect(node: &NodeContext) {
         }
     }
     let n = gone.len();
+    imagestore_telemetry::metrics::metrics()
+        .collected
+        .inc_by(n as u64);
     if let Err(s) = node
         .registry()
         .forget_released(ipb::ForgetReleasedRequest { released: gone })

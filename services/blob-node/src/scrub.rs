@@ -54,6 +54,19 @@ pub async fn work(node: Arc<NodeContext>, background: bool) {
         }
         let pace = background.then_some(node.config.scrub_bytes_per_second);
         let report = verify(&node, job, pace).await;
+        let found = if report.damage.is_some() {
+            "damaged"
+        } else if report.error_code != 0 {
+            "unreadable"
+        } else if !report.repaired.is_empty() {
+            "repaired"
+        } else {
+            "sound"
+        };
+        imagestore_telemetry::metrics::Metrics::count(
+            &imagestore_telemetry::metrics::metrics().scrubs,
+            found,
+        );
         if let Err(e) = node.registry().report_scrub(report).await {
             // The claim lapses and the image is verified again.
             tracing::warn!(error = %e.message(), "could not report a verification");

@@ -111,6 +111,22 @@ impl RegistryService {
         Ok(declared)
     }
 
+    /// Sets the blob_nodes metric: how many nodes are healthy now, and not.
+    async fn count_nodes(&self) {
+        let Ok(nodes) = self.catalog.list_nodes().await else {
+            return;
+        };
+        let healthy = nodes.iter().filter(|n| self.nodes.is_healthy(n)).count() as i64;
+        let gauge = |kind: &str| {
+            imagestore_telemetry::metrics::metrics()
+                .nodes
+                .get_or_create(&imagestore_telemetry::metrics::KindLabel { kind: kind.into() })
+                .clone()
+        };
+        gauge("healthy").set(healthy);
+        gauge("unhealthy").set(nodes.len() as i64 - healthy);
+    }
+
     fn interval_seconds(&self) -> u32 {
         self.nodes.heartbeat_interval().as_secs().max(1) as u32
     }
@@ -313,6 +329,7 @@ impl Registry for RegistryService {
             .heartbeat(r.node_id, r.available_bytes, r.active_transfers, r.healthy)
             .await
             .map_err(ApiError::from)?;
+        self.count_nodes().await;
         Ok(Response::new(ipb::HeartbeatResponse {
             heartbeat_interval_seconds: self.interval_seconds(),
             settings: Some(self.imports.stores.settings()),
