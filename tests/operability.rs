@@ -582,3 +582,174 @@ async fn a_real_prometheus_scrapes_what_an_upload_moved() {
     .await;
     serve.terminate().await;
 }
+
+/// One trace per user action: a client's `traceparent` becomes the parent of
+/// the control plane's and the blob node's spans (named by their RPC), and the
+/// node's calls back to the control plane during the upload are children of
+/// its Upload span, all exported to a real OTLP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_one_trace_across_both_tiers() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = tokio::process::Command::new(test_tool("python3"))
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp-receiver"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the OTLP receiver (opentelemetry-proto and grpcio, installed by ./tests/run)");
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the receiver starts")
+        .unwrap()
+        .expect("the receiver prints its port");
+    let port = serde_json::from_str::<serde_json::Value>(&first).unwrap()["listening"]
+        .as_u64()
+        .unwrap();
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let seen = spans.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(span) = serde_json::from_str(&line) {
+                seen.lock().unwrap().push(span);
+            }
+        }
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let cp_dir = dir.path().join("cp");
+    let cp = Process::start(
+        &binary("imagestore-control"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            cp_dir.to_str().unwrap(),
+        ],
+        &env,
+    )
+    .await;
+    let credential = cp_dir.join("cluster-credential");
+    let node_dir = dir.path().join("node");
+    let blobs = dir.path().join("blobs");
+    let node = Process::start_until(
+        &binary("imagestore-blob"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            node_dir.to_str().unwrap(),
+            "--control-plane",
+            &cp.url(),
+            "--store",
+            blobs.to_str().unwrap(),
+            "--cluster-credential-file",
+            credential.to_str().unwrap(),
+        ],
+        &env,
+        Some("registered with the control plane"),
+    )
+    .await;
+
+    // The client's own span: a traceparent as any OpenTelemetry client sends.
+    // Random ids: the SHA-256 of this test's directory (unique per run).
+    let ids = sha256_hex(dir.path().to_string_lossy().as_bytes());
+    let trace_id = ids[..32].to_owned();
+    let client_span = ids[32..48].to_owned();
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let token = std::fs::read_to_string(cp_dir.join("admin-token")).unwrap();
+    let headers = move |mut req: tonic::Request<()>| {
+        let md = req.metadata_mut();
+        md.insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        md.insert("traceparent", traceparent.parse().unwrap());
+        Ok(req)
+    };
+    let channel = imagestore_client::connect(&cp.url()).await.unwrap();
+    let session = pb::uploads_client::UploadsClient::with_interceptor(channel, headers.clone())
+        .create_upload(pb::CreateUploadRequest {
+            spec: Some(pb::UploadSpec {
+                layout: pb::ImageLayout::Unified as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let image = fixture("busybox-unified.tar.gz");
+    let node_channel = imagestore_client::connect(&session.blob_node)
+        .await
+        .unwrap();
+    let mut msgs = upload_messages(
+        pb::upload_request::FirstMessage::Upload(session.name.clone()),
+        &[&image],
+        64 * 1024,
+    );
+    msgs[0].ticket = session.ticket.clone();
+    let done = pb::blobs_client::BlobsClient::with_interceptor(node_channel, headers)
+        .upload(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    let fp = done.image.unwrap().fingerprint;
+
+    let find = |service: &str, name: &str| -> Option<serde_json::Value> {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["service"] == service && s["name"] == name && s["trace_id"] == trace_id.as_str()
+            })
+            .cloned()
+    };
+    eventually("the spans of both tiers to reach the receiver", || async {
+        find("imagestore-control", "/imagestore.v1.Uploads/CreateUpload").is_some()
+            && find("imagestore-blob", "/imagestore.v1.Blobs/Upload").is_some()
+            && find(
+                "imagestore-control",
+                "/imagestore.internal.v1.Registry/RegisterContent",
+            )
+            .is_some()
+            && find(
+                "imagestore-control",
+                "/imagestore.internal.v1.Registry/OpenWrite",
+            )
+            .is_some()
+    })
+    .await;
+    let create = find("imagestore-control", "/imagestore.v1.Uploads/CreateUpload").unwrap();
+    assert_eq!(create["parent"], client_span.as_str(), "{create}");
+    let upload = find("imagestore-blob", "/imagestore.v1.Blobs/Upload").unwrap();
+    assert_eq!(upload["parent"], client_span.as_str(), "{upload}");
+    assert_eq!(upload["attributes"]["image"], fp.as_str(), "{upload}");
+    assert_eq!(
+        upload["attributes"]["bytes"],
+        image.len().to_string(),
+        "{upload}"
+    );
+    assert!(
+        upload["attributes"]["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("node-")),
+        "{upload}"
+    );
+    for call in ["OpenWrite", "RegisterContent"] {
+        let back = find(
+            "imagestore-control",
+            &format!("/imagestore.internal.v1.Registry/{call}"),
+        )
+        .unwrap();
+        assert_eq!(
+            back["parent"], upload["span_id"],
+            "{call} is a child of the node's Upload: {back}"
+        );
+    }
+    node.terminate().await;
+    cp.terminate().await;
+}

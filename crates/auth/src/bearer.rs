@@ -26,6 +26,16 @@ impl Interceptor for Bearer {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // The call belongs to the trace of whatever makes it (every call goes
+        // through here: clients' and blob nodes' alike).
+        for (key, value) in imagestore_telemetry::propagation::trace_headers() {
+            if let (Ok(k), Ok(v)) = (
+                key.parse::<tonic::metadata::MetadataKey<Ascii>>(),
+                value.parse::<MetadataValue<Ascii>>(),
+            ) {
+                req.metadata_mut().insert(k, v);
+            }
+        }
         Ok(req)
     }
 }

@@ -183,9 +183,21 @@ impl GrpcServer {
         ));
 
         let trace = TraceLayer::new_for_grpc()
-            .make_span_with(
-                |req: &http::Request<_>| tracing::info_span!("rpc", method = %req.uri().path()),
-            )
+            .make_span_with(|req: &http::Request<_>| {
+                // Named by its RPC in exported traces, a child of the caller's.
+                let span = tracing::info_span!(
+                    "rpc",
+                    otel.name = %req.uri().path(),
+                    method = %req.uri().path(),
+                    image = tracing::field::Empty,
+                    bytes = tracing::field::Empty,
+                    node = tracing::field::Empty,
+                );
+                imagestore_telemetry::propagation::set_parent(&span, |key| {
+                    req.headers().get(key).and_then(|v| v.to_str().ok())
+                });
+                span
+            })
             .on_response(DefaultOnResponse::new().level(Level::DEBUG))
             .on_failure(DefaultOnFailure::new().level(Level::WARN));
 

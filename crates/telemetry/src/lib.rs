@@ -5,6 +5,7 @@
 //! set), spans are also exported through OpenTelemetry.
 
 pub mod metrics;
+pub mod propagation;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;

@@ -606,28 +606,33 @@ impl Ingest {
         });
         let node = self.node.clone();
         let store = self.store.clone();
-        self.pending = Some(tokio::spawn(async move {
-            if let Some(open) = open {
-                open.writer.finish().await?;
-            }
-            let Some(record) = record else {
-                return Ok(end);
-            };
-            let sent = record.send(&node, image, part).await;
-            if let (Err(BlobError::ControlPlane(status)), Some(key)) = (&sent, stored)
-                && matches!(
-                    status.code(),
-                    tonic::Code::Aborted | tonic::Code::FailedPrecondition
-                )
-            {
-                // Refused, so never committed: the object is this writer's alone
-                // and no download will ever name it.
-                if let Err(e) = store.delete(&key).await {
-                    tracing::warn!(key, error = %e, "could not delete a refused segment; collection will");
+        // The commit's calls to the control plane belong to the upload's trace.
+        let span = tracing::Span::current();
+        self.pending = Some(tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Some(open) = open {
+                    open.writer.finish().await?;
                 }
-            }
-            sent
-        }));
+                let Some(record) = record else {
+                    return Ok(end);
+                };
+                let sent = record.send(&node, image, part).await;
+                if let (Err(BlobError::ControlPlane(status)), Some(key)) = (&sent, stored)
+                    && matches!(
+                        status.code(),
+                        tonic::Code::Aborted | tonic::Code::FailedPrecondition
+                    )
+                {
+                    // Refused, so never committed: the object is this writer's alone
+                    // and no download will ever name it.
+                    if let Err(e) = store.delete(&key).await {
+                        tracing::warn!(key, error = %e, "could not delete a refused segment; collection will");
+                    }
+                }
+                sent
+            },
+            span,
+        )));
         Ok(())
     }
 

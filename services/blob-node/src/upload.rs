@@ -17,6 +17,7 @@ pub async fn receive(
     mut stream: Streaming<pb::UploadRequest>,
 ) -> Result<pb::UploadResponse, Status> {
     let _active = crate::admit(&node)?;
+    tracing::Span::current().record("node", node.id.as_str());
     let first = stream.message().await?.ok_or_else(|| {
         Status::invalid_argument(
             "the upload stream is empty: the first message must name the upload",
@@ -50,7 +51,12 @@ pub async fn receive(
     };
     match run(&mut stream, &mut ingest, first, &node.config).await {
         Ok(Step::Finish) => match ingest.finish().await {
-            Ok(image) => Ok(complete(image)),
+            Ok(image) => {
+                let span = tracing::Span::current();
+                span.record("image", image.fingerprint.as_str());
+                span.record("bytes", image.size);
+                Ok(complete(image))
+            }
             Err(e) => Err(e.into()),
         },
         Ok(Step::Ended) => Ok(pb::UploadResponse {
