@@ -598,6 +598,17 @@ async fn remotes_are_kept_in_the_config_directory() {
     fx.run(&["remote", "add", "bad", "ftp://x"])
         .await
         .fails(2, "Invalid remote URL");
+    // https:// to this plaintext server: the error names the URL to use.
+    let plain = format!("http://127.0.0.1:{port}");
+    fx.run(&[
+        "remote",
+        "add",
+        "tls",
+        &format!("https://127.0.0.1:{port}"),
+        "--accept-certificate",
+    ])
+    .await
+    .fails(2, &format!("speaks plaintext HTTP, not TLS; use {plain}"));
     let remotes = fx.json(&["remote", "list", "-f", "json"]).await;
     let lab = remotes
         .as_array()
@@ -899,54 +910,13 @@ fn file_sha256(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_bars_show_in_a_terminal_and_nowhere_else() {
-    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
-    use std::io::Read;
     let fx = Fixture::start().await;
     let image = fx.work().join("big.tar");
     big_image(&image, 48 << 20, 1);
 
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 24,
-            cols: 120,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .unwrap();
-    let mut cmd = CommandBuilder::new(binary("imagestore"));
-    cmd.args(["import", image.to_str().unwrap()]);
-    cmd.cwd(fx.work());
-    cmd.env("IMAGESTORE_REMOTE", fx.server.url());
-    cmd.env("IMAGESTORE_TOKEN", fx.admin_token());
-    cmd.env("IMAGESTORE_CONFIG_DIR", fx.dir.path().join("config"));
-    let mut child = pair.slave.spawn_command(cmd).unwrap();
-    drop(pair.slave);
-    let mut reader = pair.master.try_clone_reader().unwrap();
-    let master = pair.master;
-    let screen = tokio::task::spawn_blocking(move || {
-        let _keep = master;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        // The master reads until the child's side closes (EOF or EIO on Linux).
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    });
-    let status = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || child.wait().unwrap()),
-    )
-    .await
-    .expect("import in a terminal did not finish")
-    .unwrap();
-    let screen = tokio::time::timeout(Duration::from_secs(30), screen)
-        .await
-        .expect("the terminal did not close")
-        .unwrap();
+    let mut term = fx.in_terminal(&["import", image.to_str().unwrap()]);
+    let status = term.wait().await;
+    let screen = term.read_to_end().await;
     assert!(status.success(), "{screen}");
     for needle in [
         "Uploading",
@@ -1132,6 +1102,13 @@ async fn trust_over_tls_by_client_certificate_and_by_token() {
     let token_file = fx.dir.path().join("data/admin-token");
     let fingerprint = imagestore_auth::fingerprint_pem(pair.cert_pem.as_bytes()).unwrap();
 
+    // http:// to this TLS server: the error names the URL to use.
+    let plain = format!("http://{}", fx.server.addr);
+    let mut mistaken = fx.command(&["list"]);
+    mistaken.env("IMAGESTORE_REMOTE", &plain);
+    Ran::from(&["list"], mistaken.output().await.unwrap())
+        .fails(2, &format!("the server there speaks TLS; use {url}"));
+
     // An operator adds the server: accepts its certificate, and uses the admin
     // token once to have this client's certificate trusted (no token is kept).
     let operator = dir.path().join("operator");
@@ -1282,4 +1259,178 @@ fn completions_and_man_pages_are_generated() {
     }
     let import = std::fs::read_to_string(man.join("imagestore-import.1")).unwrap();
     assert!(import.contains("all\\-stores"), "{import}");
+}
+
+/// Ctrl-C during `imagestore import URL`, typed at a real terminal: the CLI
+/// asks whether to cancel the server-side operation, and on "y" cancels it, so
+/// the server stops fetching; it exits 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_url_import_offers_to_cancel_it_on_the_server() {
+    // A site that sends 64 KiB of a 4 MiB file, then nothing until the client
+    // goes (and says when it went).
+    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+    struct Gone(tokio::sync::mpsc::UnboundedSender<()>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let site_port = lxd_url_site(
+        sha256_hex(&vec![7u8; 4 << 20]),
+        axum::routing::get(move || {
+            let gone = gone_tx.clone();
+            async move {
+                let first = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+                let body = futures::stream::unfold(0u8, move |step| {
+                    let first = first.clone();
+                    let gone = gone.clone();
+                    async move {
+                        if step == 0 {
+                            return Some((Ok::<_, std::io::Error>(first), 1));
+                        }
+                        let _gone = Gone(gone);
+                        std::future::pending::<()>().await;
+                        None
+                    }
+                });
+                (
+                    [("content-length", (4u64 << 20).to_string())],
+                    axum::body::Body::from_stream(body),
+                )
+            }
+        }),
+    )
+    .await;
+    let settings = tempfile::tempdir().unwrap();
+    let config = settings.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[import_filtering]\nallowed_hosts = [\"127.0.0.1\"]\nallowed_ports = [{site_port}]\n\
+             [import]\nreport_interval = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
+    let fx = Fixture::start_with(&["--config", config.to_str().unwrap()]).await;
+
+    let mut term = fx.in_terminal(&["import", &format!("http://127.0.0.1:{site_port}/image")]);
+    // The bar shows the total the server learnt from Content-Length.
+    term.read_until("4.00 MiB").await;
+    term.type_keys(b"\x03");
+    let asked = term.read_until("on the server too? [y/N]").await;
+    let id = asked
+        .split("Cancel operation ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    term.type_keys(b"y\r");
+    let said = term.read_until("was cancelled on the server").await;
+    let status = term.wait().await;
+    assert_eq!(status.exit_code(), 130, "{said}");
+    tokio::time::timeout(Duration::from_secs(20), gone.recv())
+        .await
+        .expect("the server kept fetching after the cancel");
+    let shown = fx
+        .json(&["operation", "show", &id, "--format", "json"])
+        .await;
+    assert_eq!(shown["state"], "CANCELLED", "{shown}");
+    fx.server.terminate().await;
+}
+
+/// The CLI in a real terminal (a pty), as a person runs it: what it shows, and
+/// keys typed at it.
+struct Terminal {
+    child: Option<Box<dyn portable_pty::Child + Send + Sync>>,
+    keys: Box<dyn std::io::Write + Send>,
+    screen: tokio::sync::mpsc::UnboundedReceiver<String>,
+    shown: String,
+}
+
+impl Fixture {
+    /// Runs `imagestore ARGS` in a new terminal, against this server.
+    fn in_terminal(&self, args: &[&str]) -> Terminal {
+        use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+        let pair = native_pty_system()
+            .openpty(PtySize {
+                rows: 24,
+                cols: 120,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+        let mut cmd = CommandBuilder::new(binary("imagestore"));
+        cmd.args(args);
+        cmd.cwd(self.work());
+        cmd.env("IMAGESTORE_REMOTE", self.server.url());
+        cmd.env("IMAGESTORE_TOKEN", self.admin_token());
+        cmd.env("IMAGESTORE_CONFIG_DIR", self.dir.path().join("config"));
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let keys = pair.master.take_writer().unwrap();
+        let (tx, screen) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let master = pair.master;
+        std::thread::spawn(move || {
+            let _keep = master;
+            let mut buf = [0u8; 4096];
+            // Until the child's side closes (EOF, or EIO on Linux).
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if n == 0 || tx.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            child: Some(child),
+            keys,
+            screen,
+            shown: String::new(),
+        }
+    }
+}
+
+impl Terminal {
+    /// Everything shown so far, once `needle` is (bounded).
+    async fn read_until(&mut self, needle: &str) -> String {
+        while !self.shown.contains(needle) {
+            let more = tokio::time::timeout(Duration::from_secs(60), self.screen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} on the terminal:\n{}", self.shown));
+            match more {
+                Some(more) => self.shown.push_str(&more),
+                None => panic!("the terminal closed before {needle:?}:\n{}", self.shown),
+            }
+        }
+        self.shown.clone()
+    }
+
+    /// Everything shown, once the terminal has closed (bounded).
+    async fn read_to_end(&mut self) -> String {
+        while let Some(more) = tokio::time::timeout(Duration::from_secs(30), self.screen.recv())
+            .await
+            .expect("the terminal did not close")
+        {
+            self.shown.push_str(&more);
+        }
+        self.shown.clone()
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        self.keys.write_all(keys).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// The command's exit, within two minutes.
+    async fn wait(&mut self) -> portable_pty::ExitStatus {
+        let mut child = self.child.take().expect("waited for once");
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::task::spawn_blocking(move || child.wait().unwrap()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the command did not end:\n{}", self.shown))
+        .unwrap()
+    }
 }

@@ -351,9 +351,16 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
     let reached = tokio::time::timeout(Duration::from_millis(1), forbidden.accept()).await;
     assert!(reached.is_err(), "the forbidden port was connected to");
 
-    // Cancel mid-transfer: the transfer stops and nothing stays.
+    // Cancel mid-transfer (its total shown meanwhile): the transfer stops and
+    // nothing stays.
     let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-    route(&site, "/files/slow.tar", &[], big.clone());
+    // Its size is known from Content-Length alone (LXD's headers do not say).
+    route(
+        &site,
+        "/files/slow.tar",
+        &[("content-length", big.len().to_string())],
+        big.clone(),
+    );
     site.lock().unwrap().slow.push("/files/slow.tar".into());
     lxd_route(&site, "/slow", &sha256_hex(&big), "/files/slow.tar");
     let op = imports(&cp)
@@ -374,7 +381,8 @@ async fn url_imports_speak_lxds_protocol_verify_the_hash_and_refuse_forbidden_ad
         .into_inner();
     while let Some(o) = follow.next().await {
         let o = o.unwrap();
-        if o.progress.as_ref().is_some_and(|p| p.bytes_done > 0) {
+        if let Some(p) = o.progress.as_ref().filter(|p| p.bytes_done > 0) {
+            assert_eq!(p.bytes_total, big.len() as u64, "the total: {p:?}");
             break;
         }
     }

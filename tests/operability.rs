@@ -468,12 +468,15 @@ fn the_deploy_artefacts_pass_their_validators() {
     assert!(containerfile.contains("USER 10001"), "not root");
 }
 
-/// A real Prometheus scrapes `imagestore serve`'s /metrics and answers, from
-/// its own HTTP API, the counters an upload moved.
+/// A real Prometheus scrapes `imagestore serve`'s /metrics, closed with a
+/// bearer token file here, and answers, from its own HTTP API, the counters an
+/// upload moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_what_an_upload_moved() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let metrics_token = dir.path().join("metrics-token");
+    std::fs::write(&metrics_token, "scrape-me\n").unwrap();
     let serve = Process::start_until(
         &binary("imagestore"),
         &[
@@ -483,10 +486,43 @@ async fn a_real_prometheus_scrapes_what_an_upload_moved() {
             "--data-dir",
             data.to_str().unwrap(),
         ],
-        &[],
+        &[(
+            "IMAGESTORE_METRICS__TOKEN_FILE",
+            metrics_token.to_str().unwrap(),
+        )],
         Some("registered with the control plane"),
     )
     .await;
+    let http = reqwest::Client::new();
+    let metrics = format!("{}/metrics", serve.url());
+    let anonymous = http.get(&metrics).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "metrics without the token");
+    let refusal: serde_json::Value = anonymous.json().await.unwrap();
+    assert!(
+        refusal["error"].as_str().unwrap().contains("token_file"),
+        "{refusal}"
+    );
+    let wrong = http
+        .get(&metrics)
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401, "metrics with another token");
+    let scraped = http
+        .get(&metrics)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("imagestore_requests_total")
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -497,7 +533,9 @@ async fn a_real_prometheus_scrapes_what_an_upload_moved() {
         &config,
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: imagestore\n    \
+             authorization:\n      credentials_file: {}\n    \
              static_configs:\n      - targets: ['{}']\n",
+            metrics_token.display(),
             serve.url().trim_start_matches("http://")
         ),
     )
@@ -514,7 +552,6 @@ async fn a_real_prometheus_scrapes_what_an_upload_moved() {
         .kill_on_drop(true)
         .spawn()
         .expect("prometheus (the Debian package, installed by ./tests/run)");
-    let http = reqwest::Client::new();
     let api = format!("http://127.0.0.1:{port}");
     eventually("Prometheus to be ready", || async {
         http.get(format!("{api}/-/ready"))
@@ -620,10 +657,32 @@ async fn an_upload_is_one_trace_across_both_tiers() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
+    // A site to import an image from by URL, which this control plane may reach.
+    let imported = imagestore_tests::https::unified_image("traced import", &[]);
+    let body = imported.clone();
+    let site_port = lxd_url_site(
+        sha256_hex(&imported),
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    )
+    .await;
+    let cp_config = dir.path().join("control-plane.toml");
+    std::fs::write(
+        &cp_config,
+        format!(
+            "[import_filtering]\nallowed_hosts = [\"127.0.0.1\"]\nallowed_ports = [{site_port}]\n\
+             [import]\nreport_interval = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
     let cp_dir = dir.path().join("cp");
     let cp = Process::start(
         &binary("imagestore-control"),
         &[
+            "--config",
+            cp_config.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -671,16 +730,17 @@ async fn an_upload_is_one_trace_across_both_tiers() {
         Ok(req)
     };
     let channel = imagestore_client::connect(&cp.url()).await.unwrap();
-    let session = pb::uploads_client::UploadsClient::with_interceptor(channel, headers.clone())
-        .create_upload(pb::CreateUploadRequest {
-            spec: Some(pb::UploadSpec {
-                layout: pb::ImageLayout::Unified as i32,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let session =
+        pb::uploads_client::UploadsClient::with_interceptor(channel.clone(), headers.clone())
+            .create_upload(pb::CreateUploadRequest {
+                spec: Some(pb::UploadSpec {
+                    layout: pb::ImageLayout::Unified as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let image = fixture("busybox-unified.tar.gz");
     let node_channel = imagestore_client::connect(&session.blob_node)
         .await
@@ -691,23 +751,55 @@ async fn an_upload_is_one_trace_across_both_tiers() {
         64 * 1024,
     );
     msgs[0].ticket = session.ticket.clone();
-    let done = pb::blobs_client::BlobsClient::with_interceptor(node_channel, headers)
+    let done = pb::blobs_client::BlobsClient::with_interceptor(node_channel, headers.clone())
         .upload(tokio_stream::iter(msgs))
         .await
         .unwrap()
         .into_inner();
     let fp = done.image.unwrap().fingerprint;
 
-    let find = |service: &str, name: &str| -> Option<serde_json::Value> {
+    // A URL import in the same trace: queued by ImportImage, run by the node.
+    let queued =
+        pb::imports_client::ImportsClient::with_interceptor(channel.clone(), headers.clone())
+            .import_image(pb::ImportImageRequest {
+                source: Some(pb::import_image_request::Source::Url(pb::UrlSource {
+                    url: format!("http://127.0.0.1:{site_port}/image"),
+                })),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let mut waiting = pb::operations_client::OperationsClient::with_interceptor(channel, headers)
+        .wait_operation(pb::WaitOperationRequest {
+            name: queued.name.clone(),
+            timeout_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = queued;
+    while let Some(op) = tokio_stream::StreamExt::next(&mut waiting).await {
+        last = op.unwrap();
+    }
+    assert_eq!(
+        last.state,
+        pb::OperationState::Succeeded as i32,
+        "the import: {last:?}"
+    );
+
+    let all = |service: &str, name: &str| -> Vec<serde_json::Value> {
         spans
             .lock()
             .unwrap()
             .iter()
-            .find(|s| {
+            .filter(|s| {
                 s["service"] == service && s["name"] == name && s["trace_id"] == trace_id.as_str()
             })
             .cloned()
+            .collect()
     };
+    let find = |service: &str, name: &str| all(service, name).into_iter().next();
     eventually("the spans of both tiers to reach the receiver", || async {
         find("imagestore-control", "/imagestore.v1.Uploads/CreateUpload").is_some()
             && find("imagestore-blob", "/imagestore.v1.Blobs/Upload").is_some()
@@ -739,17 +831,74 @@ async fn an_upload_is_one_trace_across_both_tiers() {
             .is_some_and(|n| n.starts_with("node-")),
         "{upload}"
     );
-    for call in ["OpenWrite", "RegisterContent"] {
-        let back = find(
+    let child_of = |call: &str, parent: &serde_json::Value| {
+        all(
             "imagestore-control",
             &format!("/imagestore.internal.v1.Registry/{call}"),
         )
-        .unwrap();
-        assert_eq!(
-            back["parent"], upload["span_id"],
-            "{call} is a child of the node's Upload: {back}"
+        .into_iter()
+        .find(|s| &s["parent"] == parent)
+    };
+    for call in ["OpenWrite", "RegisterContent"] {
+        assert!(
+            child_of(call, &upload["span_id"]).is_some(),
+            "{call} is a child of the node's Upload: {:?}",
+            spans.lock().unwrap()
         );
     }
+
+    // The import: ImportImage under the client's span, the node's work under
+    // ImportImage, and the node's registration under its work.
+    eventually("the import's spans to reach the receiver", || async {
+        find("imagestore-blob", "imagestore.import")
+            .is_some_and(|work| child_of("RegisterContent", &work["span_id"]).is_some())
+    })
+    .await;
+    let queue = find("imagestore-control", "/imagestore.v1.Imports/ImportImage").unwrap();
+    assert_eq!(queue["parent"], client_span.as_str(), "{queue}");
+    let work = find("imagestore-blob", "imagestore.import").unwrap();
+    assert_eq!(
+        work["parent"], queue["span_id"],
+        "the node's import is a child of ImportImage: {work}"
+    );
+
+    // The CLI, exporting its own spans and started inside a trace (TRACEPARENT,
+    // as CI systems pass it): the command is one span under it, and the
+    // servers' spans are its children.
+    let cli_span = ids[48..64].to_owned();
+    let file = dir.path().join("cli-image.tar");
+    std::fs::write(
+        &file,
+        imagestore_tests::https::unified_image("traced cli", &[]),
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(cp_dir.join("admin-token")).unwrap();
+    let out = tokio::process::Command::new(binary("imagestore"))
+        .args(["import", file.to_str().unwrap(), "--quiet"])
+        .env("IMAGESTORE_REMOTE", cp.url())
+        .env("IMAGESTORE_TOKEN", token.trim())
+        .env("IMAGESTORE_CONFIG_DIR", dir.path().join("cli"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("TRACEPARENT", format!("00-{trace_id}-{cli_span}-01"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    eventually("the CLI's span, flushed as it exits", || async {
+        find("imagestore", "imagestore import").is_some()
+    })
+    .await;
+    let command = find("imagestore", "imagestore import").unwrap();
+    assert_eq!(command["parent"], cli_span.as_str(), "{command}");
+    eventually("the servers' spans under the CLI's", || async {
+        all("imagestore-control", "/imagestore.v1.Uploads/CreateUpload")
+            .iter()
+            .chain(&all("imagestore-blob", "/imagestore.v1.Blobs/Upload"))
+            .filter(|s| s["parent"] == command["span_id"])
+            .count()
+            == 2
+    })
+    .await;
     node.terminate().await;
     cp.terminate().await;
 }

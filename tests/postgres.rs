@@ -83,7 +83,7 @@ async fn imports_are_claimed_once_across_replicas_and_progress_is_seen_on_each()
                 Vec::new(),
                 None,
                 Default::default(),
-                Vec::new(),
+                Default::default(),
             )
             .await
             .unwrap();

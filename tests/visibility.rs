@@ -236,7 +236,7 @@ impl World {
     }
 
     /// A connection to the blob node (tickets, not callers, decide there).
-    async fn blobs(&self, who: Who) -> pb::blobs_client::BlobsClient<tonic::transport::Channel> {
+    async fn blobs(&self, who: Who) -> imagestore_client::BlobsClient {
         imagestore_client::blobs_client(
             imagestore_client::connect_with(&self.node.url(), &self.tls_as(who))
                 .await

@@ -672,7 +672,7 @@ impl BlobNode {
         format!("{scheme}://{}", self.addr)
     }
 
-    pub async fn blobs(&self) -> pb::blobs_client::BlobsClient<Channel> {
+    pub async fn blobs(&self) -> imagestore_client::BlobsClient {
         blobs_client(&self.url()).await
     }
 
@@ -687,7 +687,7 @@ impl BlobNode {
 }
 
 /// A Blobs client as the Rust client makes them (tuned windows, 8 MiB messages).
-pub async fn blobs_client(url: &str) -> pb::blobs_client::BlobsClient<Channel> {
+pub async fn blobs_client(url: &str) -> imagestore_client::BlobsClient {
     imagestore_client::blobs_client(imagestore_client::connect(url).await.unwrap())
 }
 
@@ -1068,4 +1068,25 @@ pub async fn importing_cluster(
     )
     .await;
     (cp, node)
+}
+
+/// A web server on 127.0.0.1 speaking LXD's image URL protocol: `/image`
+/// answers with LXD-Image-Hash `hash` and LXD-Image-URL `/image.tar`, which
+/// `file` serves. Returns its port.
+pub async fn lxd_url_site(hash: String, file: axum::routing::MethodRouter) -> u16 {
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = site.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route(
+            "/image",
+            axum::routing::get(move || async move {
+                [
+                    ("LXD-Image-Hash", hash),
+                    ("LXD-Image-URL", "/image.tar".to_owned()),
+                ]
+            }),
+        )
+        .route("/image.tar", file);
+    tokio::spawn(async move { axum::serve(site, app).await.unwrap() });
+    port
 }

@@ -28,15 +28,7 @@ impl Interceptor for Bearer {
         }
         // The call belongs to the trace of whatever makes it (every call goes
         // through here: clients' and blob nodes' alike).
-        for (key, value) in imagestore_telemetry::propagation::trace_headers() {
-            if let (Ok(k), Ok(v)) = (
-                key.parse::<tonic::metadata::MetadataKey<Ascii>>(),
-                value.parse::<MetadataValue<Ascii>>(),
-            ) {
-                req.metadata_mut().insert(k, v);
-            }
-        }
-        Ok(req)
+        imagestore_telemetry::propagation::Traced.call(req)
     }
 }
 

@@ -29,8 +29,17 @@ pub struct ImportJob {
     pub request: Vec<u8>,
     /// A refresh: the image the new one replaces.
     pub replaces: Option<String>,
-    /// Roles of whoever asked for it, for the import plugins.
-    pub importer_roles: Vec<String>,
+    /// Who asked for it.
+    pub importer: Importer,
+}
+
+/// Who queued an import: their roles (for the import plugins) and the trace
+/// their request belongs to (a W3C traceparent; empty: none), which the
+/// node's work on it joins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Importer {
+    pub roles: Vec<String>,
+    pub trace_parent: String,
 }
 
 /// Queued imports a claim looks through for one the claiming node can do.
@@ -110,7 +119,7 @@ impl Store {
         request: Vec<u8>,
         replaces: Option<String>,
         needs: StoreNeeds,
-        importer_roles: Vec<String>,
+        importer: Importer,
     ) -> Result<Operation> {
         let op = self
             .write(move |tx| {
@@ -148,15 +157,16 @@ impl Store {
                 let op = crate::operations::queued(description, "queued", true);
                 store_op(tx, &op)?;
                 tx.prepare_cached(
-                    "INSERT INTO import_jobs (operation_id, request, replaces, needs, importer_roles) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO import_jobs (operation_id, request, replaces, needs, \
+                     importer_roles, trace_parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![
                     op.id,
                     request,
                     replaces,
                     serde_json::to_string(&needs)?,
-                    serde_json::to_string(&importer_roles)?
+                    serde_json::to_string(&importer.roles)?,
+                    importer.trace_parent
                 ])?;
                 Ok(op)
             })
@@ -176,28 +186,40 @@ impl Store {
             .write(move |tx| {
                 // The rows are locked until the claim commits (where rows can be
                 // locked; SQLite's writers take turns anyway).
-                type Row = (String, Vec<u8>, Option<String>, String, String);
+                type Row = (String, Vec<u8>, Option<String>, String, String, String);
                 let queued: Vec<Row> = tx
                     .prepare_cached(&format!(
-                        "SELECT j.operation_id, j.request, j.replaces, j.needs, j.importer_roles \
+                        "SELECT j.operation_id, j.request, j.replaces, j.needs, j.importer_roles, \
+                         j.trace_parent \
                          FROM import_jobs j JOIN operations o ON o.id = j.operation_id \
                          WHERE o.state = 'QUEUED' AND j.node_id IS NULL \
                          ORDER BY o.created_at, o.id LIMIT ?1{}",
                         tx.skip_locked()
                     ))?
                     .query_map([CLAIM_SCAN], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
                     })?
                     .collect::<Result<_>>()?;
                 let mut found = None;
-                for (id, request, replaces, needs, roles) in queued {
+                for (id, request, replaces, needs, roles, trace_parent) in queued {
                     let needs: StoreNeeds = serde_json::from_str(&needs)?;
                     if needs.met_by(&reach) {
-                        found = Some((id, request, replaces, serde_json::from_str(&roles)?));
+                        let importer = Importer {
+                            roles: serde_json::from_str(&roles)?,
+                            trace_parent,
+                        };
+                        found = Some((id, request, replaces, importer));
                         break;
                     }
                 }
-                let Some((id, request, replaces, importer_roles)) = found else {
+                let Some((id, request, replaces, importer)) = found else {
                     return Ok(None);
                 };
                 let now = now();
@@ -214,7 +236,7 @@ impl Store {
                     operation: id,
                     request,
                     replaces,
-                    importer_roles,
+                    importer,
                 }))
             })
             .await?;
@@ -418,7 +440,7 @@ mod tests {
                 Vec::new(),
                 None,
                 copy_of("aa", "s3"),
-                Vec::new(),
+                crate::Importer::default(),
             )
             .await
             .unwrap();
@@ -428,7 +450,7 @@ mod tests {
                 Vec::new(),
                 None,
                 copy_of("aa", "gcs"),
-                Vec::new(),
+                crate::Importer::default(),
             )
             .await;
         assert!(
@@ -441,7 +463,7 @@ mod tests {
                 Vec::new(),
                 None,
                 copy_of("bb", "s3"),
-                Vec::new(),
+                crate::Importer::default(),
             )
             .await
             .expect("another image's copy");
@@ -467,7 +489,7 @@ mod tests {
                 Vec::new(),
                 None,
                 copy_of("aa", "gcs"),
-                Vec::new(),
+                crate::Importer::default(),
             )
             .await
             .expect("once the first copy is over");

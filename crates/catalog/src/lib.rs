@@ -32,7 +32,7 @@ pub use aliases::{AliasEdit, validate_alias, validate_alias_name};
 pub use error::{CatalogError, Result};
 pub use filter::ImageFilter;
 pub use images::{Completes, ImageRef};
-pub use imports::ImportJob;
+pub use imports::{ImportJob, Importer};
 pub use model::*;
 pub use nodes::NodeAnnouncement;
 pub use operations::OperationUpdate;

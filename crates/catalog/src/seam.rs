@@ -19,7 +19,7 @@ use crate::engine::sqlite::Sqlite;
 use crate::error::Result;
 use crate::filter::ImageFilter;
 use crate::images::{Completes, ImageRef};
-use crate::imports::ImportJob;
+use crate::imports::{ImportJob, Importer};
 use crate::model::*;
 use crate::nodes::NodeAnnouncement;
 use crate::operations::OperationUpdate;
@@ -121,7 +121,7 @@ pub trait Backend: Send + Sync + 'static {
         request: Vec<u8>,
         replaces: Option<String>,
         needs: StoreNeeds,
-        importer_roles: Vec<String>,
+        importer: Importer,
     ) -> Result<Operation>;
     /// Hands the oldest queued import a node reaching `reach` can do to
     /// `node_id` and marks it RUNNING.
@@ -413,9 +413,9 @@ impl Backend for Store {
         request: Vec<u8>,
         replaces: Option<String>,
         needs: StoreNeeds,
-        importer_roles: Vec<String>,
+        importer: Importer,
     ) -> Result<Operation> {
-        Store::create_import(self, description, request, replaces, needs, importer_roles).await
+        Store::create_import(self, description, request, replaces, needs, importer).await
     }
 
     async fn claim_import(&self, node_id: String, reach: Vec<String>) -> Result<Option<ImportJob>> {

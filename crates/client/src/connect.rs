@@ -49,10 +49,38 @@ pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Channel, Error>
     } else {
         endpoint.connect().await
     };
-    connected.map_err(|e| Error::Connect {
-        url: url.to_owned(),
-        reason: source_chain(&e),
-    })
+    let channel = match connected {
+        Ok(channel) => channel,
+        Err(e) => return Err(unreachable(url, source_chain(&e)).await),
+    };
+    if !url.starts_with("https://") {
+        // A plaintext connection is made before the server has said anything:
+        // ask it once, so that one that does not speak plaintext gRPC (a TLS
+        // server) fails here, where it can be told apart.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let check = health.check(tonic_health::pb::HealthCheckRequest::default());
+        match tokio::time::timeout(Duration::from_secs(10), check).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) if !crate::error::from_transport(&s) => {}
+            Ok(Err(s)) => return Err(unreachable(url, source_chain(&s)).await),
+            Err(_) => return Err(unreachable(url, "no answer within 10 s".into()).await),
+        }
+    }
+    Ok(channel)
+}
+
+/// Why `url` cannot be reached: the other scheme when its server speaks that.
+async fn unreachable(url: &str, reason: String) -> Error {
+    match crate::scheme::other_scheme(url).await {
+        Some(works) => Error::Scheme {
+            url: url.to_owned(),
+            works,
+        },
+        None => Error::Connect {
+            url: url.to_owned(),
+            reason,
+        },
+    }
 }
 
 /// A channel to `url` that connects on first use (and reconnects), for servers

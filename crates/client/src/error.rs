@@ -7,6 +7,12 @@ pub enum Error {
     Address(String),
     #[error("cannot reach imagestore at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error(
+        "cannot reach imagestore at {url}: the server there speaks {}; use {works} \
+         (`imagestore remote add NAME {works}`, or edit the remote's address)",
+        if works.starts_with("https://") { "TLS" } else { "plaintext HTTP, not TLS" }
+    )]
+    Scheme { url: String, works: String },
     #[error("{}", .0.message())]
     Status(#[from] tonic::Status),
     #[error("{path}: {source}")]
@@ -33,7 +39,9 @@ impl Error {
     /// The gRPC status code this error amounts to (for exit codes and retries).
     pub fn code(&self) -> tonic::Code {
         match self {
-            Error::Address(_) | Error::Invalid(_) => tonic::Code::InvalidArgument,
+            Error::Address(_) | Error::Invalid(_) | Error::Scheme { .. } => {
+                tonic::Code::InvalidArgument
+            }
             Error::Connect { .. } => tonic::Code::Unavailable,
             // The connection broke (the server died mid-call): as unavailable as
             // a server that says so, and the CLI exits 5 (run again).
@@ -72,7 +80,7 @@ impl Error {
 
 /// Whether a status was made from a failure of the connection (h2, hyper, the
 /// socket) rather than sent by a server.
-fn from_transport(s: &tonic::Status) -> bool {
+pub(crate) fn from_transport(s: &tonic::Status) -> bool {
     let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
     while let Some(err) = next {
         if err.is::<h2::Error>()

@@ -8,6 +8,7 @@ mod export;
 mod failover;
 mod progress;
 mod resolve;
+mod scheme;
 mod tls;
 mod upload;
 
@@ -126,7 +127,7 @@ impl Client {
 
     /// A Blobs client for the blob node at `node` (the control plane's own address
     /// when it is `imagestore serve`, which shares this connection).
-    pub async fn blobs(&self, node: &str) -> Result<pb::blobs_client::BlobsClient<Channel>, Error> {
+    pub async fn blobs(&self, node: &str) -> Result<BlobsClient, Error> {
         self.blobs_via(node, None).await
     }
 
@@ -137,7 +138,7 @@ impl Client {
         &self,
         node: &str,
         address: Option<std::net::SocketAddr>,
-    ) -> Result<pb::blobs_client::BlobsClient<Channel>, Error> {
+    ) -> Result<BlobsClient, Error> {
         let node = node.trim_end_matches('/');
         let ours = match node {
             "" => self.channel.channel(0),
@@ -177,9 +178,18 @@ pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(200 << attempt.min(5))
 }
 
-/// A Blobs client that takes and sends chunks of up to [`MAX_MESSAGE`].
-pub fn blobs_client(channel: Channel) -> pb::blobs_client::BlobsClient<Channel> {
-    pb::blobs_client::BlobsClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+/// A Blobs client: chunks of up to [`MAX_MESSAGE`], in the caller's trace.
+pub type BlobsClient = pb::blobs_client::BlobsClient<
+    InterceptedService<Channel, imagestore_telemetry::propagation::Traced>,
+>;
+
+/// A Blobs client over `channel` that takes and sends chunks of up to
+/// [`MAX_MESSAGE`].
+pub fn blobs_client(channel: Channel) -> BlobsClient {
+    pb::blobs_client::BlobsClient::with_interceptor(
+        channel,
+        imagestore_telemetry::propagation::Traced,
+    )
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE)
 }

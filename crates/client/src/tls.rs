@@ -241,12 +241,18 @@ pub async fn server_fingerprint(url: &str) -> Result<String, Error> {
         provider: provider(),
     });
     let config = client_config(&TlsOptions::default(), Some(capture.clone()))?;
-    handshake(Arc::new(config), uri, None)
-        .await
-        .map_err(|e| Error::Connect {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
+    if let Err(e) = handshake(Arc::new(config), uri, None).await {
+        return Err(match crate::scheme::plaintext_instead(url).await {
+            Some(works) => Error::Scheme {
+                url: url.to_owned(),
+                works,
+            },
+            None => Error::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            },
+        });
+    }
     let seen = capture
         .seen
         .lock()

@@ -146,19 +146,31 @@ impl Plan {
         self.parts.iter().map(|p| p.size).sum()
     }
 
-    /// Streams part `i`.
-    pub async fn open(
-        &self,
-        fetcher: &Fetcher,
-        i: usize,
-    ) -> Result<Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>, FetchError> {
-        match &self.parts[i].source {
-            PartSource::Http(url) => Ok(Box::pin(fetcher.get(url).await?.stream())),
-            PartSource::Pinned(url, pinned) => Ok(Box::pin(pinned.get(url).await?.stream())),
-            PartSource::Imagestore(file) => Ok(Box::pin(file.open(fetcher).await?)),
-            PartSource::Lxd(part) => Ok(Box::pin(part.open().await?)),
-        }
+    /// Streams part `i`, with its size when the plan did not know it but the
+    /// source says (an HTTP Content-Length), for progress.
+    pub async fn open(&self, fetcher: &Fetcher, i: usize) -> Result<Opened, FetchError> {
+        let http = |body: http::Body| (body.length, Box::pin(body.stream()) as PartStream);
+        let (length, stream) = match &self.parts[i].source {
+            PartSource::Http(url) => http(fetcher.get(url).await?),
+            PartSource::Pinned(url, pinned) => http(pinned.get(url).await?),
+            PartSource::Imagestore(file) => (None, Box::pin(file.open(fetcher).await?) as _),
+            PartSource::Lxd(part) => (None, Box::pin(part.open().await?) as _),
+        };
+        Ok(Opened {
+            length: self.parts[i].size.or(length),
+            stream,
+        })
     }
+}
+
+/// A part's bytes as they arrive.
+pub type PartStream = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
+
+/// A part being fetched.
+pub struct Opened {
+    /// Its size, when the plan or the source knows it.
+    pub length: Option<u64>,
+    pub stream: PartStream,
 }
 
 /// What the server tells sources about itself (LXD-Server-* headers).

@@ -28,6 +28,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Metrics(#[from] crate::MetricsConfigError),
 }
 
 pub use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
@@ -55,6 +57,7 @@ pub struct GrpcServer {
     stop: StopSignal,
     messages: crate::limits::MessageLimits,
     max_concurrent: usize,
+    metrics: crate::MetricsAccess,
 }
 
 impl Default for GrpcServer {
@@ -73,6 +76,7 @@ impl GrpcServer {
             stop: StopSignal::new(),
             messages: crate::limits::MessageLimits::default(),
             max_concurrent: crate::limits::DEFAULT_MAX_CONCURRENT,
+            metrics: crate::MetricsAccess::default(),
         }
     }
 
@@ -130,6 +134,12 @@ impl GrpcServer {
         self.add_service(service)
     }
 
+    /// Who may read /metrics (anyone, unless configured).
+    pub fn with_metrics_access(mut self, access: crate::MetricsAccess) -> Self {
+        self.metrics = access;
+        self
+    }
+
     /// Serves with `tls` (the default is plaintext, allowed on loopback only).
     pub fn with_tls(mut self, tls: Tls) -> Self {
         self.tls = tls;
@@ -180,6 +190,7 @@ impl GrpcServer {
                 self.max_concurrent,
             ),
             self.http,
+            self.metrics,
         ));
 
         let trace = TraceLayer::new_for_grpc()

@@ -19,7 +19,7 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
 }
 
 /// One router that sends gRPC requests to `grpc` and the rest to `http`.
-pub(crate) fn dispatch(grpc: Router, http: Router) -> Router {
+pub(crate) fn dispatch(grpc: Router, http: Router, metrics: crate::MetricsAccess) -> Router {
     let http = http
         .fallback(|| async {
             HttpError::new(
@@ -34,18 +34,18 @@ pub(crate) fn dispatch(grpc: Router, http: Router) -> Router {
                 "this path answers GET and HEAD only",
             )
         });
-    // Every server's metrics, whichever tiers it serves (trust is not asked:
-    // the figures name no image).
+    // Every server's metrics, whichever tiers it serves.
     let http = http.route(
         "/metrics",
-        axum::routing::get(|| async {
-            (
+        axum::routing::get(move |headers: http::HeaderMap| async move {
+            metrics.check(&headers)?;
+            Ok::<_, HttpError>((
                 [(
                     header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
                 imagestore_telemetry::metrics::metrics().encode(),
-            )
+            ))
         }),
     );
     Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {

@@ -7,6 +7,7 @@ pub mod http;
 mod limits;
 mod main_helper;
 mod memory;
+mod metrics_access;
 pub mod shutdown;
 mod tls;
 
@@ -16,6 +17,7 @@ pub use grpc::{CONNECTION_WINDOW, GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeErr
 pub use limits::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_MESSAGE};
 pub use main_helper::{HasLogConfig, run_binary};
 pub use memory::limit_malloc_arenas;
+pub use metrics_access::{MetricsAccess, MetricsConfig, MetricsConfigError};
 pub use tls::{Tls, TlsConfig, TlsError, TlsPeer};
 
 /// Where a tier keeps its data unless configured: the user's data directory

@@ -105,6 +105,23 @@ pub fn init(service: &'static str, config: &LogConfig) -> TelemetryGuard {
     TelemetryGuard { provider }
 }
 
+/// For a command-line client: nothing unless `OTEL_EXPORTER_OTLP_ENDPOINT` is
+/// set, then its spans (only: a client's output is its own) are exported, so
+/// that a command is one trace with the servers' work on it.
+pub fn init_client(service: &'static str) -> TelemetryGuard {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+    let provider = (!endpoint.is_empty())
+        .then(|| otlp_provider(service, &endpoint))
+        .flatten();
+    if let Some(p) = &provider {
+        let _ = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(tracing_opentelemetry::layer().with_tracer(p.tracer(service)))
+            .try_init();
+    }
+    TelemetryGuard { provider }
+}
+
 fn otlp_provider(service: &'static str, endpoint: &str) -> Option<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imagestore_server::TlsConfig;
+use imagestore_server::{MetricsConfig, TlsConfig};
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,8 @@ pub struct BlobNodeConfig {
     /// this old.
     #[serde(with = "humantime_serde")]
     pub stray_grace: Duration,
+    /// Who may read /metrics.
+    pub metrics: MetricsConfig,
     /// Logging and tracing.
     pub log: LogConfig,
 }
@@ -172,6 +174,7 @@ impl Default for BlobNodeConfig {
             scan_budget_bytes: 4 << 30,
             scrub_bytes_per_second: 32 << 20,
             stray_grace: Duration::from_secs(3600),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
     }

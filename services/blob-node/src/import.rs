@@ -13,6 +13,7 @@ use imagestore_fetch::{FetchError, Fetcher, ImportFiltering, Limits, Plan, Role,
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::NodeContext;
 use crate::error::BlobError;
@@ -51,10 +52,23 @@ pub async fn work(node: Arc<NodeContext>) {
                     continue;
                 }
                 let node = node.clone();
-                running.spawn(async move {
-                    run(node, r).await;
-                    drop(slot);
+                // The import is part of the trace of the call that queued it.
+                let span = tracing::info_span!(
+                    "import",
+                    otel.name = "imagestore.import",
+                    operation = %r.operation,
+                );
+                imagestore_telemetry::propagation::set_parent(&span, |key| {
+                    (key == "traceparent" && !r.trace_parent.is_empty())
+                        .then_some(r.trace_parent.as_str())
                 });
+                running.spawn(
+                    async move {
+                        run(node, r).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 // The control plane is away or does not know this node yet.
@@ -127,13 +141,16 @@ async fn run(node: Arc<NodeContext>, claim: ipb::ClaimImportResponse) {
     let interval = Duration::from_millis(policy.report_interval_ms.max(50));
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop) = watch::channel(false);
-    let reporter = tokio::spawn(report(
-        node.clone(),
-        operation.clone(),
-        progress.clone(),
-        stop_tx,
-        interval,
-    ));
+    let reporter = tokio::spawn(
+        report(
+            node.clone(),
+            operation.clone(),
+            progress.clone(),
+            stop_tx,
+            interval,
+        )
+        .in_current_span(),
+    );
     tracing::info!(operation, "import started");
     let metrics = imagestore_telemetry::metrics::metrics();
     metrics.imports_active.inc();
@@ -449,13 +466,20 @@ async fn fetch_part(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, Failed> {
     let part = &plan.parts[i];
-    let mut stream = tokio::select! {
+    let opened = tokio::select! {
         s = plan.open(fetcher, i) => s?,
         _ = stopped(stop) => {
             ingest.discard().await;
             return Ok(false);
         }
     };
+    // Without a total from the plan, the parts' sizes add up as they open.
+    if plan.total_size().is_none()
+        && let Some(length) = opened.length
+    {
+        progress.total.fetch_add(length, Ordering::Relaxed);
+    }
+    let mut stream = opened.stream;
     loop {
         let next = tokio::select! {
             n = stream.next() => n,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use imagestore_auth::{Bearer, TicketKey, read_secret};
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
-use imagestore_server::{GrpcServer, ServeError, Tls};
+use imagestore_server::{GrpcServer, MetricsAccess, ServeError, Tls};
 use imagestore_store::{BlobStore, StoreError, StoredSegment};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -319,7 +319,11 @@ pub async fn serve_notifying(
     let node = BlobNode::prepare(&config, bound)?;
     let lifecycle = node.spawn_lifecycle(registered);
     let served = node
-        .add_services(GrpcServer::new().with_tls(node.tls()))
+        .add_services(
+            GrpcServer::new().with_tls(node.tls()).with_metrics_access(
+                MetricsAccess::load(&config.metrics).map_err(ServeError::from)?,
+            ),
+        )
         .serve(listener, shutdown)
         .await;
     lifecycle.abort();

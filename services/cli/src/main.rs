@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 
 use crate::ctx::Ctx;
 use crate::failure::CliResult;
+use tracing::Instrument;
 
 const EXIT_CODES: &str = "\
 Images are named by alias, fingerprint or unique fingerprint prefix, with an
@@ -167,15 +168,38 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Manpages { dir } => manpages(&dir),
-        Command::Client(other) => match Ctx::load(quiet) {
-            Ok(ctx) => dispatch(&ctx, other).await,
-            Err(e) => Err(e),
-        },
+        Command::Client(other) => {
+            // One trace per command, when the user exports traces.
+            let _telemetry = imagestore_telemetry::init_client("imagestore");
+            let span = tracing::info_span!("command", otel.name = %command_name());
+            imagestore_telemetry::propagation::set_parent_from_env(&span);
+            match Ctx::load(quiet) {
+                Ok(ctx) => dispatch(&ctx, other).instrument(span).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.report(),
     }
+}
+
+/// "imagestore import", "imagestore alias create": the command as typed, up
+/// to its first argument that is not a subcommand.
+fn command_name() -> String {
+    use clap::CommandFactory;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut name = vec!["imagestore".to_owned()];
+    let mut command = Cli::command();
+    for arg in args.iter().filter(|a| !a.starts_with('-')) {
+        let Some(sub) = command.find_subcommand(arg).cloned() else {
+            break;
+        };
+        name.push(sub.get_name().to_owned());
+        command = sub;
+    }
+    name.join(" ")
 }
 
 /// imagestore.1, and imagestore-COMMAND.1 for every command and subcommand.

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use imagestore_blob_node::{BlobNode, BlobNodeConfig};
 use imagestore_control_plane::ControlPlaneConfig;
 use imagestore_control_plane::config::{ImportFiltering, ImportSettings};
-use imagestore_server::{CommonArgs, GrpcServer, HasLogConfig, TlsConfig};
+use imagestore_server::{
+    CommonArgs, GrpcServer, HasLogConfig, MetricsAccess, MetricsConfig, TlsConfig,
+};
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,8 @@ pub struct ServeConfig {
     /// self-signed pair in the data directory on first start (as LXD does) and
     /// uses it whenever it listens beyond loopback.
     pub tls: TlsConfig,
+    /// Who may read /metrics (both tiers: one listener).
+    pub metrics: MetricsConfig,
     /// Logging and tracing.
     pub log: LogConfig,
     /// Where server-side imports may fetch from (Glance's import filtering).
@@ -54,6 +58,7 @@ impl Default for ServeConfig {
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("imagestore"),
             tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             import_filtering: ImportFiltering::default(),
             import: ImportSettings::default(),
@@ -168,6 +173,10 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         imagestore_control_plane::add_services(
             GrpcServer::new()
                 .with_tls(node.tls())
+                .with_metrics_access(
+                    MetricsAccess::load(&config.metrics)
+                        .map_err(imagestore_server::ServeError::from)?,
+                )
                 .with_max_concurrent(control.max_concurrent_requests),
             &control,
             catalog.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use imagestore_fetch::ImportFiltering;
-use imagestore_server::TlsConfig;
+use imagestore_server::{MetricsConfig, TlsConfig};
 use imagestore_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,8 @@ pub struct ControlPlaneConfig {
     pub import_filtering: ImportFiltering,
     /// Server-side imports, auto-update and the image cache.
     pub import: ImportSettings,
+    /// Who may read /metrics.
+    pub metrics: MetricsConfig,
     /// Logging and tracing.
     pub log: LogConfig,
 }
@@ -255,6 +257,7 @@ impl Default for ControlPlaneConfig {
             tls: TlsConfig::default(),
             import_filtering: ImportFiltering::default(),
             import: ImportSettings::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
     }

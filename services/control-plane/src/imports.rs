@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use imagestore_catalog::{Catalog, Image, ImageRef, ImageType, Operation, StoreNeeds};
+use imagestore_catalog::{Catalog, Image, ImageRef, ImageType, Importer, Operation, StoreNeeds};
 use imagestore_fetch::{ImportFiltering, parse_url};
 use imagestore_image::FingerprintQuery;
 use imagestore_proto::v1 as pb;
@@ -210,7 +210,10 @@ pub async fn queue_refresh(catalog: &Catalog, image: &Image) -> ApiResult<Operat
             request.encode_to_vec(),
             Some(image.fingerprint.clone()),
             needs,
-            Vec::new(),
+            Importer {
+                roles: Vec::new(),
+                trace_parent: imagestore_telemetry::propagation::traceparent(),
+            },
         )
         .await?)
 }
@@ -285,7 +288,16 @@ pub async fn queue(
     };
     r.target = Some(Stores::selection(&target));
     let op = catalog
-        .create_import(description.into(), r.encode_to_vec(), None, needs, roles)
+        .create_import(
+            description.into(),
+            r.encode_to_vec(),
+            None,
+            needs,
+            Importer {
+                roles,
+                trace_parent: imagestore_telemetry::propagation::traceparent(),
+            },
+        )
         .await?;
     tracing::info!(operation = %op.id, method, stores = ?target.stores, "import queued");
     Ok(op)

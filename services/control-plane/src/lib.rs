@@ -30,7 +30,7 @@ use imagestore_proto::v1::imports_server::ImportsServer;
 use imagestore_proto::v1::operations_server::OperationsServer;
 use imagestore_proto::v1::trust_server::TrustServer;
 use imagestore_proto::v1::uploads_server::UploadsServer;
-use imagestore_server::{GrpcServer, ServeError, Tls};
+use imagestore_server::{GrpcServer, MetricsAccess, ServeError, Tls};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
@@ -120,8 +120,10 @@ pub async fn serve_catalog(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let tls = Tls::load(&config.tls).map_err(ServeError::from)?;
+    let metrics = MetricsAccess::load(&config.metrics).map_err(ServeError::from)?;
     let server = GrpcServer::new()
         .with_tls(tls)
+        .with_metrics_access(metrics)
         .with_max_concurrent(config.max_concurrent_requests);
     let server = add_services(server, &config, catalog.clone(), auth).await?;
     let sweeper = spawn_background(&config, catalog);

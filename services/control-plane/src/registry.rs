@@ -584,7 +584,8 @@ impl Registry for RegistryService {
                     policy: Some(self.policy()),
                     replaces: job.replaces.unwrap_or_default(),
                     architectures: self.imports.settings.server_architectures(),
-                    importer_roles: job.importer_roles,
+                    importer_roles: job.importer.roles,
+                    trace_parent: job.importer.trace_parent,
                 }));
             }
             tokio::select! {

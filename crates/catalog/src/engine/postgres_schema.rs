@@ -226,6 +226,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE released_content ADD PRIMARY KEY (store, storage_key);
     CREATE INDEX released_content_key ON released_content(storage_key);
     "#,
+    // 3: the trace an import was queued in (as SQLite's migration 13).
+    r#"
+    ALTER TABLE import_jobs ADD COLUMN trace_parent TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Every table of catalog data, parents before children (the order a copy

@@ -278,6 +278,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE released_by_store RENAME TO released_content;
     CREATE INDEX released_content_key ON released_content(storage_key);
     "#,
+    // 13: the trace an import was queued in (W3C traceparent; '' for none).
+    r#"
+    ALTER TABLE import_jobs ADD COLUMN trace_parent TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.
