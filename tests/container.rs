@@ -1,0 +1,162 @@
+//! deploy/container/Containerfile, built with podman (Debian's package) from
+//! base images made here (tests/container-bases: no registry is reachable),
+//! then its binaries run from the image's own file system as its user: an
+//! `imagestore serve` in it takes an import from the host's CLI.
+//!
+//! Slow (a release build inside the image): ./tests/run runs it on its own,
+//! after the other suites.
+
+use std::path::Path;
+use std::process::Command;
+
+use imagestore_tests::*;
+
+const IMAGE: &str = "localhost/imagestore-test/imagestore:latest";
+
+/// Runs a command to its end; its stdout, or a failure with everything it said.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program}: {e} (podman and mmdebstrap are installed by ./tests/run)")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A container made from the image (never started: no OCI runtime can run
+/// here), its file system mounted; removed when dropped.
+struct Mounted {
+    id: String,
+    root: String,
+}
+
+impl Mounted {
+    fn new(image: &str) -> Self {
+        let id = run("podman", &["create", image]);
+        let root = run("podman", &["mount", &id]);
+        Self { id, root }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["umount", &self.id]).output();
+        let _ = Command::new("podman").args(["rm", &self.id]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_image_builds_and_serves_as_its_own_user() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bases = run(root.join("tests/container-bases").to_str().unwrap(), &[]);
+    let (builder, runtime) = bases.split_once('\n').expect("two base images");
+    // chroot isolation: RUN steps need no OCI runtime (none can run here).
+    run(
+        "podman",
+        &[
+            "build",
+            "--isolation",
+            "chroot",
+            "--quiet",
+            "--build-arg",
+            &format!("BUILDER={builder}"),
+            "--build-arg",
+            &format!("RUNTIME={runtime}"),
+            "--file",
+            root.join("deploy/container/Containerfile")
+                .to_str()
+                .unwrap(),
+            "--tag",
+            IMAGE,
+            root.to_str().unwrap(),
+        ],
+    );
+    let config = run(
+        "podman",
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.User}} {{json .Config.Entrypoint}} {{.Size}}",
+            IMAGE,
+        ],
+    );
+    let mut fields = config.split(' ');
+    assert_eq!(fields.next(), Some("10001"), "not root: {config}");
+    assert_eq!(
+        fields.next(),
+        Some("[\"/usr/local/bin/imagestore-control\"]"),
+        "{config}"
+    );
+    let size: u64 = fields.next().unwrap().parse().unwrap();
+    eprintln!("image size: {} MiB", size >> 20);
+    // Small: Debian's minimal userland, qemu-utils and three binaries; no
+    // compiler, no sources.
+    assert!(size < 320 << 20, "the image is {} MiB", size >> 20);
+
+    // Its binaries, from its own file system and libraries, as its user.
+    let image = Mounted::new(IMAGE);
+    assert!(
+        !Path::new(&image.root).join("src").exists(),
+        "the sources stayed in the image"
+    );
+    for binary in ["imagestore", "imagestore-control", "imagestore-blob"] {
+        let version = run(
+            "chroot",
+            &[
+                "--userspec=10001:10001",
+                &image.root,
+                &format!("/usr/local/bin/{binary}"),
+                "--version",
+            ],
+        );
+        assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    }
+    let serve = Process::start_until(
+        Path::new("/usr/sbin/chroot"),
+        &[
+            "--userspec=10001:10001",
+            &image.root,
+            "/usr/local/bin/imagestore",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/var/lib/imagestore/data",
+        ],
+        &[("HOME", "/var/lib/imagestore")],
+        Some("registered with the control plane"),
+    )
+    .await;
+    let token =
+        std::fs::read_to_string(Path::new(&image.root).join("var/lib/imagestore/data/admin-token"))
+            .unwrap();
+    let cli = tempfile::tempdir().unwrap();
+    let file = cli.path().join("busybox.tar.gz");
+    std::fs::write(&file, fixture("busybox-unified.tar.gz")).unwrap();
+    let url = serve.url();
+    let listed = tokio::task::spawn_blocking(move || {
+        let config = cli.path().join("config");
+        imagestore_cli_ok(
+            &config,
+            &["remote", "add", "box", &url, "--token", token.trim()],
+        );
+        imagestore_cli_ok(
+            &config,
+            &["import", file.to_str().unwrap(), "box:", "--alias", "boxed"],
+        );
+        imagestore_cli_ok(&config, &["list", "box:", "--format", "csv"])
+    })
+    .await
+    .unwrap();
+    assert!(listed.contains("boxed"), "{listed}");
+    serve.terminate().await;
+}
