@@ -53,6 +53,12 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         "scan_gz_ratio",
         "blob_rss_mib_1g",
         "blob_rss_mib_4g",
+        "blob_rss_mib_32",
+        "grpc_source_mb_s",
+        "cli_import_mb_s",
+        "cli_import_ratio",
+        "cli_export_mb_s",
+        "cli_export_ratio",
         "get_image_rps",
         "get_image_p50_ms",
         "get_image_p99_ms",
@@ -73,6 +79,18 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
             "{name} has no positive value: {f}"
         );
         assert!(f["unit"].is_string(), "{f}");
+    }
+    // CPU figures need more bytes than this test moves: there, and a number
+    // when they can be told.
+    for name in ["upload_cpu_efficiency", "download_cpu_efficiency"] {
+        let f = figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from\n{stdout}"));
+        assert!(
+            f["value"].is_null() || f["value"].as_f64().is_some_and(|v| v > 0.0),
+            "{f}"
+        );
     }
     // Nothing is left behind in the directory it was given.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

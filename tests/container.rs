@@ -79,6 +79,8 @@ async fn the_container_image_builds_and_serves_as_its_own_user() {
             root.to_str().unwrap(),
         ],
     );
+    // The build stage stays behind as an unnamed image of some GiB: not kept.
+    run("podman", &["image", "prune", "--force"]);
     let config = run(
         "podman",
         &[

@@ -345,11 +345,25 @@ impl Plan {
                 .map_err(|e| Error::io(path, e))?;
             while offset < end {
                 let n = (end - offset).min(self.chunk as u64) as usize;
-                let mut buf = bytes::BytesMut::zeroed(n);
-                file.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
+                // Read into fresh capacity: File reads into uninitialised
+                // memory, so the chunk is not zero-filled first.
+                let mut buf = Vec::with_capacity(n);
+                (&mut file)
+                    .take(n as u64)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| Error::io(path, e))?;
+                if buf.len() != n {
+                    return Err(Error::io(
+                        path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the file ended {} bytes early", n - buf.len()),
+                        ),
+                    ));
+                }
                 let mut m = pending.take().unwrap_or_default();
                 m.write_offset = offset;
-                m.data = buf.freeze();
+                m.data = bytes::Bytes::from(buf);
                 offset += n as u64;
                 m.end_of_metadata = is_metadata && offset == end;
                 m.finish_write = i + 1 == self.files.len() && offset == end;

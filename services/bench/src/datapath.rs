@@ -5,10 +5,37 @@ use std::path::Path;
 use std::time::Instant;
 
 use imagestore_proto::v1 as pb;
-use tokio_stream::StreamExt;
 
+use crate::limits::Transport;
 use crate::procs::System;
 use crate::{BenchResult, Report, image, median, round2};
+
+/// What the data path is measured against, from the same run.
+pub struct Baselines {
+    pub hash_mb_s: f64,
+    pub transport: Transport,
+}
+
+impl Baselines {
+    /// The lower of SHA-256 and the bare sink: what one upload is bounded by.
+    pub fn upload_limit(&self) -> f64 {
+        self.hash_mb_s.min(self.transport.sink_mb_s)
+    }
+
+    /// The CPU a verified upload must cost per GB: hashing it and carrying it.
+    pub fn upload_cpu_s_per_gb(&self) -> f64 {
+        1000.0 / self.hash_mb_s + self.transport.sink_cpu_s_per_gb
+    }
+}
+
+/// What CPU seconds should have been spent ÷ what was: null when too little
+/// was spent to tell (/proc counts in 10 ms ticks; small `--size-mib`).
+fn efficiency(expected: f64, spent: f64) -> serde_json::Value {
+    if spent < 0.1 {
+        return serde_json::Value::Null;
+    }
+    round2(expected / spent).into()
+}
 
 /// One verified upload from the first byte to the registered image: (image, s).
 async fn upload(system: &System, size: u64, seed: u64) -> BenchResult<(pb::Image, f64)> {
@@ -70,15 +97,17 @@ async fn delete(system: &System, image: &pb::Image) -> BenchResult {
     Ok(())
 }
 
-/// One stream, `runs` times: upload_mb_s and upload_ratio. Returns the median and
-/// the first image, kept for the download.
+/// One stream, `runs` times: upload_mb_s, upload_ratio and the CPU it costs
+/// against what it must cost. Returns the median and the first image, kept for
+/// the download.
 pub async fn upload_figures(
     report: &Report,
     system: &System,
     size: u64,
     runs: usize,
-    limit: f64,
+    baselines: &Baselines,
 ) -> BenchResult<(f64, pb::Image)> {
+    let limit = baselines.upload_limit();
     let mut one = Vec::new();
     let mut kept = None;
     let (mut cpu_node, mut cpu_all, mut bytes) = (0.0, 0.0, 0u64);
@@ -111,6 +140,11 @@ pub async fn upload_figures(
         "CPU s/GB",
     );
     report.put("upload_cpu_s_per_gb", round2(cpu_all / gb), "CPU s/GB");
+    report.put(
+        "upload_cpu_efficiency",
+        efficiency(baselines.upload_cpu_s_per_gb() * gb, cpu_all),
+        "x (1000/hash + sink CPU) / upload CPU",
+    );
     let bound = crate::limits::nproc() as f64 * 1e3 / (cpu_all / gb);
     report.put("upload_cpu_bound_mb_s", round2(bound), "MB/s");
     Ok((upload_mb_s, kept.ok_or("no image was kept")?))
@@ -124,15 +158,24 @@ fn cpu_split(system: &System) -> (f64, f64) {
     (node, all)
 }
 
+/// What to measure with.
+pub struct Sizes {
+    pub size: u64,
+    pub large: u64,
+    pub runs: usize,
+    /// Measure LXD's `lxc image import` and `export` beside the CLI.
+    pub lxd: bool,
+}
+
 pub async fn measure(
     report: &Report,
     system: &mut System,
-    size: u64,
-    large: u64,
-    runs: usize,
-    limit: f64,
+    sizes: &Sizes,
+    baselines: &Baselines,
 ) -> BenchResult {
-    let (upload_mb_s, kept) = upload_figures(report, system, size, runs, limit).await?;
+    let (size, large, runs) = (sizes.size, sizes.large, sizes.runs);
+    let limit = baselines.upload_limit();
+    let (upload_mb_s, kept) = upload_figures(report, system, size, runs, baselines).await?;
     let mut seed = runs as u64 + 1;
     // A verified upload is also durable: it can be no faster than the store
     // writes the same bytes.
@@ -164,8 +207,29 @@ pub async fn measure(
         "x one stream",
     );
 
-    download(report, system, &kept, runs).await?;
+    let download_mb_s = download(report, system, &kept, runs, baselines).await?;
     delete(system, &kept).await?;
+
+    // What a user runs: the CLI against the same servers, the same bytes.
+    let export_limit = download_mb_s.min(baselines.hash_mb_s).min(disk);
+    let limits = crate::cli::Limits {
+        upload_mb_s,
+        export_mb_s: export_limit,
+    };
+    crate::cli::measure(report, system, sizes, &limits, seed).await?;
+    seed += 2 * runs as u64;
+
+    // Many transfers at once on a fresh node: its memory grows by a bounded
+    // amount per transfer.
+    system.restart_blob("node-3").await?;
+    let each = (size / 32).max(1 << 20);
+    let uploads = (0..32).map(|i| upload(system, each, seed + i));
+    let done = futures::future::join_all(uploads).await;
+    seed += 32;
+    report.put("blob_rss_mib_32", round2(system.blob.peak_rss_mib()), "MiB");
+    for one in done {
+        delete(system, &one?.0).await?;
+    }
 
     // A fresh node process, so that its peak memory is this upload's alone.
     system.restart_blob("node-2").await?;
@@ -180,7 +244,16 @@ pub async fn measure(
     Ok(())
 }
 
-async fn download(report: &Report, system: &System, image: &pb::Image, runs: usize) -> BenchResult {
+/// download_mb_s against a plain read of the stored files, and the CPU a
+/// download costs against the bare source's plus the read's. Returns
+/// download_mb_s.
+async fn download(
+    report: &Report,
+    system: &System,
+    image: &pb::Image,
+    runs: usize,
+    baselines: &Baselines,
+) -> BenchResult<f64> {
     let client = system.client().await?;
     let part = image.parts.first().ok_or("an image without parts")?;
     let ticket = client
@@ -195,30 +268,44 @@ async fn download(report: &Report, system: &System, image: &pb::Image, runs: usi
     let files = stored_files(&system.store().join(&part.storage_key))?;
     let mut down = Vec::new();
     let mut plain = Vec::new();
+    let (mut down_cpu, mut read_cpu, mut bytes) = (0.0, 0.0, 0u64);
     for _ in 0..runs {
         let mut blobs = client.blobs(&system.blob.url).await?;
+        let before = cpu_split(system);
         let started = Instant::now();
-        let mut stream = blobs
-            .download(pb::DownloadRequest {
+        let got = crate::limits::download(
+            &mut blobs,
+            pb::DownloadRequest {
                 fingerprint: image.fingerprint.clone(),
                 part: pb::PartRole::Unified as i32,
                 ticket: ticket.clone(),
                 ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let mut got = 0u64;
-        while let Some(m) = stream.next().await {
-            got += m?.data.len() as u64;
-        }
+            },
+        )
+        .await?;
         down.push(got as f64 / started.elapsed().as_secs_f64() / 1e6);
+        down_cpu += cpu_split(system).1 - before.1;
+        bytes += got;
         if got != part.size {
             return Err(format!("downloaded {got} of {} bytes", part.size).into());
         }
+        let cpu = crate::procs::cpu_seconds("self");
         let started = Instant::now();
         let read = read_all(&files)?;
         plain.push(read as f64 / started.elapsed().as_secs_f64() / 1e6);
+        read_cpu += crate::procs::cpu_seconds("self") - cpu;
     }
+    let gb = bytes as f64 / 1e9;
+    report.put("download_cpu_s_per_gb", round2(down_cpu / gb), "CPU s/GB");
+    report.put("plain_read_cpu_s_per_gb", round2(read_cpu / gb), "CPU s/GB");
+    report.put(
+        "download_cpu_efficiency",
+        efficiency(
+            baselines.transport.source_cpu_s_per_gb * gb + read_cpu,
+            down_cpu,
+        ),
+        "x (source + read CPU) / download CPU",
+    );
     let (down, plain) = (median(down), median(plain));
     report.put("download_mb_s", round2(down), "MB/s");
     report.put("plain_read_mb_s", round2(plain), "MB/s");
@@ -226,7 +313,7 @@ async fn download(report: &Report, system: &System, image: &pb::Image, runs: usi
     if let Some(direct) = direct_read_mb_s(&files) {
         report.put("disk_direct_read_mb_s", round2(direct), "MB/s");
     }
-    Ok(())
+    Ok(down)
 }
 
 /// Writes `size` bytes in 1 MiB chunks through the local store's own segment

@@ -6,35 +6,19 @@ use imagestore_proto::v1 as pb;
 
 use crate::limits::CHUNK;
 
-/// The upload messages of a valid unified image: an uncompressed tarball holding
-/// metadata.yaml (with `seed`, so each image is distinct) and a `size`-byte
-/// rootfs file. The first message names `session`.
+/// The upload messages of a valid unified image (see [`pieces`]). The first
+/// message names `session`.
 pub fn upload_messages(
     session: String,
     ticket: String,
     size: u64,
     seed: u64,
 ) -> impl futures::Stream<Item = pb::UploadRequest> + Send + 'static {
-    let head = head(size, seed);
-    let body = Bytes::from(
-        (0..CHUNK)
-            .map(|i| (i as u64).wrapping_mul(0x9e37_79b9) as u8 ^ seed as u8)
-            .collect::<Vec<u8>>(),
-    );
-    let pad = ((512 - size % 512) % 512 + 1024) as usize;
-    let total = head.len() as u64 + size + pad as u64;
-    let mut pieces: Vec<Bytes> = vec![head];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        pieces.push(body.slice(..n));
-        left -= n as u64;
-    }
-    pieces.push(Bytes::from(vec![0u8; pad]));
+    let total = total_size(size, seed);
     let mut offset = 0u64;
     let mut first = Some(pb::upload_request::FirstMessage::Upload(session));
     let mut ticket = Some(ticket);
-    tokio_stream::iter(pieces.into_iter().map(move |data| {
+    tokio_stream::iter(pieces(size, seed).into_iter().map(move |data| {
         let m = pb::UploadRequest {
             first_message: first.take(),
             ticket: ticket.take().unwrap_or_default(),
@@ -46,6 +30,37 @@ pub fn upload_messages(
         offset += m.data.len() as u64;
         m
     }))
+}
+
+/// The same image as a file, for the `imagestore` binary and LXD to import.
+pub fn write_file(path: &std::path::Path, size: u64, seed: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for piece in pieces(size, seed) {
+        file.write_all(&piece)?;
+    }
+    file.into_inner()?.sync_all()
+}
+
+/// A valid unified image in pieces of at most [`CHUNK`], all slices of one
+/// buffer: an uncompressed tarball holding metadata.yaml (with `seed`, so each
+/// image is distinct) and a `size`-byte rootfs file.
+fn pieces(size: u64, seed: u64) -> Vec<Bytes> {
+    let body = Bytes::from(
+        (0..CHUNK)
+            .map(|i| (i as u64).wrapping_mul(0x9e37_79b9) as u8 ^ seed as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let pad = ((512 - size % 512) % 512 + 1024) as usize;
+    let mut pieces: Vec<Bytes> = vec![head(size, seed)];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        pieces.push(body.slice(..n));
+        left -= n as u64;
+    }
+    pieces.push(Bytes::from(vec![0u8; pad]));
+    pieces
 }
 
 /// The image's total size in bytes.

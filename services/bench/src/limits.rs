@@ -83,7 +83,8 @@ pub fn hash_mb_s(report: &Report, runs: usize) -> f64 {
     mb_s
 }
 
-/// A client-streaming sink that only counts: the transport's own limit.
+/// A client-streaming sink that only counts, and a source that sends
+/// `read_limit` bytes from one buffer: the transport's own limits.
 struct Sink;
 
 type Downloads = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
@@ -110,15 +111,48 @@ impl pb::blobs_server::Blobs for Sink {
 
     async fn download(
         &self,
-        _: Request<pb::DownloadRequest>,
+        request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        Err(Status::unimplemented("the sink only takes uploads"))
+        let size = request.into_inner().read_limit;
+        let chunk = Bytes::from(vec![0x5au8; CHUNK]);
+        let messages = (0..size.div_ceil(CHUNK as u64)).map(move |i| {
+            let n = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
+            Ok(pb::DownloadResponse {
+                data: chunk.slice(..n),
+                ..Default::default()
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 }
 
-/// MB/s of `size` bytes through a bare tonic client-streaming sink, with the
-/// servers' window and frame sizes and the clients' chunk size.
-pub async fn grpc_sink_mb_s(report: &Report, size: u64, runs: usize) -> BenchResult<f64> {
+/// Downloads what `request` asks for, counting the bytes.
+pub async fn download(
+    client: &mut imagestore_client::BlobsClient,
+    request: pb::DownloadRequest,
+) -> BenchResult<u64> {
+    let mut stream = client.download(request).await?.into_inner();
+    let mut got = 0u64;
+    while let Some(m) = stream.next().await {
+        got += m?.data.len() as u64;
+    }
+    Ok(got)
+}
+
+/// What the bare transport does on this machine, each way.
+pub struct Transport {
+    pub sink_mb_s: f64,
+    /// CPU both ends spend per GB carried up (client-streaming).
+    pub sink_cpu_s_per_gb: f64,
+    pub source_mb_s: f64,
+    /// CPU both ends spend per GB carried down (server-streaming).
+    pub source_cpu_s_per_gb: f64,
+}
+
+/// MB/s and CPU s/GB of `size` bytes through a bare tonic client-streaming
+/// sink and from a bare server-streaming source, with the servers' window and
+/// frame sizes and the clients' chunk size.
+pub async fn transport(report: &Report, size: u64, runs: usize) -> BenchResult<Transport> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -128,7 +162,9 @@ pub async fn grpc_sink_mb_s(report: &Report, size: u64, runs: usize) -> BenchRes
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
             .add_service(
-                pb::blobs_server::BlobsServer::new(Sink).max_decoding_message_size(8 << 20),
+                pb::blobs_server::BlobsServer::new(Sink)
+                    .max_decoding_message_size(8 << 20)
+                    .max_encoding_message_size(8 << 20),
             )
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -141,9 +177,8 @@ pub async fn grpc_sink_mb_s(report: &Report, size: u64, runs: usize) -> BenchRes
         imagestore_client::connect(&format!("http://{addr}")).await?,
     );
     let chunk = Bytes::from(vec![0x5au8; CHUNK]);
-    let mut figures = Vec::new();
-    let cpu_before = crate::procs::cpu_seconds("self");
-    let mut sent = 0u64;
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut up_cpu, mut down_cpu, mut up_bytes, mut down_bytes) = (0.0, 0.0, 0u64, 0u64);
     for _ in 0..runs {
         let count = size / CHUNK as u64;
         let chunk = chunk.clone();
@@ -152,23 +187,48 @@ pub async fn grpc_sink_mb_s(report: &Report, size: u64, runs: usize) -> BenchRes
             data: chunk.clone(),
             ..Default::default()
         }));
+        let cpu = crate::procs::cpu_seconds("self");
         let started = Instant::now();
         let got = client.clone().upload(messages).await?.into_inner();
-        let secs = started.elapsed().as_secs_f64();
-        figures.push(got.committed_size as f64 / secs / 1e6);
-        sent += got.committed_size;
+        up.push(got.committed_size as f64 / started.elapsed().as_secs_f64() / 1e6);
+        up_cpu += crate::procs::cpu_seconds("self") - cpu;
+        up_bytes += got.committed_size;
+
+        let cpu = crate::procs::cpu_seconds("self");
+        let started = Instant::now();
+        let got = download(
+            &mut client.clone(),
+            pb::DownloadRequest {
+                read_limit: size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        down.push(got as f64 / started.elapsed().as_secs_f64() / 1e6);
+        down_cpu += crate::procs::cpu_seconds("self") - cpu;
+        down_bytes += got;
     }
-    // What carrying the bytes costs both ends together, in CPU: the transport's
-    // share of an upload's budget.
-    let cpu = crate::procs::cpu_seconds("self") - cpu_before;
-    report.put(
-        "grpc_sink_cpu_s_per_gb",
-        round2(cpu / (sent as f64 / 1e9)),
-        "CPU s/GB",
-    );
     let _ = stop.send(());
     let _ = server.await;
-    let mb_s = median(figures);
-    report.put("grpc_sink_mb_s", round2(mb_s), "MB/s");
-    Ok(mb_s)
+    let figures = Transport {
+        sink_mb_s: median(up),
+        sink_cpu_s_per_gb: up_cpu / (up_bytes as f64 / 1e9),
+        source_mb_s: median(down),
+        source_cpu_s_per_gb: down_cpu / (down_bytes as f64 / 1e9),
+    };
+    // What carrying the bytes costs both ends together, in CPU: the transport's
+    // share of a transfer's budget.
+    report.put(
+        "grpc_sink_cpu_s_per_gb",
+        round2(figures.sink_cpu_s_per_gb),
+        "CPU s/GB",
+    );
+    report.put("grpc_sink_mb_s", round2(figures.sink_mb_s), "MB/s");
+    report.put(
+        "grpc_source_cpu_s_per_gb",
+        round2(figures.source_cpu_s_per_gb),
+        "CPU s/GB",
+    );
+    report.put("grpc_source_mb_s", round2(figures.source_mb_s), "MB/s");
+    Ok(figures)
 }

@@ -2,6 +2,7 @@
 //! path and the control plane, each figure beside the limit it is bounded by.
 //! Prints a table, or with `--json` one `{"name", "value", "unit"}` per line.
 
+mod cli;
 mod control;
 mod datapath;
 mod fleet;
@@ -49,6 +50,10 @@ struct Args {
     /// PostgreSQL 15's initdb (/usr/lib/postgresql/15/bin).
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Also import and export the same file with `lxc image` against a running
+    /// LXD (its unix socket; LXD_DIR as lxc reads it), alternating with ours.
+    #[arg(long)]
+    lxd: bool,
 }
 
 /// One measured figure.
@@ -138,17 +143,24 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
         return fleet::measure(report, tmp.path(), args.fleet_mib << 20, runs).await;
     }
     let size = args.size_mib << 20;
-    let hash = limits::hash_mb_s(report, runs);
-    let sink = limits::grpc_sink_mb_s(report, size, runs).await?;
-    let limit = hash.min(sink);
+    let baselines = datapath::Baselines {
+        hash_mb_s: limits::hash_mb_s(report, runs),
+        transport: limits::transport(report, size, runs).await?,
+    };
 
     let mut system = procs::System::start(tmp.path()).await?;
     if args.upload_only {
-        datapath::upload_figures(report, &system, size, runs, limit).await?;
+        datapath::upload_figures(report, &system, size, runs, &baselines).await?;
         system.stop().await;
         return Ok(());
     }
-    datapath::measure(report, &mut system, size, args.large_mib << 20, runs, limit).await?;
+    let sizes = datapath::Sizes {
+        size,
+        large: args.large_mib << 20,
+        runs,
+        lxd: args.lxd,
+    };
+    datapath::measure(report, &mut system, &sizes, &baselines).await?;
     scan::measure(report, tmp.path(), size / 4, runs)?;
     control::measure(report, &(&system).into(), args.images).await?;
     system.stop().await;

@@ -241,16 +241,27 @@ fn status_mib(pid: u32, field: &str) -> f64 {
 /// CPU seconds (user + system, every thread) of process `pid` ("self" for this
 /// one), from /proc; 0 where /proc is not there.
 pub fn cpu_seconds(pid: &str) -> f64 {
+    // utime and stime: the 12th and 13th fields after the command name.
+    stat_seconds(pid, [11, 12])
+}
+
+/// CPU seconds of this process's children that have ended (cutime + cstime):
+/// the `imagestore` and `lxc` commands it ran.
+pub fn ended_children_cpu_seconds() -> f64 {
+    stat_seconds("self", [13, 14])
+}
+
+/// The sum of two clock-tick fields of /proc/PID/stat, counted after the
+/// command name (which is in parentheses and may hold spaces), in seconds.
+fn stat_seconds(pid: &str, fields: [usize; 2]) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces:
-    // utime and stime are the 12th and 13th from there.
-    let fields: Vec<&str> = stat
+    let values: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: f64 = [11, 12]
+    let ticks: f64 = fields
         .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .filter_map(|&i| values.get(i)?.parse::<f64>().ok())
         .sum();
     ticks / clock_ticks_per_second()
 }
