@@ -174,19 +174,32 @@ impl Client {
                 })
                 .await?
                 .into_inner();
-            // Hashing and writing run on one blocking thread, fed through a short
-            // queue, so the network keeps flowing while the disk writes.
+            // Hashing and writing each run on a blocking thread of their own,
+            // fed the same chunks (shared, not copied) through short queues, so
+            // that the network, the hash and the disk overlap. The writer
+            // flushes every SYNC_EVERY bytes: the disk writes while the
+            // transfer goes on, instead of all of it in one fsync at the end.
+            let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+            let hashing = tokio::task::spawn_blocking(move || {
+                while let Some(data) = hash_rx.blocking_recv() {
+                    hasher.update(&data);
+                }
+                hasher
+            });
             let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
             let partial_for_writer = partial.clone();
             let writer = tokio::task::spawn_blocking(move || {
+                let io = |e| Error::io(&partial_for_writer, e);
+                let mut unsynced = 0usize;
                 while let Some(data) = rx.blocking_recv() {
-                    hasher.update(&data);
-                    out.write_all(&data)
-                        .map_err(|e| Error::io(&partial_for_writer, e))?;
+                    out.write_all(&data).map_err(io)?;
+                    unsynced += data.len();
+                    if unsynced >= SYNC_EVERY {
+                        out.sync_data().map_err(io)?;
+                        unsynced = 0;
+                    }
                 }
-                out.sync_all()
-                    .map_err(|e| Error::io(&partial_for_writer, e))?;
-                Ok::<_, Error>(hasher)
+                out.sync_all().map_err(io)
             });
             let mut done = have;
             let mut failure = None;
@@ -197,7 +210,9 @@ impl Client {
                             continue;
                         }
                         done += m.data.len() as u64;
-                        if tx.send(m.data).await.is_err() {
+                        if hash_tx.send(m.data.clone()).await.is_err()
+                            || tx.send(m.data).await.is_err()
+                        {
                             break;
                         }
                         progress.position(done);
@@ -208,10 +223,13 @@ impl Client {
                     }
                 }
             }
-            drop(tx);
-            hasher = writer
+            drop((tx, hash_tx));
+            writer
                 .await
                 .map_err(|e| Error::Invalid(format!("writing the export: {e}")))??;
+            hasher = hashing
+                .await
+                .map_err(|e| Error::Invalid(format!("hashing the export: {e}")))?;
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -225,6 +243,9 @@ impl Client {
         finish(&partial, path, hasher, file)
     }
 }
+
+/// How many bytes an export writes between flushes to disk.
+const SYNC_EVERY: usize = 64 << 20;
 
 fn partial_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
