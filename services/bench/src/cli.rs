@@ -60,6 +60,7 @@ fn take_dir(dir: &Path) -> BenchResult<u64> {
 }
 
 /// One import and one export with a client binary: MB/s each.
+#[derive(Default)]
 struct Pair {
     import: Vec<f64>,
     export: Vec<f64>,
@@ -81,14 +82,7 @@ pub async fn measure(
         ("IMAGESTORE_TOKEN", system.admin_token.as_str()),
         ("IMAGESTORE_CONFIG_DIR", config.as_ref()),
     ];
-    let mut cli = Pair {
-        import: Vec::new(),
-        export: Vec::new(),
-    };
-    let mut lxd = Pair {
-        import: Vec::new(),
-        export: Vec::new(),
-    };
+    let (mut cli, mut lxd) = (Pair::default(), Pair::default());
     let (mut cli_cpu, mut cli_bytes) = (0.0, 0u64);
     for run in 0..sizes.runs as u64 {
         // A new image each run (nothing deduplicated), in the page cache as a

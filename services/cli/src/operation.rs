@@ -51,6 +51,22 @@ fn name_of(ctx: &Ctx, arg: &str) -> (Option<String>, String) {
 }
 
 /// QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED, as the catalog names them.
+/// The operation `[remote:]ID` names, as its server has it now, and the
+/// client that asked.
+async fn fetch(
+    ctx: &Ctx,
+    operation: &str,
+) -> CliResult<(imagestore_client::Client, pb::Operation)> {
+    let (remote, name) = name_of(ctx, operation);
+    let client = ctx.client(remote.as_deref()).await?;
+    let op = client
+        .operations()
+        .get_operation(pb::GetOperationRequest { name })
+        .await?
+        .into_inner();
+    Ok((client, op))
+}
+
 fn state_name(state: i32) -> &'static str {
     pb::OperationState::try_from(state)
         .map(|s| s.as_str_name().trim_start_matches("OPERATION_STATE_"))
@@ -130,13 +146,7 @@ pub async fn run(ctx: &Ctx, cmd: OperationCommand) -> CliResult {
             Ok(())
         }
         OperationCommand::Show { operation, format } => {
-            let (remote, name) = name_of(ctx, &operation);
-            let client = ctx.client(remote.as_deref()).await?;
-            let op = client
-                .operations()
-                .get_operation(pb::GetOperationRequest { name })
-                .await?
-                .into_inner();
+            let (_, op) = fetch(ctx, &operation).await?;
             match format.as_str() {
                 "json" => println!("{}", json(&op)),
                 _ => print!("{}", yaml(&json(&op))),
@@ -144,13 +154,7 @@ pub async fn run(ctx: &Ctx, cmd: OperationCommand) -> CliResult {
             Ok(())
         }
         OperationCommand::Wait { operation } => {
-            let (remote, name) = name_of(ctx, &operation);
-            let client = ctx.client(remote.as_deref()).await?;
-            let op = client
-                .operations()
-                .get_operation(pb::GetOperationRequest { name })
-                .await?
-                .into_inner();
+            let (client, op) = fetch(ctx, &operation).await?;
             let image = crate::import::follow(ctx, &client, op).await?;
             ctx.say(format!("Operation succeeded: image {}", image.fingerprint));
             Ok(())
