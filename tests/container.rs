@@ -13,10 +13,31 @@ use imagestore_tests::*;
 
 const IMAGE: &str = "localhost/imagestore-test/imagestore:latest";
 
-/// Runs a command to its end; its stdout, or a failure with everything it said.
+/// Podman's storage for this checkout's runs, not the machine's: a build that
+/// was killed leaves working containers behind, and two checkouts testing at
+/// once would race on the same image names.
+fn storage_conf() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("podman");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("graph").display(),
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Runs a command to its end (podman and the scripts that call it on this
+/// checkout's storage); its stdout, or a failure with everything it said.
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
+        .env("CONTAINERS_STORAGE_CONF", storage_conf())
         .output()
         .unwrap_or_else(|e| {
             panic!("{program}: {e} (podman and mmdebstrap are installed by ./tests/run)")
@@ -48,14 +69,22 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("podman").args(["umount", &self.id]).output();
-        let _ = Command::new("podman").args(["rm", &self.id]).output();
+        for args in [["umount", &self.id], ["rm", &self.id]] {
+            let _ = Command::new("podman")
+                .args(args)
+                .env("CONTAINERS_STORAGE_CONF", storage_conf())
+                .output();
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_container_image_builds_and_serves_as_its_own_user() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // What a killed earlier run left: its containers hold images prune needs.
+    for leftover in run("podman", &["ps", "--all", "--external", "--quiet"]).lines() {
+        run("podman", &["rm", "--force", leftover]);
+    }
     let bases = run(root.join("tests/container-bases").to_str().unwrap(), &[]);
     let (builder, runtime) = bases.split_once('\n').expect("two base images");
     // chroot isolation: RUN steps need no OCI runtime (none can run here).
