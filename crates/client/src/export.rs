@@ -2,11 +2,12 @@
 //! that a later run (or an automatic retry) continues from their length. Every
 //! file is checked against its SHA-256 before it gets its final name.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use imagestore_direct::DirectFile;
 use imagestore_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -174,11 +175,10 @@ impl Client {
                 })
                 .await?
                 .into_inner();
-            // Hashing and writing each run on a blocking thread of their own,
-            // fed the same chunks (shared, not copied) through short queues, so
-            // that the network, the hash and the disk overlap. The writer
-            // flushes every SYNC_EVERY bytes: the disk writes while the
-            // transfer goes on, instead of all of it in one fsync at the end.
+            // Hashing runs on a blocking thread of its own, fed the same chunks
+            // (shared, not copied) through a short queue, while the file is
+            // written with O_DIRECT from a few aligned buffers (imagestore-direct):
+            // the network, the hash and the disk overlap.
             let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
             let hashing = tokio::task::spawn_blocking(move || {
                 while let Some(data) = hash_rx.blocking_recv() {
@@ -186,21 +186,7 @@ impl Client {
                 }
                 hasher
             });
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-            let partial_for_writer = partial.clone();
-            let writer = tokio::task::spawn_blocking(move || {
-                let io = |e| Error::io(&partial_for_writer, e);
-                let mut unsynced = 0usize;
-                while let Some(data) = rx.blocking_recv() {
-                    out.write_all(&data).map_err(io)?;
-                    unsynced += data.len();
-                    if unsynced >= SYNC_EVERY {
-                        out.sync_data().map_err(io)?;
-                        unsynced = 0;
-                    }
-                }
-                out.sync_all().map_err(io)
-            });
+            let io = |e| Error::io(&partial, e);
             let mut done = have;
             let mut failure = None;
             while let Some(msg) = stream.next().await {
@@ -210,9 +196,11 @@ impl Client {
                             continue;
                         }
                         done += m.data.len() as u64;
-                        if hash_tx.send(m.data.clone()).await.is_err()
-                            || tx.send(m.data).await.is_err()
-                        {
+                        if hash_tx.send(m.data.clone()).await.is_err() {
+                            break;
+                        }
+                        if let Err(e) = out.put(m.data).await {
+                            failure = Some(io(e));
                             break;
                         }
                         progress.position(done);
@@ -223,10 +211,13 @@ impl Client {
                     }
                 }
             }
-            drop((tx, hash_tx));
-            writer
-                .await
-                .map_err(|e| Error::Invalid(format!("writing the export: {e}")))??;
+            drop(hash_tx);
+            if failure.is_none() {
+                out.finish().await.map_err(io)?;
+            } else {
+                // What reached the disk stays for the next run to continue from.
+                let _ = out.settle().await;
+            }
             hasher = hashing
                 .await
                 .map_err(|e| Error::Invalid(format!("hashing the export: {e}")))?;
@@ -244,25 +235,25 @@ impl Client {
     }
 }
 
-/// How many bytes an export writes between flushes to disk.
-const SYNC_EVERY: usize = 64 << 20;
-
 fn partial_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(".partial");
     p.into()
 }
 
-/// Opens (or creates) the partial file for appending and hashes what it holds.
-fn open_partial(partial: &Path, size: u64) -> Result<(std::fs::File, Sha256, u64), Error> {
+/// Opens (or creates) the partial file and hashes what it holds, up to its last
+/// whole O_DIRECT block (the rest is fetched again).
+fn open_partial(partial: &Path, size: u64) -> Result<(DirectFile, Sha256, u64), Error> {
     let mut hasher = Sha256::new();
     let mut have = 0u64;
-    if let Ok(mut f) = std::fs::File::open(partial) {
+    if let Ok(f) = std::fs::File::open(partial) {
         let len = f.metadata().map_err(|e| Error::io(partial, e))?.len();
         if len <= size {
+            let keep = len - len % imagestore_direct::ALIGN as u64;
+            let mut kept = f.take(keep);
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = f.read(&mut buf).map_err(|e| Error::io(partial, e))?;
+                let n = kept.read(&mut buf).map_err(|e| Error::io(partial, e))?;
                 if n == 0 {
                     break;
                 }
@@ -271,15 +262,11 @@ fn open_partial(partial: &Path, size: u64) -> Result<(std::fs::File, Sha256, u64
             }
         }
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).write(true);
-    if have > 0 {
-        options.append(true);
-    } else {
-        options.truncate(true);
-    }
-    let out = options.open(partial).map_err(|e| Error::io(partial, e))?;
-    Ok((out, hasher, have))
+    let io = |e| Error::io(partial, e);
+    let out = imagestore_direct::open(partial, false).map_err(io)?;
+    // Anything past what was hashed is fetched again (or is not ours).
+    out.set_len(have).map_err(io)?;
+    Ok((DirectFile::new(out, have).map_err(io)?, hasher, have))
 }
 
 fn finish(partial: &Path, path: &Path, hasher: Sha256, file: &pb::ExportFile) -> Result<(), Error> {
