@@ -13,35 +13,37 @@ use imagestore_tests::*;
 
 const IMAGE: &str = "localhost/imagestore-test/imagestore:latest";
 
-/// Podman's storage for this checkout's runs, not the machine's: a build that
-/// was killed leaves working containers behind, and two checkouts testing at
-/// once would race on the same image names.
-fn storage_conf() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("podman");
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("storage.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-            dir.join("graph").display(),
-            dir.join("run").display()
-        ),
-    )
-    .unwrap();
-    conf
+/// `program` on podman's storage for this checkout's runs, not the machine's: a
+/// build that was killed leaves working containers behind, and two checkouts
+/// testing at once would race on the same image names.
+fn command(program: &str) -> Command {
+    static CONF: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let conf = CONF.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("podman");
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("storage.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                dir.join("graph").display(),
+                dir.join("run").display()
+            ),
+        )
+        .unwrap();
+        conf
+    });
+    let mut command = Command::new(program);
+    command.env("CONTAINERS_STORAGE_CONF", conf);
+    command
 }
 
 /// Runs a command to its end (podman and the scripts that call it on this
 /// checkout's storage); its stdout, or a failure with everything it said.
 fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .env("CONTAINERS_STORAGE_CONF", storage_conf())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program}: {e} (podman and mmdebstrap are installed by ./tests/run)")
-        });
+    let out = command(program).args(args).output().unwrap_or_else(|e| {
+        panic!("{program}: {e} (podman and mmdebstrap are installed by ./tests/run)")
+    });
     assert!(
         out.status.success(),
         "{program} {args:?}: {}\n{}\n{}",
@@ -70,10 +72,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         for args in [["umount", &self.id], ["rm", &self.id]] {
-            let _ = Command::new("podman")
-                .args(args)
-                .env("CONTAINERS_STORAGE_CONF", storage_conf())
-                .output();
+            let _ = command("podman").args(args).output();
         }
     }
 }

@@ -244,16 +244,17 @@ fn partial_path(path: &Path) -> PathBuf {
 /// Opens (or creates) the partial file and hashes what it holds, up to its last
 /// whole O_DIRECT block (the rest is fetched again).
 fn open_partial(partial: &Path, size: u64) -> Result<(DirectFile, Sha256, u64), Error> {
+    let io = |e| Error::io(partial, e);
     let mut hasher = Sha256::new();
     let mut have = 0u64;
     if let Ok(f) = std::fs::File::open(partial) {
-        let len = f.metadata().map_err(|e| Error::io(partial, e))?.len();
+        let len = f.metadata().map_err(io)?.len();
         if len <= size {
             let keep = len - len % imagestore_direct::ALIGN as u64;
             let mut kept = f.take(keep);
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = kept.read(&mut buf).map_err(|e| Error::io(partial, e))?;
+                let n = kept.read(&mut buf).map_err(io)?;
                 if n == 0 {
                     break;
                 }
@@ -262,7 +263,6 @@ fn open_partial(partial: &Path, size: u64) -> Result<(DirectFile, Sha256, u64), 
             }
         }
     }
-    let io = |e| Error::io(partial, e);
     let out = imagestore_direct::open(partial, false).map_err(io)?;
     // Anything past what was hashed is fetched again (or is not ours).
     out.set_len(have).map_err(io)?;

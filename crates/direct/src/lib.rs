@@ -137,8 +137,8 @@ impl DirectFile {
     }
 
     /// Writes the rest and makes the file durable at its length; returns the
-    /// file and the bytes taken.
-    pub async fn finish(mut self) -> io::Result<(Arc<File>, u64)> {
+    /// bytes taken.
+    pub async fn finish(mut self) -> io::Result<u64> {
         let tail = self.filled;
         if tail > 0 {
             // O_DIRECT writes whole blocks: pad with zeros, then cut the file back.
@@ -148,14 +148,13 @@ impl DirectFile {
         }
         self.settle().await?;
         let (file, size) = (self.file.clone(), self.start + self.written);
-        let synced = file.clone();
         tokio::task::spawn_blocking(move || {
-            synced.set_len(size)?;
-            synced.sync_all()
+            file.set_len(size)?;
+            file.sync_all()
         })
         .await
         .map_err(io::Error::other)??;
-        Ok((file, self.written))
+        Ok(self.written)
     }
 
     /// Waits for every write under way (an abort, before removing the file).
@@ -213,7 +212,7 @@ mod tests {
         let tail: Vec<u8> = (0..BLOCK + 12_345).map(|i| (i * 7) as u8).collect();
         direct.put(Bytes::from(tail[..100].to_vec())).await.unwrap();
         direct.put(Bytes::from(tail[100..].to_vec())).await.unwrap();
-        let (_, n) = direct.finish().await.unwrap();
+        let n = direct.finish().await.unwrap();
         assert_eq!(n, tail.len() as u64);
         let got = std::fs::read(&path).unwrap();
         assert_eq!(got.len(), head.len() + tail.len());

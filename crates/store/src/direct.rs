@@ -55,7 +55,7 @@ impl DirectWriter {
             .file
             .take()
             .ok_or_else(|| io::Error::other("the segment writer was finished"))?;
-        let (_, size) = file.finish().await?;
+        let size = file.finish().await?;
         let (staging, target) = (self.staging.clone(), self.target.clone());
         tokio::task::spawn_blocking(move || {
             std::fs::rename(&staging, &target)?;

@@ -49,6 +49,21 @@ fn imported(stdout: &str) -> BenchResult<String> {
         .ok_or_else(|| format!("no fingerprint in {stdout:?}").into())
 }
 
+/// `program ARGS OUT_DIR/` (an export into a fresh directory): MB/s of what it
+/// wrote there, the directory removed after.
+fn export_mb_s(
+    program: &Path,
+    args: &[&str],
+    out_dir: &Path,
+    env: &[(&str, &str)],
+) -> BenchResult<f64> {
+    std::fs::create_dir_all(out_dir)?;
+    let target = format!("{}/", out_dir.display());
+    let args: Vec<&str> = args.iter().copied().chain([target.as_str()]).collect();
+    let (secs, _) = timed(program, &args, env)?;
+    Ok(take_dir(out_dir)? as f64 / secs / 1e6)
+}
+
 /// Bytes of every file below `dir`, then removes it.
 fn take_dir(dir: &Path) -> BenchResult<u64> {
     let mut bytes = 0;
@@ -97,13 +112,12 @@ pub async fn measure(
         cli.import.push(total / secs / 1e6);
         let fingerprint = imported(&out)?;
         let out_dir = system.dir.join(format!("cli-export-{run}"));
-        std::fs::create_dir_all(&out_dir)?;
-        let (secs, _) = timed(
+        cli.export.push(export_mb_s(
             &ours,
-            &["export", &fingerprint, &format!("{}/", out_dir.display())],
+            &["export", &fingerprint],
+            &out_dir,
             &env,
-        )?;
-        cli.export.push(take_dir(&out_dir)? as f64 / secs / 1e6);
+        )?);
         cli_cpu += crate::procs::ended_children_cpu_seconds() - cpu;
         cli_bytes += 2 * total as u64;
         timed(&ours, &["delete", &fingerprint], &env)?;
@@ -113,18 +127,12 @@ pub async fn measure(
             lxd.import.push(total / secs / 1e6);
             let fingerprint = imported(&out)?;
             let out_dir = system.dir.join(format!("lxd-export-{run}"));
-            std::fs::create_dir_all(&out_dir)?;
-            let (secs, _) = timed(
+            lxd.export.push(export_mb_s(
                 &lxc,
-                &[
-                    "image",
-                    "export",
-                    &fingerprint,
-                    &format!("{}/", out_dir.display()),
-                ],
+                &["image", "export", &fingerprint],
+                &out_dir,
                 &[],
-            )?;
-            lxd.export.push(take_dir(&out_dir)? as f64 / secs / 1e6);
+            )?);
             timed(&lxc, &["image", "delete", &fingerprint], &[])?;
         }
         std::fs::remove_file(&file)?;
