@@ -39,19 +39,44 @@ fn command(program: &str) -> Command {
 }
 
 /// Runs a command to its end (podman and the scripts that call it on this
-/// checkout's storage); its stdout, or a failure with everything it said.
+/// checkout's storage); its stdout, or a failure that ends with the last of
+/// what it said (where a build's error is; a CI log keeps a report's ends) and
+/// names the file that holds all of it.
 fn run(program: &str, args: &[&str]) -> String {
     let out = command(program).args(args).output().unwrap_or_else(|e| {
         panic!("{program}: {e} (podman and mmdebstrap are installed by ./tests/run)")
     });
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let said = [out.stdout, out.stderr].concat();
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("container-failure.log");
+        let _ = std::fs::write(&log, &said);
+        let said = String::from_utf8_lossy(&said);
+        let lines: Vec<&str> = said.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        panic!(
+            "{program} {args:?}: {}; all it said is in {}; its last lines:\n{tail}",
+            out.status,
+            log.display()
+        );
+    }
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// This machine's crate registry, lent to the image's build as an overlay (what
+/// the build writes there is dropped): the crates this checkout's own build
+/// fetched, so the image's build fetches none and does not depend on the
+/// network for them.
+fn registry_volume() -> String {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let registry = home.join("registry");
+    assert!(
+        registry.is_dir(),
+        "no crate registry at {} (the host's build fills it)",
+        registry.display()
+    );
+    format!("{}:/root/.cargo/registry:O", registry.display())
 }
 
 /// A container made from the image (never started: no OCI runtime can run
@@ -94,6 +119,8 @@ async fn the_container_image_builds_and_serves_as_its_own_user() {
             "--isolation",
             "chroot",
             "--quiet",
+            "--volume",
+            &registry_volume(),
             "--build-arg",
             &format!("BUILDER={builder}"),
             "--build-arg",

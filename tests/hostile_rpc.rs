@@ -60,7 +60,27 @@ async fn raw_call(
     path: &'static str,
     bytes: &'static [u8],
 ) -> Result<(), tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(cp.trusted().await);
+    raw(cp.trusted().await, path, bytes).await
+}
+
+/// The same, to a blob node.
+async fn raw_node(
+    node: &BlobNode,
+    path: &'static str,
+    bytes: &'static [u8],
+) -> Result<(), tonic::Status> {
+    let channel = imagestore_client::connect(&node.url()).await.unwrap();
+    raw(channel, path, bytes).await
+}
+
+async fn raw<T>(channel: T, path: &'static str, bytes: &'static [u8]) -> Result<(), tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -438,6 +458,33 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
             }),
             Code::InvalidArgument,
             "first message",
+        ),
+        // Uploads are read from their frames by the node's own code.
+        (
+            "an Upload message that is no UploadRequest (a ticket that is not UTF-8)",
+            Box::pin(raw_node(
+                &node,
+                "/imagestore.v1.Blobs/Upload",
+                &[0x1a, 0x02, 0xff, 0xfe],
+            )),
+            Code::InvalidArgument,
+            "not a valid protobuf encoding",
+        ),
+        (
+            "an Upload message holding a group",
+            Box::pin(raw_node(&node, "/imagestore.v1.Blobs/Upload", &[0x13])),
+            Code::InvalidArgument,
+            "groups",
+        ),
+        (
+            "an Upload message whose data runs past its end",
+            Box::pin(raw_node(
+                &node,
+                "/imagestore.v1.Blobs/Upload",
+                &[0x2a, 0x10, 1, 2, 3],
+            )),
+            Code::InvalidArgument,
+            "past the end",
         ),
     ];
 

@@ -16,7 +16,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -27,10 +28,32 @@ pub const ALIGN: usize = 4096;
 /// Bytes per write. On the VMs here O_DIRECT writes of 1 MiB stream as fast as
 /// 4 MiB ones (dd: 1.1–1.3 GB/s against 0.7–0.9).
 pub const BLOCK: usize = 1 << 20;
-/// Buffers per file: one filling while the others are on their way to the disk,
-/// written at their offsets in parallel so that a slow write does not stall the
-/// stream (4 MiB per file).
+/// Buffers per file at most: one filling while the others are on their way to
+/// the disk, written at their offsets in parallel so that a slow write does not
+/// stall the stream.
 const DEPTH: usize = 4;
+/// Buffers beyond each file's own, shared by every file of the process: a
+/// file's first buffer is its own, the rest come from this allowance while it
+/// lasts. Memory stays bounded however many files are open at once (a node
+/// with 32 uploads held 4 MiB each here, beyond everything else); a file that
+/// finds the allowance spent writes with its one buffer, waiting for each
+/// write.
+pub const WRITE_BEHIND: usize = 16;
+/// Buffers of the allowance in use now.
+static BEHIND: AtomicUsize = AtomicUsize::new(0);
+/// Buffers that closed files gave back, reused rather than allocated and
+/// faulted in afresh (at most WRITE_BEHIND).
+static SPARE: Mutex<Vec<Aligned>> = Mutex::new(Vec::new());
+
+/// A buffer from the allowance, if it is not spent.
+fn behind() -> Option<Aligned> {
+    BEHIND
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < WRITE_BEHIND).then_some(n + 1)
+        })
+        .ok()?;
+    Some(Aligned::take())
+}
 
 /// A [`BLOCK`]-sized buffer whose start is [`ALIGN`]-aligned.
 struct Aligned {
@@ -39,10 +62,34 @@ struct Aligned {
 }
 
 impl Aligned {
-    fn new() -> Self {
+    /// A spare buffer, or a new one.
+    fn take() -> Self {
+        if let Some(spare) = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return spare;
+        }
         let raw = vec![0u8; BLOCK + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN);
         Self { raw, start }
+    }
+
+    /// Keeps this buffer for the next file, while there are few spares.
+    fn give_back(self) {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < WRITE_BEHIND {
+            spare.push(self);
+        }
+    }
+
+    /// No buffer: what a file holds while its only one is being written.
+    fn empty() -> Self {
+        Self {
+            raw: Vec::new(),
+            start: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.raw.is_empty()
     }
 
     fn block(&mut self) -> &mut [u8] {
@@ -60,6 +107,8 @@ pub struct DirectFile {
     free: Vec<Aligned>,
     /// Writes under way, oldest first; each gives its buffer back.
     writing: VecDeque<JoinHandle<io::Result<Aligned>>>,
+    /// Buffers this file has from the allowance ([`WRITE_BEHIND`]).
+    held: usize,
     /// Where the next block goes in the file, and where the writing began.
     offset: u64,
     start: u64,
@@ -78,10 +127,11 @@ impl DirectFile {
         }
         Ok(Self {
             file: Arc::new(file),
-            filling: Aligned::new(),
+            filling: Aligned::take(),
             filled: 0,
             free: Vec::new(),
             writing: VecDeque::new(),
+            held: 0,
             offset: start,
             start,
             written: 0,
@@ -109,17 +159,37 @@ impl DirectFile {
     }
 
     /// Starts writing the first `len` bytes (a multiple of [`ALIGN`]) of the
-    /// filled buffer at the next offset, and takes a free buffer to fill next,
-    /// waiting for the oldest write when all are in use.
+    /// filled buffer at the next offset, and takes a buffer to fill next: a
+    /// free one, one from the allowance, or else this write's own once done.
     async fn write_filled(&mut self, len: usize) -> io::Result<()> {
-        if self.free.is_empty()
-            && self.writing.len() + 1 >= DEPTH
-            && let Some(done) = self.oldest_done().await
-        {
-            self.free.push(done?);
+        let next = match self.free.pop() {
+            Some(free) => free,
+            None if self.held + 1 < DEPTH => match behind() {
+                Some(extra) => {
+                    self.held += 1;
+                    extra
+                }
+                None => Aligned::empty(),
+            },
+            None => Aligned::empty(),
+        };
+        let full = std::mem::replace(&mut self.filling, next);
+        self.start_write(full, len);
+        if self.filling.is_empty() {
+            match self.oldest_done().await.expect("a write is under way") {
+                Ok(done) => self.filling = done,
+                Err(e) => {
+                    self.filling = Aligned::take();
+                    return Err(e);
+                }
+            }
         }
-        let next = self.free.pop().unwrap_or_else(Aligned::new);
-        let mut full = std::mem::replace(&mut self.filling, next);
+        Ok(())
+    }
+
+    /// Writes the first `len` bytes of `full` at the next offset, on a
+    /// blocking thread.
+    fn start_write(&mut self, mut full: Aligned, len: usize) {
         self.filled = 0;
         let (file, offset) = (self.file.clone(), self.offset);
         self.offset += len as u64;
@@ -127,7 +197,6 @@ impl DirectFile {
             file.write_all_at(&full.block()[..len], offset)?;
             Ok(full)
         }));
-        Ok(())
     }
 
     /// Waits for the oldest write under way, if any; returns its buffer.
@@ -144,7 +213,8 @@ impl DirectFile {
             // O_DIRECT writes whole blocks: pad with zeros, then cut the file back.
             let padded = tail.next_multiple_of(ALIGN);
             self.filling.block()[tail..padded].fill(0);
-            self.write_filled(padded).await?;
+            let last = std::mem::replace(&mut self.filling, Aligned::empty());
+            self.start_write(last, padded);
         }
         self.settle().await?;
         let (file, size) = (self.file.clone(), self.start + self.written);
@@ -163,6 +233,20 @@ impl DirectFile {
             done?;
         }
         Ok(())
+    }
+}
+
+impl Drop for DirectFile {
+    /// Gives the allowance back, and the buffers at hand to the spares (those
+    /// still being written are freed when their writes end).
+    fn drop(&mut self) {
+        BEHIND.fetch_sub(self.held, Ordering::AcqRel);
+        let filling = std::mem::replace(&mut self.filling, Aligned::empty());
+        for buffer in self.free.drain(..).chain(Some(filling)) {
+            if !buffer.is_empty() {
+                buffer.give_back();
+            }
+        }
     }
 }
 
@@ -220,5 +304,31 @@ mod tests {
         assert_eq!(&got[head.len()..], &tail[..]);
         let file = open(&path, false).unwrap();
         assert!(DirectFile::new(file, 100).is_err(), "an unaligned start");
+    }
+
+    #[tokio::test]
+    async fn many_files_share_the_allowance_and_each_holds_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let content =
+            |f: usize| -> Vec<u8> { (0..3 * BLOCK + 777).map(|i| (i * 31 + f) as u8).collect() };
+        let mut files = Vec::new();
+        for f in 0..WRITE_BEHIND + 4 {
+            let file = open(&dir.path().join(f.to_string()), true).unwrap();
+            files.push(DirectFile::new(file, 0).unwrap());
+        }
+        // Every file fills three blocks before any finishes: together they
+        // want far more buffers than the allowance has.
+        for (f, file) in files.iter_mut().enumerate() {
+            file.put(Bytes::from(content(f))).await.unwrap();
+            assert!(BEHIND.load(Ordering::Acquire) <= WRITE_BEHIND);
+        }
+        assert!(files.iter().any(|f| f.held == 0), "the allowance ran out");
+        for file in files {
+            file.finish().await.unwrap();
+        }
+        for f in 0..WRITE_BEHIND + 4 {
+            let got = std::fs::read(dir.path().join(f.to_string())).unwrap();
+            assert!(got == content(f), "file {f}");
+        }
     }
 }

@@ -32,7 +32,7 @@ pub enum ServeError {
     Metrics(#[from] crate::MetricsConfigError),
 }
 
-pub use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, SERVER_STREAM_WINDOW};
 
 /// Binds `addr` (port 0 picks a free port) and logs the bound address.
 pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
@@ -222,12 +222,13 @@ impl GrpcServer {
             shutdown.await;
             stop.raise();
         };
-        // Windows well above hyper's 1 MiB default let one stream carry image bytes
-        // at disk speed; the connection window fits two streams at full speed.
+        // The stream window bounds what each upload has in flight in our memory
+        // (SERVER_STREAM_WINDOW); the connection window fits two streams at full
+        // speed.
         // HTTP/1.1 too: LXD's and Incus's clients pull files over it.
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
-            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_stream_window_size(Some(SERVER_STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

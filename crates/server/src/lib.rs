@@ -13,7 +13,7 @@ mod tls;
 
 pub use args::CommonArgs;
 pub use config::{ConfigError, load_config};
-pub use grpc::{CONNECTION_WINDOW, GrpcServer, MAX_FRAME, STREAM_WINDOW, ServeError, bind};
+pub use grpc::{GrpcServer, ServeError, bind};
 pub use limits::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_MESSAGE};
 pub use main_helper::{HasLogConfig, run_binary};
 pub use memory::limit_malloc_arenas;

@@ -562,8 +562,10 @@ impl SegmentWriter {
             Writer::Remote { writer, written } => {
                 writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
                 *written += bytes.len() as u64;
-                // No copy: the multipart upload keeps the chunk itself.
-                writer.put(bytes);
+                // A copy: the multipart upload keeps what it is given until a
+                // whole part is sent, and the chunk may hold room in the
+                // node's budget that the next chunks need to arrive.
+                writer.put(Bytes::copy_from_slice(&bytes));
             }
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::Stream;
-use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use imagestore_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, SERVER_STREAM_WINDOW};
 use imagestore_proto::v1 as pb;
 use sha2::Digest;
 use tokio_stream::StreamExt;
@@ -158,7 +158,7 @@ pub async fn transport(report: &Report, size: u64, runs: usize) -> BenchResult<T
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_stream_window_size(Some(SERVER_STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
             .add_service(

@@ -42,6 +42,9 @@ struct Args {
     /// Only the limits and the one-stream upload (for tuning the upload path).
     #[arg(long)]
     upload_only: bool,
+    /// Only the blob node's memory under 32 concurrent uploads.
+    #[arg(long)]
+    memory_only: bool,
     /// Only the machine and the fleet pulls (for tuning the HTTP face).
     #[arg(long)]
     fleet_only: bool,
@@ -143,6 +146,12 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
         return fleet::measure(report, tmp.path(), args.fleet_mib << 20, runs).await;
     }
     let size = args.size_mib << 20;
+    if args.memory_only {
+        let mut system = procs::System::start(tmp.path()).await?;
+        datapath::concurrent_memory(report, &mut system, size, 0).await?;
+        system.stop().await;
+        return Ok(());
+    }
     let baselines = datapath::Baselines {
         hash_mb_s: limits::hash_mb_s(report, runs),
         transport: limits::transport(report, size, runs).await?,

@@ -56,6 +56,10 @@ pub struct BlobNodeConfig {
     pub commit_interval: Duration,
     /// The largest `data` in one upload message accepted.
     pub max_chunk_bytes: u32,
+    /// Received image bytes this node holds at once, across all its transfers,
+    /// on their way to the hashers and the store (at least max_chunk_bytes):
+    /// transfers wait for room rather than grow the node's memory.
+    pub buffer_bytes: u64,
     /// Uploads, downloads and HTTP file transfers this node carries at once; one
     /// more is refused (RESOURCE_EXHAUSTED, HTTP 429) rather than slowing all.
     pub max_transfers: u32,
@@ -169,6 +173,7 @@ impl Default for BlobNodeConfig {
             segment_bytes: 256 << 20,
             commit_interval: Duration::from_secs(5),
             max_chunk_bytes: 4 << 20,
+            buffer_bytes: 16 << 20,
             max_transfers: 512,
             gc_interval: Duration::from_secs(30),
             scan_budget_bytes: 4 << 30,

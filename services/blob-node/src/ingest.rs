@@ -410,8 +410,15 @@ impl Ingest {
         Ok(())
     }
 
-    /// Hashes and stores the next bytes of the stream.
+    /// Hashes and stores the next bytes of the stream, once the node has room
+    /// for them.
     pub async fn write(&mut self, data: Bytes) -> BlobResult<()> {
+        let data = self.node.budget.hold(data).await;
+        self.write_held(data).await
+    }
+
+    /// The same, for bytes already held against the node's budget.
+    pub async fn write_held(&mut self, data: Bytes) -> BlobResult<()> {
         if data.is_empty() {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 //! verified content with the control plane. Any number of nodes can serve one
 //! control plane over shared storage.
 
+mod budget;
 pub mod config;
 mod download;
 mod error;
@@ -17,6 +18,7 @@ mod scrub;
 mod stores;
 mod upload;
 mod walker;
+mod wire;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +67,8 @@ pub struct NodeContext {
     pub config: NodeLimits,
     /// Checks the tickets clients bring.
     pub tickets: TicketKey,
+    /// Room for received bytes in flight, node-wide.
+    pub budget: budget::Budget,
     channel: imagestore_client::Failover,
     /// The cluster credential, on every call to the control plane.
     credential: Bearer,
@@ -253,19 +257,20 @@ pub fn admit(node: &Arc<NodeContext>) -> Result<OwnedTransfer, error::BlobError>
     Ok(guard)
 }
 
-struct BlobService {
+pub(crate) struct BlobService {
     node: Arc<NodeContext>,
 }
 
 #[tonic::async_trait]
 impl pb::blobs_server::Blobs for BlobService {
+    /// Never called: [`wire::Blobs`] reads uploads from their frames.
     async fn upload(
         &self,
-        req: Request<Streaming<pb::UploadRequest>>,
+        _: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        upload::receive(self.node.clone(), req.into_inner())
-            .await
-            .map(Response::new)
+        Err(Status::internal(
+            "Blobs.Upload reached tonic's decoder, which this node never uses for it",
+        ))
     }
 
     type DownloadStream = download::DownloadStream;
@@ -401,6 +406,9 @@ impl BlobNode {
                     scratch_dir: config.data_dir.clone(),
                 },
                 tickets: TicketKey::derive(&credential),
+                budget: budget::Budget::new(
+                    config.buffer_bytes.max(config.max_chunk_bytes.into()) as usize
+                ),
                 channel,
                 credential: bearer,
                 active: AtomicU32::new(0),
@@ -422,10 +430,14 @@ impl BlobNode {
         server
             .add_http(http::router(self.node.clone()))
             .add_limited_service(
-                pb::blobs_server::BlobsServer::new(BlobService {
-                    node: self.node.clone(),
-                })
-                .max_decoding_message_size(self.max_message),
+                wire::Blobs::new(
+                    self.node.clone(),
+                    pb::blobs_server::BlobsServer::new(BlobService {
+                        node: self.node.clone(),
+                    })
+                    .max_decoding_message_size(self.max_message),
+                    self.max_message,
+                ),
                 self.max_message,
             )
     }

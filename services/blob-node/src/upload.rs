@@ -1,32 +1,82 @@
-//! Blobs.Upload: the receive loop. It checks every message against the stream's
-//! offsets and hands the bytes to [`Ingest`].
+//! Blobs.Upload: the receive loop. It reads each message from the request's
+//! frames ([`frames::Messages`]), its `data` as slices of them held against the
+//! node's budget, checks it against the stream's offsets and hands the bytes to
+//! [`Ingest`].
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use bytes::Bytes;
 use imagestore_auth::Scope;
+use imagestore_proto::frames::{self, Messages};
 use imagestore_proto::v1 as pb;
-use tonic::{Status, Streaming};
+use prost::Message as _;
+use tonic::Status;
 
 use crate::NodeContext;
+use crate::budget::Budget;
 use crate::error::BlobError;
 use crate::ingest::{Ingest, Opened};
+
+/// UploadRequest's `data` field number, read off the generated code's encoding.
+static DATA_FIELD: LazyLock<u32> = LazyLock::new(|| {
+    let only_data = pb::UploadRequest {
+        data: Bytes::from_static(&[0]),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    u32::from(only_data[0] >> 3)
+});
+
+/// One message of the stream: every field but `data`, and `data` as slices.
+pub(crate) struct UploadMessage {
+    fields: pb::UploadRequest,
+    data: Vec<Bytes>,
+}
+
+impl UploadMessage {
+    fn data_len(&self) -> usize {
+        self.data.iter().map(Bytes::len).sum()
+    }
+}
+
+/// The next message. Room for it is taken from the node's budget once its
+/// prefix gives its length, before it is read: a transfer waiting for room
+/// holds no message, and one that is sent slowly holds one message's room.
+/// Cancelling it loses nothing.
+pub(crate) async fn next_message(
+    messages: &mut Messages,
+    budget: &Budget,
+) -> Result<Option<UploadMessage>, Status> {
+    let Some(len) = messages.next_len().await? else {
+        return Ok(None);
+    };
+    let room = budget.reserve(len).await;
+    let message = messages.next(len).await?;
+    let (rest, data) = frames::split(message, *DATA_FIELD)?;
+    Ok(Some(UploadMessage {
+        fields: frames::decode(rest)?,
+        data: data.into_slices().map(|slice| room.hold(slice)).collect(),
+    }))
+}
 
 /// Runs one upload stream to its end.
 pub async fn receive(
     node: Arc<NodeContext>,
-    mut stream: Streaming<pb::UploadRequest>,
+    mut stream: Messages,
 ) -> Result<pb::UploadResponse, Status> {
     let _active = crate::admit(&node)?;
     tracing::Span::current().record("node", node.id.as_str());
-    let first = stream.message().await?.ok_or_else(|| {
-        Status::invalid_argument(
-            "the upload stream is empty: the first message must name the upload",
-        )
-    })?;
-    let mut ingest = match &first.first_message {
+    let first = next_message(&mut stream, &node.budget)
+        .await?
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "the upload stream is empty: the first message must name the upload",
+            )
+        })?;
+    let mut ingest = match &first.fields.first_message {
         Some(pb::upload_request::FirstMessage::Upload(name)) => {
             node.tickets
-                .check(&first.ticket, &Scope::Upload(name.clone()))
+                .check(&first.fields.ticket, &Scope::Upload(name.clone()))
                 .map_err(BlobError::from)?;
             match Ingest::resume(node.clone(), name).await? {
                 Opened::Ready(ingest) => *ingest,
@@ -37,7 +87,7 @@ pub async fn receive(
             let fp = &spec.expected_fingerprint;
             node.tickets
                 .check(
-                    &first.ticket,
+                    &first.fields.ticket,
                     &Scope::OneShot((!fp.is_empty()).then(|| fp.clone())),
                 )
                 .map_err(BlobError::from)?;
@@ -49,7 +99,7 @@ pub async fn receive(
             ));
         }
     };
-    match run(&mut stream, &mut ingest, first, &node.config).await {
+    match run(&mut stream, &mut ingest, first, &node).await {
         Ok(Step::Finish) => match ingest.finish().await {
             Ok(image) => {
                 let span = tracing::Span::current();
@@ -110,16 +160,16 @@ fn refuse(msg: String) -> Stop {
 /// The next message; while none comes, what arrived is committed every
 /// `commit_interval`, so that a stream gone quiet loses nothing it sent.
 async fn next(
-    stream: &mut Streaming<pb::UploadRequest>,
+    stream: &mut Messages,
     ingest: &mut Ingest,
-    every: std::time::Duration,
-) -> Result<Option<pb::UploadRequest>, Stop> {
+    node: &NodeContext,
+) -> Result<Option<UploadMessage>, Stop> {
     loop {
         tokio::select! {
-            // Streaming::message keeps partial frames in the stream: dropping the
+            // next_message keeps partial frames in the stream: dropping the
             // future when the timer wins loses nothing.
-            message = stream.message() => return message.map_err(Stop::Broken),
-            _ = tokio::time::sleep(every) => {
+            message = next_message(stream, &node.budget) => return message.map_err(Stop::Broken),
+            _ = tokio::time::sleep(node.config.commit_interval) => {
                 ingest.checkpoint().await.map_err(Stop::Refused)?;
             }
         }
@@ -127,31 +177,31 @@ async fn next(
 }
 
 async fn run(
-    stream: &mut Streaming<pb::UploadRequest>,
+    stream: &mut Messages,
     ingest: &mut Ingest,
-    first: pb::UploadRequest,
-    limits: &crate::NodeLimits,
+    first: UploadMessage,
+    node: &NodeContext,
 ) -> Result<Step, Stop> {
-    let max_chunk = limits.max_chunk_bytes;
+    let max_chunk = node.config.max_chunk_bytes;
     let mut message = Some(first);
     let mut first_message = true;
     loop {
         let Some(msg) = message.take() else {
             return Ok(Step::Ended);
         };
-        if !first_message && msg.first_message.is_some() {
+        if !first_message && msg.fields.first_message.is_some() {
             return Err(refuse(
                 "upload or spec may only be set on the first message".into(),
             ));
         }
-        if msg.data.len() > max_chunk as usize {
+        let len = msg.data_len();
+        if len > max_chunk as usize {
             return Err(refuse(format!(
-                "a message carries {} bytes; the most is {max_chunk} (max_chunk_bytes)",
-                msg.data.len()
+                "a message carries {len} bytes; the most is {max_chunk} (max_chunk_bytes)"
             )));
         }
         let expected = ingest.position();
-        let offset = msg.write_offset;
+        let offset = msg.fields.write_offset;
         if offset > expected {
             let committed = ingest.committed();
             return Err(if first_message {
@@ -166,22 +216,30 @@ async fn run(
         }
         // Bytes below the position were received already: skip them (a resend
         // after a resume may overlap what was committed).
-        let skip = (expected - offset).min(msg.data.len() as u64) as usize;
-        let fresh = msg.data.slice(skip..);
-        ingest.write(fresh).await.map_err(Stop::Refused)?;
+        let skipped = (expected - offset).min(len as u64) as usize;
+        let mut skip = skipped;
+        for slice in msg.data {
+            if skip >= slice.len() {
+                skip -= slice.len();
+                continue;
+            }
+            let fresh = slice.slice(skip..);
+            skip = 0;
+            ingest.write_held(fresh).await.map_err(Stop::Refused)?;
+        }
         // A resent message whose end-of-metadata was recorded before is not news.
-        let resent = skip == msg.data.len() && !msg.data.is_empty();
-        if msg.end_of_metadata && !(resent && ingest.metadata_ended()) {
+        let resent = skipped == len && len > 0;
+        if msg.fields.end_of_metadata && !(resent && ingest.metadata_ended()) {
             ingest.end_metadata().await.map_err(Stop::Refused)?;
         }
-        if msg.finish_write {
-            return match stream.message().await {
+        if msg.fields.finish_write {
+            return match next_message(stream, &node.budget).await {
                 Ok(None) => Ok(Step::Finish),
                 Ok(Some(_)) => Err(refuse("a message came after finish_write".into())),
                 Err(status) => Err(Stop::Broken(status)),
             };
         }
         first_message = false;
-        message = next(stream, ingest, limits.commit_interval).await?;
+        message = next(stream, ingest, node).await?;
     }
 }
