@@ -81,9 +81,9 @@ where
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.ready().await.map_err(|e| {
+        tonic::Status::unavailable(Into::<tonic::codegen::StdError>::into(e).to_string())
+    })?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     ok(grpc.unary(tonic::Request::new(bytes), path, RawCodec).await)
 }
