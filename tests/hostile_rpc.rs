@@ -486,6 +486,16 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
             Code::InvalidArgument,
             "past the end",
         ),
+        (
+            "a Download request that is no DownloadRequest (a fingerprint that is not UTF-8)",
+            Box::pin(raw_node(
+                &node,
+                "/imagestore.v1.Blobs/Download",
+                &[0x0a, 0x02, 0xff, 0xfe],
+            )),
+            Code::InvalidArgument,
+            "not a valid protobuf encoding",
+        ),
     ];
 
     let before = state(&cp, &store).await;

@@ -223,6 +223,31 @@ pub fn split(mut message: Pieces, field: u32) -> Result<(Bytes, Pieces), Status>
     Ok((rest.freeze(), value))
 }
 
+/// The number of the one field `message` sets, read off its encoding (so that
+/// field numbers have one home, proto/).
+pub fn only_field(message: &impl prost::Message) -> u32 {
+    let mut encoded = &message.encode_to_vec()[..];
+    let key = decode_varint(&mut encoded).expect("a message with one field set");
+    (key >> 3) as u32
+}
+
+/// The start of a message whose only field is the `bytes` field `field`, of
+/// `len` bytes: the prefix, the field's key and length. Sent as a frame of its
+/// own and followed by the bytes as they are, it spares copying them into the
+/// message.
+pub fn bytes_field_head(field: u32, len: usize) -> Bytes {
+    let mut head = BytesMut::with_capacity(PREFIX + 16);
+    let key = u64::from(field) << 3 | WireType::LengthDelimited as u64;
+    let message = prost::encoding::encoded_len_varint(key)
+        + prost::encoding::encoded_len_varint(len as u64)
+        + len;
+    head.put_u8(0);
+    head.put_u32(message as u32);
+    encode_varint(key, &mut head);
+    encode_varint(len as u64, &mut head);
+    head.freeze()
+}
+
 /// `message` with its prefix, as one DATA frame's payload.
 pub fn encode(message: &impl prost::Message) -> Bytes {
     let len = message.encoded_len();
@@ -310,6 +335,19 @@ mod tests {
         let err = split(cut(&[0x13, 0x14], &[]), 5).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("groups"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_bytes_field_head_and_its_bytes_are_the_message() {
+        let data = Bytes::from(vec![9u8; 300]);
+        let message = pb::DownloadResponse {
+            data: data.clone(),
+            info: None,
+        };
+        let field = only_field(&message);
+        let mut sent = bytes_field_head(field, data.len()).to_vec();
+        sent.extend_from_slice(&data);
+        assert_eq!(sent, encode(&message).to_vec());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use futures::{Stream, StreamExt};
 use imagestore_auth::Scope;
 use imagestore_image::export_file_name;
@@ -14,10 +16,15 @@ use crate::error::BlobError;
 
 pub type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
 
-pub async fn send(
+/// The part's bytes from the request's offset, chunk by chunk.
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// What a download answers: the part, then its bytes (counted as a transfer
+/// until the stream is dropped).
+pub async fn open(
     node: Arc<NodeContext>,
     req: pb::DownloadRequest,
-) -> Result<DownloadStream, Status> {
+) -> Result<(pb::PartInfo, Chunks), Status> {
     let fp = imagestore_image::Fingerprint::parse(&req.fingerprint)
         .map_err(|e| Status::invalid_argument(format!("fingerprint: {e}")))?;
     node.tickets
@@ -61,22 +68,13 @@ pub async fn send(
     };
     let objects = stored.objects(&store).await.map_err(BlobError::from)?;
     let data = store.read_part(objects, req.read_offset, req.read_limit);
-    let first = futures::stream::once(async move {
-        Ok(pb::DownloadResponse {
-            data: Default::default(),
-            info: Some(info),
-        })
-    });
-    let rest = data.map(move |chunk| {
+    let chunks = data.map(move |chunk| {
         let _active = &guard;
         chunk
-            .map(|data| {
-                sent(data.len());
-                pb::DownloadResponse { data, info: None }
-            })
+            .inspect(|data| sent(data.len()))
             .map_err(|e| Status::from(BlobError::from(e)))
     });
-    Ok(Box::pin(first.chain(rest)))
+    Ok((info, Box::pin(chunks)))
 }
 
 /// Counts image bytes sent, for the metrics.

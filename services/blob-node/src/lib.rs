@@ -257,9 +257,9 @@ pub fn admit(node: &Arc<NodeContext>) -> Result<OwnedTransfer, error::BlobError>
     Ok(guard)
 }
 
-pub(crate) struct BlobService {
-    node: Arc<NodeContext>,
-}
+/// tonic's generated server needs an implementation; [`wire::Blobs`] answers
+/// both calls before it.
+pub(crate) struct BlobService;
 
 #[tonic::async_trait]
 impl pb::blobs_server::Blobs for BlobService {
@@ -275,13 +275,14 @@ impl pb::blobs_server::Blobs for BlobService {
 
     type DownloadStream = download::DownloadStream;
 
+    /// Never called: [`wire::Blobs`] writes downloads around their chunks.
     async fn download(
         &self,
-        req: Request<pb::DownloadRequest>,
+        _: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        download::send(self.node.clone(), req.into_inner())
-            .await
-            .map(Response::new)
+        Err(Status::internal(
+            "Blobs.Download reached tonic's encoder, which this node never uses for it",
+        ))
     }
 }
 
@@ -432,10 +433,8 @@ impl BlobNode {
             .add_limited_service(
                 wire::Blobs::new(
                     self.node.clone(),
-                    pb::blobs_server::BlobsServer::new(BlobService {
-                        node: self.node.clone(),
-                    })
-                    .max_decoding_message_size(self.max_message),
+                    pb::blobs_server::BlobsServer::new(BlobService)
+                        .max_decoding_message_size(self.max_message),
                     self.max_message,
                 ),
                 self.max_message,

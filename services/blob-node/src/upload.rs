@@ -9,7 +9,6 @@ use bytes::Bytes;
 use imagestore_auth::Scope;
 use imagestore_proto::frames::{self, Messages};
 use imagestore_proto::v1 as pb;
-use prost::Message as _;
 use tonic::Status;
 
 use crate::NodeContext;
@@ -17,14 +16,12 @@ use crate::budget::Budget;
 use crate::error::BlobError;
 use crate::ingest::{Ingest, Opened};
 
-/// UploadRequest's `data` field number, read off the generated code's encoding.
+/// UploadRequest's `data` field number.
 static DATA_FIELD: LazyLock<u32> = LazyLock::new(|| {
-    let only_data = pb::UploadRequest {
+    frames::only_field(&pb::UploadRequest {
         data: Bytes::from_static(&[0]),
         ..Default::default()
-    }
-    .encode_to_vec();
-    u32::from(only_data[0] >> 3)
+    })
 });
 
 /// One message of the stream: every field but `data`, and `data` as slices.
