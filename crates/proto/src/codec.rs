@@ -48,14 +48,17 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|e| {
-            Status::invalid_argument(format!(
-                "the message is not a valid protobuf encoding of what this call takes: {e}"
-            ))
-        })
+        U::decode(buf).map(Some).map_err(|e| not_a_message(&e))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::default()
     }
+}
+
+/// What a call answers to bytes that are not a valid message of its type.
+pub fn not_a_message(why: &dyn std::fmt::Display) -> Status {
+    Status::invalid_argument(format!(
+        "the message is not a valid protobuf encoding of what this call takes: {why}"
+    ))
 }

@@ -7,6 +7,7 @@
 //! length, big-endian) and the protobuf encoding.
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -168,64 +169,78 @@ impl Buf for Pieces {
 /// message (the last occurrence, as protobuf has it), and every other field
 /// encoded again, for prost to decode.
 pub fn split(mut message: Pieces, field: u32) -> Result<(Bytes, Pieces), Status> {
-    let bad = |what: &str| {
-        Status::invalid_argument(format!(
-            "the message is not a valid protobuf encoding of what this call takes: {what}"
-        ))
+    let varint =
+        |message: &mut Pieces| decode_varint(message).map_err(|e| crate::codec::not_a_message(&e));
+    let take = |message: &mut Pieces, n: u64| {
+        if n > message.remaining() as u64 {
+            return Err(crate::codec::not_a_message(
+                &"a field runs past the end of the message",
+            ));
+        }
+        Ok(message.take_front(n as usize))
     };
     let mut rest = BytesMut::new();
     let mut value = Pieces::default();
     while message.has_remaining() {
-        let key = decode_varint(&mut message).map_err(|e| bad(&e.to_string()))?;
-        let number = (key >> 3) as u32;
-        let wire = WireType::try_from(key & 7).map_err(|e| bad(&e.to_string()))?;
-        let fixed = match wire {
-            WireType::Varint => None,
-            WireType::SixtyFourBit => Some(8),
-            WireType::ThirtyTwoBit => Some(4),
-            WireType::LengthDelimited => {
-                let len = decode_varint(&mut message).map_err(|e| bad(&e.to_string()))?;
-                if len > message.remaining() as u64 {
-                    return Err(bad("a field runs past the end of the message"));
-                }
-                let bytes = message.take_front(len as usize);
-                if number == field {
-                    value = bytes;
-                } else {
-                    encode_varint(key, &mut rest);
-                    encode_varint(len, &mut rest);
-                    for piece in bytes.into_slices() {
-                        rest.put(piece);
-                    }
-                }
+        let key = varint(&mut message)?;
+        let wire = WireType::try_from(key & 7).map_err(|e| crate::codec::not_a_message(&e))?;
+        let bytes = match wire {
+            WireType::Varint => {
+                let v = varint(&mut message)?;
+                encode_varint(key, &mut rest);
+                encode_varint(v, &mut rest);
                 continue;
             }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                encode_varint(key, &mut rest);
+                take(
+                    &mut message,
+                    if wire == WireType::SixtyFourBit { 8 } else { 4 },
+                )?
+            }
+            WireType::LengthDelimited => {
+                let len = varint(&mut message)?;
+                let bytes = take(&mut message, len)?;
+                if (key >> 3) as u32 == field {
+                    value = bytes;
+                    continue;
+                }
+                encode_varint(key, &mut rest);
+                encode_varint(len, &mut rest);
+                bytes
+            }
             WireType::StartGroup | WireType::EndGroup => {
-                return Err(bad("groups are not part of this message"));
+                return Err(crate::codec::not_a_message(
+                    &"groups are not part of this message",
+                ));
             }
         };
-        encode_varint(key, &mut rest);
-        match fixed {
-            None => {
-                let v = decode_varint(&mut message).map_err(|e| bad(&e.to_string()))?;
-                encode_varint(v, &mut rest);
-            }
-            Some(n) => {
-                if message.remaining() < n {
-                    return Err(bad("a field runs past the end of the message"));
-                }
-                for piece in message.take_front(n).into_slices() {
-                    rest.put(piece);
-                }
-            }
+        for piece in bytes.into_slices() {
+            rest.put(piece);
         }
     }
     Ok((rest.freeze(), value))
 }
 
+/// UploadRequest's `data` field number.
+pub static UPLOAD_DATA: LazyLock<u32> = LazyLock::new(|| {
+    only_field(&crate::v1::UploadRequest {
+        data: Bytes::from_static(&[0]),
+        ..Default::default()
+    })
+});
+
+/// DownloadResponse's `data` field number.
+pub static DOWNLOAD_DATA: LazyLock<u32> = LazyLock::new(|| {
+    only_field(&crate::v1::DownloadResponse {
+        data: Bytes::from_static(&[0]),
+        info: None,
+    })
+});
+
 /// The number of the one field `message` sets, read off its encoding (so that
 /// field numbers have one home, proto/).
-pub fn only_field(message: &impl prost::Message) -> u32 {
+fn only_field(message: &impl prost::Message) -> u32 {
     let mut encoded = &message.encode_to_vec()[..];
     let key = decode_varint(&mut encoded).expect("a message with one field set");
     (key >> 3) as u32
@@ -241,8 +256,7 @@ pub fn bytes_field_head(field: u32, len: usize) -> Bytes {
     let message = prost::encoding::encoded_len_varint(key)
         + prost::encoding::encoded_len_varint(len as u64)
         + len;
-    head.put_u8(0);
-    head.put_u32(message as u32);
+    put_prefix(&mut head, message);
     encode_varint(key, &mut head);
     encode_varint(len as u64, &mut head);
     head.freeze()
@@ -252,21 +266,22 @@ pub fn bytes_field_head(field: u32, len: usize) -> Bytes {
 pub fn encode(message: &impl prost::Message) -> Bytes {
     let len = message.encoded_len();
     let mut out = BytesMut::with_capacity(PREFIX + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
+    put_prefix(&mut out, len);
     message
         .encode(&mut out)
         .expect("the buffer has room for the message");
     out.freeze()
 }
 
+/// The prefix of an uncompressed message of `len` bytes.
+fn put_prefix(out: &mut BytesMut, len: usize) {
+    out.put_u8(0);
+    out.put_u32(len as u32);
+}
+
 /// Decodes `M` from `bytes`; bytes that are not one are INVALID_ARGUMENT.
 pub fn decode<M: prost::Message + Default>(bytes: impl Buf) -> Result<M, Status> {
-    M::decode(bytes).map_err(|e| {
-        Status::invalid_argument(format!(
-            "the message is not a valid protobuf encoding of what this call takes: {e}"
-        ))
-    })
+    M::decode(bytes).map_err(|e| crate::codec::not_a_message(&e))
 }
 
 #[cfg(test)]
@@ -307,7 +322,7 @@ mod tests {
         for a in (0..bytes.len()).step_by(97) {
             for b in [a, a + 1, a + 5, bytes.len()] {
                 let b = b.min(bytes.len());
-                let (rest, data) = split(cut(&bytes, &[a, b]), 5).unwrap();
+                let (rest, data) = split(cut(&bytes, &[a, b]), *UPLOAD_DATA).unwrap();
                 let mut got: pb::UploadRequest = decode(rest).unwrap();
                 assert!(got.data.is_empty());
                 let mut joined = Vec::new();
@@ -324,7 +339,7 @@ mod tests {
     fn truncated_fields_and_groups_are_refused() {
         let bytes = request().encode_to_vec();
         for end in [1, 10, bytes.len() - 1] {
-            let got = split(cut(&bytes[..end], &[]), 5);
+            let got = split(cut(&bytes[..end], &[]), *UPLOAD_DATA);
             let err = got.err().unwrap_or_else(|| {
                 // A cut between fields is a shorter valid message; none here.
                 panic!("a message cut at {end} was taken")
@@ -332,7 +347,7 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{end}");
         }
         // Field 2, wire type 3 (start group).
-        let err = split(cut(&[0x13, 0x14], &[]), 5).unwrap_err();
+        let err = split(cut(&[0x13, 0x14], &[]), *UPLOAD_DATA).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("groups"), "{}", err.message());
     }
@@ -344,8 +359,7 @@ mod tests {
             data: data.clone(),
             info: None,
         };
-        let field = only_field(&message);
-        let mut sent = bytes_field_head(field, data.len()).to_vec();
+        let mut sent = bytes_field_head(*DOWNLOAD_DATA, data.len()).to_vec();
         sent.extend_from_slice(&data);
         assert_eq!(sent, encode(&message).to_vec());
     }

@@ -21,7 +21,8 @@ impl Budget {
     /// Room for `total` bytes (at least one chunk's worth: a chunk larger than
     /// the whole budget waits for all of it).
     pub fn new(total: usize) -> Self {
-        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        // Permits are taken a u32 at a time.
+        let total = total.clamp(1, u32::MAX as usize);
         Self {
             room: Arc::new(Semaphore::new(total)),
             total,

@@ -433,8 +433,7 @@ impl BlobNode {
             .add_limited_service(
                 wire::Blobs::new(
                     self.node.clone(),
-                    pb::blobs_server::BlobsServer::new(BlobService)
-                        .max_decoding_message_size(self.max_message),
+                    pb::blobs_server::BlobsServer::new(BlobService),
                     self.max_message,
                 ),
                 self.max_message,

@@ -3,11 +3,11 @@
 //! node's budget, checks it against the stream's offsets and hands the bytes to
 //! [`Ingest`].
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::Buf;
 use imagestore_auth::Scope;
-use imagestore_proto::frames::{self, Messages};
+use imagestore_proto::frames::{self, Messages, Pieces};
 use imagestore_proto::v1 as pb;
 use tonic::Status;
 
@@ -16,31 +16,18 @@ use crate::budget::Budget;
 use crate::error::BlobError;
 use crate::ingest::{Ingest, Opened};
 
-/// UploadRequest's `data` field number.
-static DATA_FIELD: LazyLock<u32> = LazyLock::new(|| {
-    frames::only_field(&pb::UploadRequest {
-        data: Bytes::from_static(&[0]),
-        ..Default::default()
-    })
-});
-
-/// One message of the stream: every field but `data`, and `data` as slices.
-pub(crate) struct UploadMessage {
+/// One message of the stream: every field but `data`, and `data` as slices,
+/// each held against the node's budget.
+struct UploadMessage {
     fields: pb::UploadRequest,
-    data: Vec<Bytes>,
-}
-
-impl UploadMessage {
-    fn data_len(&self) -> usize {
-        self.data.iter().map(Bytes::len).sum()
-    }
+    data: Pieces,
 }
 
 /// The next message. Room for it is taken from the node's budget once its
 /// prefix gives its length, before it is read: a transfer waiting for room
 /// holds no message, and one that is sent slowly holds one message's room.
 /// Cancelling it loses nothing.
-pub(crate) async fn next_message(
+async fn next_message(
     messages: &mut Messages,
     budget: &Budget,
 ) -> Result<Option<UploadMessage>, Status> {
@@ -49,10 +36,14 @@ pub(crate) async fn next_message(
     };
     let room = budget.reserve(len).await;
     let message = messages.next(len).await?;
-    let (rest, data) = frames::split(message, *DATA_FIELD)?;
+    let (rest, data) = frames::split(message, *frames::UPLOAD_DATA)?;
+    let mut held = Pieces::default();
+    for slice in data.into_slices() {
+        held.push(room.hold(slice));
+    }
     Ok(Some(UploadMessage {
         fields: frames::decode(rest)?,
-        data: data.into_slices().map(|slice| room.hold(slice)).collect(),
+        data: held,
     }))
 }
 
@@ -191,7 +182,8 @@ async fn run(
                 "upload or spec may only be set on the first message".into(),
             ));
         }
-        let len = msg.data_len();
+        let mut data = msg.data;
+        let len = data.remaining();
         if len > max_chunk as usize {
             return Err(refuse(format!(
                 "a message carries {len} bytes; the most is {max_chunk} (max_chunk_bytes)"
@@ -214,14 +206,8 @@ async fn run(
         // Bytes below the position were received already: skip them (a resend
         // after a resume may overlap what was committed).
         let skipped = (expected - offset).min(len as u64) as usize;
-        let mut skip = skipped;
-        for slice in msg.data {
-            if skip >= slice.len() {
-                skip -= slice.len();
-                continue;
-            }
-            let fresh = slice.slice(skip..);
-            skip = 0;
+        data.advance(skipped);
+        for fresh in data.into_slices() {
             ingest.write_held(fresh).await.map_err(Stop::Refused)?;
         }
         // A resent message whose end-of-metadata was recorded before is not news.

@@ -6,7 +6,7 @@
 //! tonic's generated server.
 
 use std::convert::Infallible;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -99,14 +99,6 @@ async fn request<M: prost::Message + Default>(messages: &mut Messages) -> Result
     frames::decode(messages.next(len).await?)
 }
 
-/// DownloadResponse's `data` field number.
-static DATA_FIELD: LazyLock<u32> = LazyLock::new(|| {
-    frames::only_field(&pb::DownloadResponse {
-        data: Bytes::from_static(&[0]),
-        info: None,
-    })
-});
-
 /// A download's answer: a message with the part's info, then one per chunk
 /// (its head and the chunk as frames of their own), then trailers with the
 /// status: OK at the end, or the error that stopped the chunks.
@@ -124,7 +116,7 @@ fn download(info: pb::PartInfo, chunks: crate::download::Chunks) -> http::Respon
                 _ if *stopped => return futures::future::ready(None),
                 Some(Ok(data)) if data.is_empty() => vec![],
                 Some(Ok(data)) => vec![
-                    Frame::data(frames::bytes_field_head(*DATA_FIELD, data.len())),
+                    Frame::data(frames::bytes_field_head(*frames::DOWNLOAD_DATA, data.len())),
                     Frame::data(data),
                 ],
                 Some(Err(status)) => {
