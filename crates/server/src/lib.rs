@@ -16,7 +16,7 @@ pub use config::{ConfigError, load_config};
 pub use grpc::{GrpcServer, ServeError, bind};
 pub use limits::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_MESSAGE};
 pub use main_helper::{HasLogConfig, run_binary};
-pub use memory::limit_malloc_arenas;
+pub use memory::tune_malloc;
 pub use metrics_access::{MetricsAccess, MetricsConfig, MetricsConfigError};
 pub use tls::{Tls, TlsConfig, TlsError, TlsPeer};
 

@@ -28,7 +28,7 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    crate::limit_malloc_arenas();
+    crate::tune_malloc();
     let config: C = match crate::load_config(file, flags) {
         Ok(c) => c,
         Err(e) => {

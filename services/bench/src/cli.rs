@@ -111,6 +111,8 @@ pub async fn measure(
         let (secs, out) = timed(&ours, &["import", &path], &env)?;
         cli.import.push(total / secs / 1e6);
         let fingerprint = imported(&out)?;
+        // The import wrote with O_DIRECT, past the page cache.
+        crate::datapath::cache_stored(system, &fingerprint).await?;
         let out_dir = system.dir.join(format!("cli-export-{run}"));
         cli.export.push(export_mb_s(
             &ours,

@@ -368,6 +368,26 @@ async fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64>
 }
 
 /// The objects of one stored part, in offset order.
+/// Reads every stored file of `fingerprint`'s parts once, so that what a later
+/// read of them measures is the path, not the disk: as `download_mb_s`'s runs
+/// after the first, and as a file just written is for an import.
+pub async fn cache_stored(system: &System, fingerprint: &str) -> BenchResult {
+    let image = system
+        .client()
+        .await?
+        .images()
+        .get_image(pb::GetImageRequest {
+            name: format!("images/{fingerprint}"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    for part in &image.parts {
+        read_all(&stored_files(&system.store().join(&part.storage_key))?)?;
+    }
+    Ok(())
+}
+
 fn stored_files(dir: &Path) -> BenchResult<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?

@@ -153,6 +153,7 @@ enum ClientCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    imagestore_server::tune_malloc();
     let cli = Cli::parse();
     let quiet = cli.quiet;
     let result = match cli.command {
