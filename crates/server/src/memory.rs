@@ -19,7 +19,7 @@ const TRIM_THRESHOLD: i32 = 64 << 20;
 /// Fixed thresholds: by default glibc maps large buffers afresh and gives freed
 /// ones back at an arena's top, so every received MiB is faulted in and zeroed
 /// again. `imagestore export` of 1 GiB took ~170 000 page faults and 0.70-0.77
-/// s of system time that way, 6 000-8 000 and 0.37-0.44 s with buffers kept; a
+/// s of system time that way, 6 000-9 000 and 0.37-0.58 s with buffers kept; a
 /// blob node's first 1 GiB upload 20 000 against 3 000.
 #[allow(unsafe_code)]
 pub fn tune_malloc() {

@@ -367,7 +367,6 @@ async fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64>
     Ok(median(figures))
 }
 
-/// The objects of one stored part, in offset order.
 /// Reads every stored file of `fingerprint`'s parts once, so that what a later
 /// read of them measures is the path, not the disk: as `download_mb_s`'s runs
 /// after the first, and as a file just written is for an import.
@@ -388,6 +387,7 @@ pub async fn cache_stored(system: &System, fingerprint: &str) -> BenchResult {
     Ok(())
 }
 
+/// The objects of one stored part, in offset order.
 fn stored_files(dir: &Path) -> BenchResult<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
