@@ -30,19 +30,38 @@ pub enum Caller {
     Node,
 }
 
-/// Trusted fingerprints (token hashes, certificate digests) → expiry.
-type TrustMap = RwLock<HashMap<String, Option<UnixNanos>>>;
+/// The trust store's copy in memory.
+#[derive(Default)]
+struct TrustCopy {
+    /// Trusted fingerprints (token hashes, certificate digests) → expiry.
+    entries: HashMap<String, Option<UnixNanos>>,
+    /// How many entries this process added or removed itself.
+    local_changes: u64,
+}
 
-/// Copies the trust store into `trusted`.
-async fn load_trust(catalog: &Catalog, trusted: &TrustMap) -> imagestore_catalog::Result<()> {
-    let map = catalog
+type TrustMap = RwLock<TrustCopy>;
+
+/// Copies the trust store into `trusted`, unless this process changed the
+/// copy while the store was read: what was read may predate that change (a
+/// token created a moment ago would be lost until the next look), so it is not
+/// kept (false) and the next look reads the store again.
+async fn load_trust(catalog: &Catalog, trusted: &TrustMap) -> imagestore_catalog::Result<bool> {
+    let before = trusted
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .local_changes;
+    let entries = catalog
         .list_trust()
         .await?
         .into_iter()
         .map(|e| (e.fingerprint, e.expires_at))
         .collect();
-    *trusted.write().unwrap_or_else(|e| e.into_inner()) = map;
-    Ok(())
+    let mut copy = trusted.write().unwrap_or_else(|e| e.into_inner());
+    if copy.local_changes != before {
+        return Ok(false);
+    }
+    copy.entries = entries;
+    Ok(true)
 }
 
 /// How often each control plane looks whether the trust store changed.
@@ -163,7 +182,8 @@ impl Auth {
                     continue;
                 }
                 match load_trust(&catalog, &trusted).await {
-                    Ok(()) => seen = Some(version),
+                    Ok(true) => seen = Some(version),
+                    Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "could not reload the trust store"),
                 }
             }
@@ -172,7 +192,7 @@ impl Auth {
 
     /// Copies the trust store into memory again.
     pub async fn reload(&self) -> imagestore_catalog::Result<()> {
-        load_trust(&self.catalog, &self.trusted).await
+        load_trust(&self.catalog, &self.trusted).await.map(drop)
     }
 
     /// How long tickets and unused image secrets work.
@@ -275,6 +295,7 @@ impl Auth {
     fn trust_of(&self, fingerprint: &str) -> Option<bool> {
         let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
         trusted
+            .entries
             .get(fingerprint)
             .map(|expires| expires.is_none_or(|at| at > now()))
     }
@@ -366,20 +387,19 @@ impl Auth {
             .catalog
             .add_trust(kind, description, fingerprint, expires_at)
             .await?;
-        self.trusted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut copy = self.trusted.write().unwrap_or_else(|e| e.into_inner());
+        copy.entries
             .insert(entry.fingerprint.clone(), entry.expires_at);
+        copy.local_changes += 1;
         Ok(entry)
     }
 
     /// Removes an entry; it stops working at once.
     pub async fn remove(&self, id: String) -> ApiResult<()> {
         let fingerprint = self.catalog.remove_trust(id).await?;
-        self.trusted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fingerprint);
+        let mut copy = self.trusted.write().unwrap_or_else(|e| e.into_inner());
+        copy.entries.remove(&fingerprint);
+        copy.local_changes += 1;
         Ok(())
     }
 }
@@ -417,4 +437,40 @@ fn token_of(value: &str) -> Option<String> {
 
 fn unauthenticated(msg: &str) -> ApiError {
     ApiError::Unauthenticated(msg.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token works the moment it is created, however the copy's reloads fall
+    /// around its creation: a reload that had read the store before the token
+    /// was stored used to put back a copy without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_token_is_trusted_at_once_while_the_copy_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path().join("catalog.db")).await.unwrap();
+        let auth = Auth::open(catalog, dir.path()).await.unwrap();
+        let reloading = tokio::spawn({
+            let auth = auth.clone();
+            async move {
+                loop {
+                    auth.reload().await.unwrap();
+                }
+            }
+        });
+        for i in 0..300 {
+            let token = new_secret();
+            auth.add(TrustKind::Token, format!("t{i}"), hash_token(&token), None)
+                .await
+                .unwrap();
+            let header = format!("Bearer {token}");
+            let caller = auth.caller_from(Some(Some(&header)), None);
+            assert!(
+                matches!(caller, Ok(Caller::Trusted)),
+                "token {i} was not trusted at once"
+            );
+        }
+        reloading.abort();
+    }
 }
