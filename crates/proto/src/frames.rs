@@ -151,6 +151,14 @@ impl Pieces {
     }
 }
 
+impl From<Bytes> for Pieces {
+    fn from(bytes: Bytes) -> Self {
+        let mut pieces = Pieces::default();
+        pieces.push(bytes);
+        pieces
+    }
+}
+
 impl Buf for Pieces {
     fn remaining(&self) -> usize {
         self.len

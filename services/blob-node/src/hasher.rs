@@ -3,18 +3,20 @@
 //! hashing and storing run on different cores instead of one after another (on a
 //! 2-core machine, hashing inline capped an upload near 1 / (1/hash + 1/receive)).
 
-use bytes::Bytes;
+use imagestore_proto::frames::Pieces;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{BlobError, BlobResult};
 
-/// Chunks (up to max_chunk_bytes each) waiting for the hasher. A few are enough to
-/// ride out scheduling jitter; more would only hold memory.
+/// Messages' bytes (up to max_chunk_bytes each) waiting for the hasher. A few
+/// are enough to ride out scheduling jitter; more would only hold memory.
 const QUEUE: usize = 4;
 
 enum Command {
-    Data(Bytes),
+    /// A message's bytes, in the pieces they arrived in: one hand-off (one
+    /// wake-up of the thread) for all of them.
+    Data(Pieces),
     /// Answer with the state after every byte queued before this command.
     State(oneshot::Sender<Sha256>),
     /// The same, and start again from empty.
@@ -49,7 +51,11 @@ impl HashPipe {
                 let mut hash = state;
                 while let Some(command) = rx.blocking_recv() {
                     match command {
-                        Command::Data(data) => hash.update(&data),
+                        Command::Data(data) => {
+                            for piece in data.into_slices() {
+                                hash.update(&piece);
+                            }
+                        }
                         Command::State(reply) => {
                             let _ = reply.send(hash.clone());
                         }
@@ -64,8 +70,11 @@ impl HashPipe {
     }
 
     /// Queues bytes; waits only while the queue is full.
-    pub async fn update(&self, data: Bytes) -> BlobResult<()> {
-        self.tx.send(Command::Data(data)).await.map_err(|_| gone())
+    pub async fn update(&self, data: impl Into<Pieces>) -> BlobResult<()> {
+        self.tx
+            .send(Command::Data(data.into()))
+            .await
+            .map_err(|_| gone())
     }
 
     /// Asks for the state after everything queued so far, without waiting for it.
@@ -96,6 +105,7 @@ impl HashPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[tokio::test]
     async fn states_follow_the_stream_in_order() {

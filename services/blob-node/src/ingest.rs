@@ -10,11 +10,12 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use imagestore_image::{
     Format, FoundType, ScanError, ScanLimits, Scanned, inspect_rootfs, scan_tarball,
 };
+use imagestore_proto::frames::Pieces;
 use imagestore_proto::internal::v1 as ipb;
 use imagestore_proto::v1 as pb;
 use imagestore_store::{BlobStore, SegmentWriter, StoredSegment, layout, segment_key};
@@ -414,15 +415,17 @@ impl Ingest {
     /// for them.
     pub async fn write(&mut self, data: Bytes) -> BlobResult<()> {
         let data = self.node.budget.hold(data).await;
-        self.write_held(data).await
+        self.write_held(data.into()).await
     }
 
-    /// The same, for bytes already held against the node's budget.
-    pub async fn write_held(&mut self, data: Bytes) -> BlobResult<()> {
-        if data.is_empty() {
+    /// The same, for a message's bytes already held against the node's budget,
+    /// in the pieces they arrived in: the hashers and the walk take them in
+    /// one hand-off each.
+    pub async fn write_held(&mut self, data: Pieces) -> BlobResult<()> {
+        if !data.has_remaining() {
             return Ok(());
         }
-        self.check_room(data.len() as u64)?;
+        self.check_room(data.remaining() as u64)?;
         if self.open.is_none() {
             let key = segment_key(
                 &self.prefix(self.role()),
@@ -432,7 +435,7 @@ impl Ingest {
             let writer = self.store.begin_segment(&key).await?;
             self.open = Some(OpenSegment { writer, key });
         }
-        let len = data.len() as u64;
+        let len = data.remaining() as u64;
         imagestore_telemetry::metrics::metrics()
             .bytes_received
             .inc_by(len);
@@ -445,7 +448,9 @@ impl Ingest {
             walk.feed(data.clone()).await;
         }
         if let Some(open) = self.open.as_mut() {
-            open.writer.put(data).await?;
+            for piece in data.into_slices() {
+                open.writer.put(piece).await?;
+            }
         }
         self.pos += len;
         let full = self

@@ -207,9 +207,7 @@ async fn run(
         // after a resume may overlap what was committed).
         let skipped = (expected - offset).min(len as u64) as usize;
         data.advance(skipped);
-        for fresh in data.into_slices() {
-            ingest.write_held(fresh).await.map_err(Stop::Refused)?;
-        }
+        ingest.write_held(data).await.map_err(Stop::Refused)?;
         // A resent message whose end-of-metadata was recorded before is not news.
         let resent = skipped == len && len > 0;
         if msg.fields.end_of_metadata && !(resent && ingest.metadata_ended()) {
