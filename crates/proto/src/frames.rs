@@ -117,19 +117,25 @@ impl Pieces {
     pub fn take_front(&mut self, mut n: usize) -> Pieces {
         let mut taken = Pieces::default();
         while n > 0 {
-            let Some(front) = self.pieces.front_mut() else {
+            let Some(piece) = self.pop_front(n) else {
                 break;
             };
-            let piece = if front.len() <= n {
-                self.pieces.pop_front().unwrap_or_default()
-            } else {
-                front.split_to(n)
-            };
             n -= piece.len();
-            self.len -= piece.len();
             taken.push(piece);
         }
         taken
+    }
+
+    /// Up to `n` bytes off the front piece: all of it, or its first `n`.
+    fn pop_front(&mut self, n: usize) -> Option<Bytes> {
+        let front = self.pieces.front_mut()?;
+        let piece = if front.len() <= n {
+            self.pieces.pop_front()?
+        } else {
+            front.split_to(n)
+        };
+        self.len -= piece.len();
+        Some(piece)
     }
 
     /// Copies the first bytes into `out` without taking them.
@@ -168,8 +174,13 @@ impl Buf for Pieces {
         self.pieces.front().map(|b| &b[..]).unwrap_or_default()
     }
 
-    fn advance(&mut self, cnt: usize) {
-        let _ = self.take_front(cnt);
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(piece) = self.pop_front(cnt) else {
+                break;
+            };
+            cnt -= piece.len();
+        }
     }
 }
 
