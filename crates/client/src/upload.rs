@@ -3,7 +3,7 @@
 //! the upload continues from the offset the session has committed.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -345,22 +345,8 @@ impl Plan {
                 .map_err(|e| Error::io(path, e))?;
             while offset < end {
                 let n = (end - offset).min(self.chunk as u64) as usize;
-                // Read into fresh capacity: File reads into uninitialised
-                // memory, so the chunk is not zero-filled first.
-                let mut buf = Vec::with_capacity(n);
-                (&mut file)
-                    .take(n as u64)
-                    .read_to_end(&mut buf)
+                let buf = imagestore_direct::read_exactly(&mut file, n)
                     .map_err(|e| Error::io(path, e))?;
-                if buf.len() != n {
-                    return Err(Error::io(
-                        path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("the file ended {} bytes early", n - buf.len()),
-                        ),
-                    ));
-                }
                 let mut m = pending.take().unwrap_or_default();
                 m.write_offset = offset;
                 m.data = bytes::Bytes::from(buf);

@@ -1,4 +1,5 @@
-//! Files written with O_DIRECT.
+//! Bulk file I/O without work the bytes do not need: files written with
+//! O_DIRECT, and chunks read into memory that is not zeroed first.
 //!
 //! A buffered write costs a kernel copy of every byte into fresh page-cache
 //! pages, and with fsync the same bytes are written back later anyway: on a blob
@@ -281,9 +282,38 @@ pub fn open(path: &Path, new: bool) -> io::Result<File> {
     options.open(path)
 }
 
+/// The next `n` bytes of `file`, read into fresh memory that is not zero-filled
+/// first (zeroing each chunk had cost a blob node 9 % of its CPU in a download;
+/// read_to_end's reads grow from 8 KiB, some eight a MiB, which costs less).
+pub fn read_exactly(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
+    use io::Read;
+    let mut buf = Vec::with_capacity(n);
+    file.take(n as u64).read_to_end(&mut buf)?;
+    if buf.len() < n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ended {} bytes early", n - buf.len()),
+        ));
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_exactly_what_is_asked_and_says_how_short_a_file_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ten");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut file = File::open(&path).unwrap();
+        assert_eq!(read_exactly(&mut file, 4).unwrap(), b"0123");
+        assert_eq!(read_exactly(&mut file, 0).unwrap(), b"");
+        let short = read_exactly(&mut file, 8).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(short.to_string().contains("2 bytes early"), "{short}");
+    }
 
     #[tokio::test]
     async fn a_file_continued_from_an_aligned_offset_holds_every_byte() {
