@@ -43,6 +43,7 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         "grpc_sink_mb_s",
         "upload_mb_s",
         "upload_ratio",
+        "disk_write_mb_s",
         "upload2_mb_s",
         "upload2_ratio",
         "download_mb_s",
@@ -82,7 +83,11 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
     }
     // CPU figures need more bytes than this test moves: there, and a number
     // when they can be told.
-    for name in ["upload_cpu_efficiency", "download_cpu_efficiency"] {
+    for name in [
+        "upload_cpu_efficiency",
+        "upload_cpu_efficiency_durable",
+        "download_cpu_efficiency",
+    ] {
         let f = figures
             .iter()
             .find(|f| f["name"] == name)
@@ -91,6 +96,20 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
             f["value"].is_null() || f["value"].as_f64().is_some_and(|v| v > 0.0),
             "{f}"
         );
+    }
+    // CPU seconds come in 10 ms ticks: at this size, zero is a fair count.
+    for name in [
+        "upload_cpu_s_per_gb",
+        "disk_write_cpu_s_per_gb",
+        "first_read_cpu_s_per_gb",
+        "download_node_cpu_s_per_gb",
+        "download_cpu_s_per_gb",
+    ] {
+        let f = figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from\n{stdout}"));
+        assert!(f["value"].as_f64().is_some_and(|v| v >= 0.0), "{f}");
     }
     // Nothing is left behind in the directory it was given.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

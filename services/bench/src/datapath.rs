@@ -14,6 +14,13 @@ use crate::{BenchResult, Report, image, median, round2};
 pub struct Baselines {
     pub hash_mb_s: f64,
     pub transport: Transport,
+    pub disk: DiskWrite,
+}
+
+/// The local store's own writes, alone: what making an upload durable costs.
+pub struct DiskWrite {
+    pub mb_s: f64,
+    pub cpu_s_per_gb: f64,
 }
 
 impl Baselines {
@@ -25,6 +32,12 @@ impl Baselines {
     /// The CPU a verified upload must cost per GB: hashing it and carrying it.
     pub fn upload_cpu_s_per_gb(&self) -> f64 {
         1000.0 / self.hash_mb_s + self.transport.sink_cpu_s_per_gb
+    }
+
+    /// The same, and writing it to the disk: what a verified upload that is
+    /// also durable must cost.
+    pub fn durable_upload_cpu_s_per_gb(&self) -> f64 {
+        self.upload_cpu_s_per_gb() + self.disk.cpu_s_per_gb
     }
 }
 
@@ -145,6 +158,11 @@ pub async fn upload_figures(
         efficiency(baselines.upload_cpu_s_per_gb() * gb, cpu_all),
         "x (1000/hash + sink CPU) / upload CPU",
     );
+    report.put(
+        "upload_cpu_efficiency_durable",
+        efficiency(baselines.durable_upload_cpu_s_per_gb() * gb, cpu_all),
+        "x (1000/hash + sink + disk write CPU) / upload CPU",
+    );
     let bound = crate::limits::nproc() as f64 * 1e3 / (cpu_all / gb);
     report.put("upload_cpu_bound_mb_s", round2(bound), "MB/s");
     Ok((upload_mb_s, kept.ok_or("no image was kept")?))
@@ -179,8 +197,7 @@ pub async fn measure(
     let mut seed = runs as u64 + 1;
     // A verified upload is also durable: it can be no faster than the store
     // writes the same bytes.
-    let disk = disk_write_mb_s(&system.dir, size, runs).await?;
-    report.put("disk_write_mb_s", round2(disk), "MB/s");
+    let disk = baselines.disk.mb_s;
     report.put(
         "upload_ratio_disk",
         round2(upload_mb_s / limit.min(disk)),
@@ -288,9 +305,21 @@ async fn download(
         .into_inner()
         .ticket;
     let files = stored_files(&system.store().join(&part.storage_key))?;
+    // The upload wrote the files past the page cache (O_DIRECT). They are read
+    // once first, so that every run measures the path from the page cache, as
+    // its baseline (a plain read) reads them: what a first read costs is the
+    // disk's and the machine's (on a VM that gives freed memory back to its
+    // host, up to several CPU s/GB of page faults), reported on its own.
+    let cpu = crate::procs::cpu_seconds("self");
+    let first = read_all(&files)?;
+    report.put(
+        "first_read_cpu_s_per_gb",
+        round2((crate::procs::cpu_seconds("self") - cpu) / (first as f64 / 1e9)),
+        "CPU s/GB",
+    );
     let mut down = Vec::new();
     let mut plain = Vec::new();
-    let (mut down_cpu, mut read_cpu, mut bytes) = (0.0, 0.0, 0u64);
+    let (mut node_cpu, mut down_cpu, mut read_cpu, mut bytes) = (0.0, 0.0, 0.0, 0u64);
     for _ in 0..runs {
         let mut blobs = client.blobs(&system.blob.url).await?;
         let before = cpu_split(system);
@@ -306,7 +335,9 @@ async fn download(
         )
         .await?;
         down.push(got as f64 / started.elapsed().as_secs_f64() / 1e6);
-        down_cpu += cpu_split(system).1 - before.1;
+        let after = cpu_split(system);
+        node_cpu += after.0 - before.0;
+        down_cpu += after.1 - before.1;
         bytes += got;
         if got != part.size {
             return Err(format!("downloaded {got} of {} bytes", part.size).into());
@@ -318,6 +349,11 @@ async fn download(
         read_cpu += crate::procs::cpu_seconds("self") - cpu;
     }
     let gb = bytes as f64 / 1e9;
+    report.put(
+        "download_node_cpu_s_per_gb",
+        round2(node_cpu / gb),
+        "CPU s/GB",
+    );
     report.put("download_cpu_s_per_gb", round2(down_cpu / gb), "CPU s/GB");
     report.put("plain_read_cpu_s_per_gb", round2(read_cpu / gb), "CPU s/GB");
     report.put(
@@ -340,31 +376,55 @@ async fn download(
 
 /// Writes `size` bytes in 1 MiB chunks through the local store's own segment
 /// writer (as the blob node stores an upload: O_DIRECT where the filesystem has
-/// it, fsync, rename), without network or hashing. Each run writes a new object
-/// and all are removed at the end: rewriting one would reuse what the last run
-/// freed, which an upload never gets.
-async fn disk_write_mb_s(dir: &Path, size: u64, runs: usize) -> BenchResult<f64> {
+/// it, fsync, rename), without network or hashing, in `dir`: disk_write_mb_s
+/// and disk_write_cpu_s_per_gb. Each run writes a new object and all are
+/// removed at the end: rewriting one would reuse what the last run freed, which
+/// an upload never gets.
+pub async fn disk_write(
+    report: &Report,
+    dir: &Path,
+    size: u64,
+    runs: usize,
+) -> BenchResult<DiskWrite> {
     let store = imagestore_store::BlobStore::open(
         &dir.join("disk-write-probe").display().to_string(),
         &Default::default(),
     )?;
-    let chunk = bytes::Bytes::from(vec![0x5au8; 1 << 20]);
+    // Chunks from 8 MiB of memory in turn: more than a core's cache holds, as
+    // an upload's frames are each new, where one chunk over and over would be
+    // copied from the cache.
+    const CHUNK: usize = 1 << 20;
+    let memory = bytes::Bytes::from(vec![0x5au8; 8 * CHUNK]);
     let mut figures = Vec::new();
+    let (mut cpu, mut bytes) = (0.0, 0u64);
     for run in 0..runs {
+        let before = crate::procs::cpu_seconds("self");
         let started = Instant::now();
         let part = imagestore_store::layout::part_prefix("probe", "unified");
         let key = imagestore_store::segment_key(&part, run as u64, "probe");
         let mut writer = store.begin_segment(&key).await?;
-        for _ in 0..size.div_ceil(chunk.len() as u64) {
-            writer.put(chunk.clone()).await?;
+        for i in 0..size.div_ceil(CHUNK as u64) as usize {
+            let at = i % 8 * CHUNK;
+            writer.put(memory.slice(at..at + CHUNK)).await?;
         }
-        writer.finish().await?;
+        bytes += writer.finish().await?;
         figures.push(size as f64 / started.elapsed().as_secs_f64() / 1e6);
+        cpu += crate::procs::cpu_seconds("self") - before;
     }
     store
         .delete(&imagestore_store::layout::upload_prefix("probe"))
         .await?;
-    Ok(median(figures))
+    let disk = DiskWrite {
+        mb_s: median(figures),
+        cpu_s_per_gb: cpu / (bytes as f64 / 1e9),
+    };
+    report.put("disk_write_mb_s", round2(disk.mb_s), "MB/s");
+    report.put(
+        "disk_write_cpu_s_per_gb",
+        round2(disk.cpu_s_per_gb),
+        "CPU s/GB",
+    );
+    Ok(disk)
 }
 
 /// Reads every stored file of `fingerprint`'s parts once, so that what a later

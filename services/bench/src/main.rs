@@ -155,6 +155,7 @@ async fn run(args: &Args, report: &Report) -> BenchResult {
     let baselines = datapath::Baselines {
         hash_mb_s: limits::hash_mb_s(report, runs),
         transport: limits::transport(report, size, runs).await?,
+        disk: datapath::disk_write(report, tmp.path(), size, runs).await?,
     };
 
     let mut system = procs::System::start(tmp.path()).await?;
