@@ -3,7 +3,6 @@
 //! the upload continues from the offset the session has committed.
 
 use std::collections::HashMap;
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -340,17 +339,15 @@ impl Plan {
                 base = end;
                 continue;
             }
-            let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            file.seek(SeekFrom::Start(offset - base))
+            let mut file = imagestore_direct::ReadOnce::open(path, offset - base)
                 .map_err(|e| Error::io(path, e))?;
             while offset < end {
                 let n = (end - offset).min(self.chunk as u64) as usize;
-                let buf = imagestore_direct::read_exactly(&mut file, n)
-                    .map_err(|e| Error::io(path, e))?;
+                let data = file.next(n).map_err(|e| Error::io(path, e))?;
                 let mut m = pending.take().unwrap_or_default();
                 m.write_offset = offset;
-                m.data = bytes::Bytes::from(buf);
-                offset += n as u64;
+                offset += data.len() as u64;
+                m.data = data;
                 m.end_of_metadata = is_metadata && offset == end;
                 m.finish_write = i + 1 == self.files.len() && offset == end;
                 if !send(m) {

@@ -1,5 +1,6 @@
 //! Bulk file I/O without work the bytes do not need: files written with
-//! O_DIRECT, and chunks read into memory that is not zeroed first.
+//! O_DIRECT, chunks read into memory that is not zeroed first, and files read
+//! once past the page cache where they are not in it.
 //!
 //! A buffered write costs a kernel copy of every byte into fresh page-cache
 //! pages, and with fsync the same bytes are written back later anyway: on a blob
@@ -298,6 +299,169 @@ pub fn read_exactly(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A file read once from an offset to its end, in chunks: from the page cache
+/// where a chunk is all there, else straight from the disk (O_DIRECT). A read
+/// through the cache of bytes that are not in it costs fresh page-cache pages
+/// and a kernel copy out of them, for bytes nobody reads again: `imagestore
+/// import` of a 1 GiB file that was not cached took 1.9-3.2 s here against
+/// 1.2-1.3 s for one that was, and a first `dd` of a file 1.6-2.1 CPU s/GiB
+/// against 0.08 with O_DIRECT (a VM whose freed memory goes back to its host,
+/// so new pages fault twice).
+pub struct ReadOnce {
+    file: File,
+    /// The same file opened with O_DIRECT, where the filesystem allows it.
+    direct: Option<File>,
+    offset: u64,
+}
+
+impl ReadOnce {
+    /// Opens `path` to read from `offset`.
+    pub fn open(path: &Path, offset: u64) -> io::Result<Self> {
+        let file = File::open(path)?;
+        #[cfg(target_os = "linux")]
+        let direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok()
+        };
+        #[cfg(not(target_os = "linux"))]
+        let direct = None;
+        Ok(Self {
+            file,
+            direct,
+            offset,
+        })
+    }
+
+    /// The next `n` bytes, or fewer where an unaligned offset is brought to
+    /// the next aligned one (O_DIRECT reads at multiples of [`ALIGN`]); an
+    /// error if the file ends before them.
+    pub fn next(&mut self, n: usize) -> io::Result<Bytes> {
+        let aligned = self.offset.is_multiple_of(ALIGN as u64);
+        let chunk = match &self.direct {
+            Some(direct) if n > 0 && !cached(&self.file, self.offset, n) => {
+                if aligned {
+                    read_direct(direct, self.offset, n)?
+                } else {
+                    let to_boundary = ALIGN - (self.offset % ALIGN as u64) as usize;
+                    self.read_cached(n.min(to_boundary))?
+                }
+            }
+            _ => self.read_cached(n)?,
+        };
+        if chunk.is_empty() && n > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ended {n} bytes early"),
+            ));
+        }
+        self.offset += chunk.len() as u64;
+        Ok(chunk)
+    }
+
+    fn read_cached(&mut self, n: usize) -> io::Result<Bytes> {
+        use io::Seek;
+        self.file.seek(io::SeekFrom::Start(self.offset))?;
+        read_exactly(&mut self.file, n).map(Bytes::from)
+    }
+}
+
+/// Whether all of `n` bytes from `offset` are in the page cache (cachestat,
+/// Linux 6.5, which reads nothing in; elsewhere: taken as cached, the reads
+/// of before).
+#[allow(unsafe_code)]
+fn cached(file: &File, offset: u64, n: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        /// The call's number, the same on every architecture (not yet in libc).
+        const SYS_CACHESTAT: libc::c_long = 451;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            nr_cache: u64,
+            nr_dirty: u64,
+            nr_writeback: u64,
+            nr_evicted: u64,
+            nr_recently_evicted: u64,
+        }
+        let range = Range {
+            off: offset,
+            len: n as u64,
+        };
+        let mut stat = Stat::default();
+        // SAFETY: both structs are laid out as the kernel's cachestat_range
+        // and cachestat, and outlive the call; the descriptor is open.
+        let r = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                file.as_raw_fd(),
+                &range as *const Range,
+                &mut stat as *mut Stat,
+                0u32,
+            )
+        };
+        if r == 0 {
+            let first = offset / ALIGN as u64;
+            let pages = (offset + n as u64).div_ceil(ALIGN as u64) - first;
+            // Pages of 4 KiB: a larger page size only makes this count fewer.
+            return stat.nr_cache >= pages;
+        }
+    }
+    let _ = (file, offset, n);
+    true
+}
+
+/// `n` bytes from `offset` (a multiple of [`ALIGN`]) of a file opened with
+/// O_DIRECT, read into aligned memory that is not zeroed first; fewer only at
+/// the end of the file.
+#[allow(unsafe_code)]
+fn read_direct(file: &File, offset: u64, n: usize) -> io::Result<Bytes> {
+    let len = n.next_multiple_of(ALIGN);
+    let mut raw: Vec<u8> = Vec::with_capacity(len + ALIGN);
+    let start = raw.as_ptr().align_offset(ALIGN);
+    let mut got = 0;
+    while got < len {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the range written, start + got .. start + len, lies in the
+        // vector's capacity (len + ALIGN), and nothing reads it before the
+        // kernel has written it and set_len covers only what was written.
+        let r = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                raw.as_mut_ptr().add(start + got).cast(),
+                len - got,
+                (offset + got as u64) as libc::off_t,
+            )
+        };
+        match r {
+            0 => break,
+            r if r > 0 => got += r as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        // A short read that is not block-sized ends at the end of the file.
+        if !got.is_multiple_of(ALIGN) {
+            break;
+        }
+    }
+    // SAFETY: the kernel wrote start..start + got (above).
+    unsafe { raw.set_len(start + got) };
+    Ok(Bytes::from(raw).slice(start..start + got.min(n)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +477,55 @@ mod tests {
         let short = read_exactly(&mut file, 8).unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
         assert!(short.to_string().contains("2 bytes early"), "{short}");
+    }
+
+    /// Drops `path` from the page cache (written back first).
+    #[allow(unsafe_code)]
+    fn evict(path: &Path) {
+        use std::os::fd::AsRawFd;
+        let file = File::open(path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: an open descriptor; the advice reads or writes no memory.
+        let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0);
+    }
+
+    #[test]
+    fn a_file_read_once_gives_every_byte_whether_cached_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let content: Vec<u8> = (0..3 * BLOCK + 5_000).map(|i| (i * 13 + 7) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let read = |from: usize| {
+            let mut once = ReadOnce::open(&path, from as u64).unwrap();
+            let mut got = Vec::new();
+            while got.len() + from < content.len() {
+                let n = (content.len() - from - got.len()).min(BLOCK);
+                let chunk = once.next(n).unwrap();
+                assert!(!chunk.is_empty() && chunk.len() <= n);
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got.len() + from, content.len());
+            assert!(got == content[from..], "from {from}");
+            let past = once.next(1).unwrap_err();
+            assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
+        };
+        let file = File::open(&path).unwrap();
+        assert!(cached(&file, 0, content.len()), "a file just written");
+        read(0);
+        read(1_000);
+        evict(&path);
+        // cachestat came with Linux 6.5; before, every chunk counts as cached.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut version = release
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        if (version.next(), version.next()) >= (Some(6), Some(5)) {
+            assert!(!cached(&file, 0, content.len()), "after eviction");
+        }
+        read(0);
+        evict(&path);
+        read(4_096 + 17);
     }
 
     #[tokio::test]
