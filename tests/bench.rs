@@ -38,6 +38,12 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
+    let figure = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from\n{stdout}"))
+    };
     for name in [
         "hash_mb_s",
         "grpc_sink_mb_s",
@@ -71,10 +77,7 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         "fleet_pull_ratio",
         "fleet_rss_mib",
     ] {
-        let f = figures
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from\n{stdout}"));
+        let f = figure(name);
         assert!(
             f["value"].as_f64().is_some_and(|v| v > 0.0),
             "{name} has no positive value: {f}"
@@ -88,10 +91,7 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         "upload_cpu_efficiency_durable",
         "download_cpu_efficiency",
     ] {
-        let f = figures
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from\n{stdout}"));
+        let f = figure(name);
         assert!(
             f["value"].is_null() || f["value"].as_f64().is_some_and(|v| v > 0.0),
             "{f}"
@@ -105,10 +105,7 @@ async fn the_benchmark_reports_every_figure_as_json_lines() {
         "download_node_cpu_s_per_gb",
         "download_cpu_s_per_gb",
     ] {
-        let f = figures
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from\n{stdout}"));
+        let f = figure(name);
         assert!(f["value"].as_f64().is_some_and(|v| v >= 0.0), "{f}");
     }
     // Nothing is left behind in the directory it was given.
