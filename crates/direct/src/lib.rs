@@ -302,11 +302,9 @@ pub fn read_exactly(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
 /// A file read once from an offset to its end, in chunks: from the page cache
 /// where a chunk is all there, else straight from the disk (O_DIRECT). A read
 /// through the cache of bytes that are not in it costs fresh page-cache pages
-/// and a kernel copy out of them, for bytes nobody reads again: `imagestore
-/// import` of a 1 GiB file that was not cached took 1.9-3.2 s here against
-/// 1.2-1.3 s for one that was, and a first `dd` of a file 1.6-2.1 CPU s/GiB
-/// against 0.08 with O_DIRECT (a VM whose freed memory goes back to its host,
-/// so new pages fault twice).
+/// and a kernel copy out of them, for bytes nobody reads again: a first `dd`
+/// of a file here cost 1.6-2.1 CPU s/GiB, 0.1 with O_DIRECT (a VM whose freed
+/// memory goes back to its host, so new pages fault twice).
 pub struct ReadOnce {
     file: File,
     /// The same file opened with O_DIRECT, where the filesystem allows it.
@@ -340,17 +338,23 @@ impl ReadOnce {
     /// the next aligned one (O_DIRECT reads at multiples of [`ALIGN`]); an
     /// error if the file ends before them.
     pub fn next(&mut self, n: usize) -> io::Result<Bytes> {
-        let aligned = self.offset.is_multiple_of(ALIGN as u64);
-        let chunk = match &self.direct {
-            Some(direct) if n > 0 && !cached(&self.file, self.offset, n) => {
-                if aligned {
-                    read_direct(direct, self.offset, n)?
-                } else {
-                    let to_boundary = ALIGN - (self.offset % ALIGN as u64) as usize;
-                    self.read_cached(n.min(to_boundary))?
+        let (offset, aligned) = (self.offset, self.offset.is_multiple_of(ALIGN as u64));
+        let uncached = n > 0 && !cached(&self.file, offset, n);
+        let chunk = match self.direct.as_ref().filter(|_| uncached) {
+            Some(direct) if aligned => match read_direct(direct, offset, n) {
+                // A filesystem that opens with O_DIRECT but wants other
+                // alignments: read through the cache from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct = None;
+                    self.read_cached(n)?
                 }
+                read => read?,
+            },
+            Some(_) => {
+                let to_boundary = ALIGN - (offset % ALIGN as u64) as usize;
+                self.read_cached(n.min(to_boundary))?
             }
-            _ => self.read_cached(n)?,
+            None => self.read_cached(n)?,
         };
         if chunk.is_empty() && n > 0 {
             return Err(io::Error::new(
@@ -412,7 +416,8 @@ fn cached(file: &File, offset: u64, n: usize) -> bool {
         if r == 0 {
             let first = offset / ALIGN as u64;
             let pages = (offset + n as u64).div_ceil(ALIGN as u64) - first;
-            // Pages of 4 KiB: a larger page size only makes this count fewer.
+            // Counted in 4 KiB pages: with larger ones a cached chunk looks
+            // uncached, and is read with O_DIRECT, as correctly.
             return stat.nr_cache >= pages;
         }
     }
