@@ -6,8 +6,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use bytes::Buf;
 use imagestore_direct::DirectFile;
+use imagestore_proto::frames::Pieces;
 use imagestore_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -159,57 +160,54 @@ impl Client {
         };
         progress.position(have);
         if have < file.size {
-            let mut stream = self
-                .blobs(&export.blob_node)
-                .await?
-                .download(pb::DownloadRequest {
-                    fingerprint: export
-                        .image
-                        .as_ref()
-                        .map(|i| i.fingerprint.clone())
-                        .unwrap_or_default(),
-                    part: file.role,
-                    read_offset: have,
-                    read_limit: 0,
-                    ticket: export.ticket.clone(),
-                })
-                .await?
-                .into_inner();
+            let request = pb::DownloadRequest {
+                fingerprint: export
+                    .image
+                    .as_ref()
+                    .map(|i| i.fingerprint.clone())
+                    .unwrap_or_default(),
+                part: file.role,
+                read_offset: have,
+                read_limit: 0,
+                ticket: export.ticket.clone(),
+            };
+            let mut download = self.download(&export.blob_node, &request).await?;
             // Hashing runs on a blocking thread of its own, fed the same chunks
             // (shared, not copied) through a short queue, while the file is
             // written with O_DIRECT from a few aligned buffers (imagestore-direct):
             // the network, the hash and the disk overlap.
-            let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+            let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Pieces>(4);
             let hashing = tokio::task::spawn_blocking(move || {
                 while let Some(data) = hash_rx.blocking_recv() {
-                    hasher.update(&data);
+                    for piece in data.into_slices() {
+                        hasher.update(&piece);
+                    }
                 }
                 hasher
             });
             let io = |e| Error::io(&partial, e);
             let mut done = have;
             let mut failure = None;
-            while let Some(msg) = stream.next().await {
-                match msg {
-                    Ok(m) => {
-                        if m.data.is_empty() {
-                            continue;
-                        }
-                        done += m.data.len() as u64;
-                        if hash_tx.send(m.data.clone()).await.is_err() {
-                            break;
-                        }
-                        if let Err(e) = out.put(m.data).await {
-                            failure = Some(io(e));
-                            break;
-                        }
-                        progress.position(done);
-                    }
+            'chunks: while let Some(chunk) = download.next().await {
+                let data = match chunk {
+                    Ok(data) if data.remaining() == 0 => continue,
+                    Ok(data) => data,
                     Err(s) => {
                         failure = Some(Error::from(s));
                         break;
                     }
+                };
+                done += data.remaining() as u64;
+                if hash_tx.send(data.clone()).await.is_err() {
+                    break;
                 }
+                for piece in data.into_slices() {
+                    if let Err(e) = out.put(piece).await {
+                        failure = Some(io(e));
+                        break 'chunks;
+                    }
+                }
+                progress.position(done);
             }
             drop(hash_tx);
             if failure.is_none() {

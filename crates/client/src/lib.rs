@@ -3,6 +3,7 @@
 //! resolves them, and uploads and exports that resume where they stopped.
 
 mod connect;
+mod download;
 mod error;
 mod export;
 mod failover;
@@ -139,6 +140,15 @@ impl Client {
         node: &str,
         address: Option<std::net::SocketAddr>,
     ) -> Result<BlobsClient, Error> {
+        Ok(blobs_client(self.blob_channel(node, address).await?))
+    }
+
+    /// The connection to the blob node at `node`, as [`Client::blobs_via`].
+    async fn blob_channel(
+        &self,
+        node: &str,
+        address: Option<std::net::SocketAddr>,
+    ) -> Result<Channel, Error> {
         let node = node.trim_end_matches('/');
         let ours = match node {
             "" => self.channel.channel(0),
@@ -158,7 +168,7 @@ impl Client {
                 connect_with(node, &tls).await?
             }
         };
-        Ok(blobs_client(channel))
+        Ok(channel)
     }
 }
 

@@ -17,7 +17,8 @@ use tonic::Status;
 /// The prefix before every message: a compression flag and the length.
 pub const PREFIX: usize = 5;
 
-/// The messages of one request body, in order.
+/// The messages of one request body (a server's) or one answer (a client's),
+/// in order.
 pub struct Messages {
     body: tonic::body::Body,
     /// Received and not yet taken, oldest first.
@@ -25,15 +26,39 @@ pub struct Messages {
     /// The largest message taken.
     limit: usize,
     ended: bool,
+    /// Read by a client: what goes wrong is the server's, not the caller's.
+    answer: bool,
+    /// The answer's trailers, once they have arrived.
+    trailers: Option<tonic::codegen::http::HeaderMap>,
 }
 
 impl Messages {
+    /// A request's messages, as a server reads them.
     pub fn new(body: tonic::body::Body, limit: usize) -> Self {
         Self {
             body,
             pending: Pieces::default(),
             limit,
             ended: false,
+            answer: false,
+            trailers: None,
+        }
+    }
+
+    /// An answer's messages, as a client reads them.
+    pub fn answer(body: tonic::body::Body, limit: usize) -> Self {
+        Self {
+            answer: true,
+            ..Self::new(body, limit)
+        }
+    }
+
+    /// The status the answer ended with (its trailers), once
+    /// [`Messages::next_len`] has said the stream ended.
+    pub fn status(&self) -> Status {
+        match self.trailers.as_ref().and_then(Status::from_header_map) {
+            Some(status) => status,
+            None => Status::unavailable("the server's answer ended without a status"),
         }
     }
 
@@ -44,10 +69,15 @@ impl Messages {
             if self.pending.remaining() == 0 {
                 return Ok(None);
             }
-            return Err(cut_short());
+            return Err(self.cut_short());
         }
         let mut prefix = [0u8; PREFIX];
         self.pending.peek(&mut prefix);
+        if prefix[0] != 0 && self.answer {
+            return Err(Status::internal(
+                "the server sent a compressed message, which this client did not ask for",
+            ));
+        }
         if prefix[0] != 0 {
             return Err(Status::unimplemented(
                 "compressed messages are not accepted on this call: send them uncompressed",
@@ -67,7 +97,7 @@ impl Messages {
     /// slices of the frames it came in. Cancelling it loses nothing.
     pub async fn next(&mut self, len: usize) -> Result<Pieces, Status> {
         if !self.fill(PREFIX + len).await? {
-            return Err(cut_short());
+            return Err(self.cut_short());
         }
         self.pending.advance(PREFIX);
         Ok(self.pending.take_front(len))
@@ -83,19 +113,26 @@ impl Messages {
             match self.body.frame().await {
                 None => self.ended = true,
                 Some(Err(status)) => return Err(status),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.pending.push(data);
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.pending.push(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.trailers = Some(trailers);
+                        }
                     }
-                }
+                },
             }
         }
         Ok(true)
     }
-}
 
-fn cut_short() -> Status {
-    Status::invalid_argument("the request stream ended inside a message")
+    fn cut_short(&self) -> Status {
+        if self.answer {
+            // Transient: the connection or the server went away mid-answer.
+            return Status::unavailable("the server's answer ended inside a message");
+        }
+        Status::invalid_argument("the request stream ended inside a message")
+    }
 }
 
 /// Bytes in pieces, read as one buffer without joining them.
