@@ -420,6 +420,66 @@ mod tests {
         assert_eq!(sent, encode(&message).to_vec());
     }
 
+    /// An answer's body: `data` as frames, then `trailers` if any.
+    fn answer(data: &[&[u8]], trailers: Option<Status>) -> Messages {
+        use http_body::Frame;
+        let mut frames: Vec<Result<Frame<Bytes>, Status>> = data
+            .iter()
+            .map(|d| Ok(Frame::data(Bytes::copy_from_slice(d))))
+            .collect();
+        if let Some(status) = trailers {
+            let mut headers = status
+                .into_http::<tonic::body::Body>()
+                .into_parts()
+                .0
+                .headers;
+            headers.remove("content-type");
+            frames.push(Ok(Frame::trailers(headers)));
+        }
+        let stream = tonic::codegen::tokio_stream::iter(frames);
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(stream));
+        Messages::answer(body, 1 << 20)
+    }
+
+    #[tokio::test]
+    async fn an_answer_ends_with_its_trailers_status_and_a_cut_one_is_the_servers_fault() {
+        let message = encode(&pb::DownloadResponse {
+            data: Bytes::from_static(b"abc"),
+            info: None,
+        });
+        let (head, tail) = message.split_at(4);
+        // Whole, then ended well.
+        let mut ok = answer(&[head, tail], Some(Status::ok("")));
+        let len = ok.next_len().await.unwrap().unwrap();
+        let (_, data) = split(ok.next(len).await.unwrap(), *DOWNLOAD_DATA).unwrap();
+        assert_eq!(
+            data.into_slices().next().unwrap(),
+            Bytes::from_static(b"abc")
+        );
+        assert!(ok.next_len().await.unwrap().is_none());
+        assert_eq!(ok.status().code(), tonic::Code::Ok);
+        // Ended with an error after a message.
+        let mut failed = answer(&[&message], Some(Status::not_found("gone")));
+        let len = failed.next_len().await.unwrap().unwrap();
+        failed.next(len).await.unwrap();
+        assert!(failed.next_len().await.unwrap().is_none());
+        let status = failed.status();
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::NotFound, "gone")
+        );
+        // Cut inside a message, or ended without a status: the server's fault,
+        // and worth trying again.
+        let mut cut = answer(&[head], None);
+        let err = cut.next_len().await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        let mut silent = answer(&[&message], None);
+        let len = silent.next_len().await.unwrap().unwrap();
+        silent.next(len).await.unwrap();
+        assert!(silent.next_len().await.unwrap().is_none());
+        assert_eq!(silent.status().code(), tonic::Code::Unavailable);
+    }
+
     #[test]
     fn encode_is_prefix_and_prost() {
         let message = request();
