@@ -190,7 +190,7 @@ impl Client {
             let mut failure = None;
             'chunks: while let Some(chunk) = download.next().await {
                 let data = match chunk {
-                    Ok(data) if data.remaining() == 0 => continue,
+                    Ok(data) if !data.has_remaining() => continue,
                     Ok(data) => data,
                     Err(s) => {
                         failure = Some(Error::from(s));

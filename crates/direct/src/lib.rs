@@ -339,8 +339,9 @@ impl ReadOnce {
     /// error if the file ends before them.
     pub fn next(&mut self, n: usize) -> io::Result<Bytes> {
         let (offset, aligned) = (self.offset, self.offset.is_multiple_of(ALIGN as u64));
-        let uncached = n > 0 && !cached(&self.file, offset, n);
-        let chunk = match self.direct.as_ref().filter(|_| uncached) {
+        // Asked only where there is an O_DIRECT handle to read with.
+        let uncached = |_: &&File| n > 0 && !cached(&self.file, offset, n);
+        let chunk = match self.direct.as_ref().filter(uncached) {
             Some(direct) if aligned => match read_direct(direct, offset, n) {
                 // A filesystem that opens with O_DIRECT but wants other
                 // alignments: read through the cache from now on.
@@ -500,6 +501,7 @@ mod tests {
     fn on_tmpfs(path: &Path) -> bool {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statfs is plain integers, for which all zeroes is a value.
         let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: a NUL-terminated path and a statfs the call fills in.
         assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut stat) }, 0);

@@ -73,15 +73,16 @@ impl Messages {
         }
         let mut prefix = [0u8; PREFIX];
         self.pending.peek(&mut prefix);
-        if prefix[0] != 0 && self.answer {
-            return Err(Status::internal(
-                "the server sent a compressed message, which this client did not ask for",
-            ));
-        }
         if prefix[0] != 0 {
-            return Err(Status::unimplemented(
-                "compressed messages are not accepted on this call: send them uncompressed",
-            ));
+            return Err(if self.answer {
+                Status::internal(
+                    "the server sent a compressed message, which this client did not ask for",
+                )
+            } else {
+                Status::unimplemented(
+                    "compressed messages are not accepted on this call: send them uncompressed",
+                )
+            });
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > self.limit {
